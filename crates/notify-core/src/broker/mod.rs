@@ -1,0 +1,115 @@
+//! Brokers: where notifications come from, and where API publishes go.
+//!
+//! - [`redis::RedisBroker`]: Redis pub/sub, for several gateway nodes behind a load balancer.
+//!   Subscribes the served regions' channels, reconnects with capped exponential backoff and
+//!   jitter, resubscribes, logs every state change and exposes its [`BrokerState`].
+//! - [`embedded::EmbeddedBroker`]: in-process, for a single node with no Redis at all.
+//!
+//! Both feed the same [`Ingest`](crate::ingest::Ingest) path, so a message is validated,
+//! counted and fanned out identically whichever broker carried it.
+
+pub mod embedded;
+pub mod redis;
+
+use notify_proto::Notification;
+use tokio::sync::watch;
+
+pub use self::embedded::EmbeddedBroker;
+pub use self::redis::{RedisBroker, RedisBrokerConfig};
+
+/// Connection state of a broker, as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerState {
+    /// Starting: not yet subscribed.
+    Connecting,
+    /// Subscribed to every served region; messages flow.
+    Ready,
+    /// The link was lost; reconnecting with backoff.
+    Down,
+}
+
+impl BrokerState {
+    /// Lowercase name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerState::Connecting => "connecting",
+            BrokerState::Ready => "ready",
+            BrokerState::Down => "down",
+        }
+    }
+}
+
+/// What a publish achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishReceipt {
+    /// Redis: the `PUBLISH` reply (subscribed gateway connections). Embedded: local clients the
+    /// message was queued for.
+    pub subscribers: u64,
+    /// The message's history id, when the broker recorded one.
+    pub id: Option<String>,
+}
+
+/// Why a broker could not start or publish.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The Redis URL does not parse.
+    #[error("invalid Redis URL {url:?}: {source}")]
+    InvalidUrl {
+        /// The URL as given (credentials included; callers should not log it verbatim).
+        url: String,
+        /// The parser's complaint.
+        source: ::redis::RedisError,
+    },
+    /// Redis did not answer in time or refused the command.
+    #[error("Redis is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A configured broker.
+#[derive(Debug)]
+pub enum Broker<T> {
+    /// In-process, single node.
+    Embedded(EmbeddedBroker<T>),
+    /// Redis pub/sub.
+    Redis(RedisBroker),
+}
+
+impl<T> Broker<T>
+where
+    T: From<String> + Clone + Send + Sync + 'static,
+{
+    /// Publishes a valid notification so that every gateway node delivers it.
+    pub async fn publish(
+        &self,
+        notification: &Notification,
+    ) -> Result<PublishReceipt, BrokerError> {
+        match self {
+            Broker::Embedded(broker) => Ok(broker.publish(notification)),
+            Broker::Redis(broker) => broker.publish(notification).await,
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> BrokerState {
+        match self {
+            Broker::Embedded(_) => BrokerState::Ready,
+            Broker::Redis(broker) => broker.state(),
+        }
+    }
+
+    /// A receiver that sees every state change (for tests and readiness waits).
+    pub fn watch_state(&self) -> watch::Receiver<BrokerState> {
+        match self {
+            Broker::Embedded(_) => watch::channel(BrokerState::Ready).1,
+            Broker::Redis(broker) => broker.watch_state(),
+        }
+    }
+
+    /// `"embedded"` or `"redis"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Broker::Embedded(_) => "embedded",
+            Broker::Redis(_) => "redis",
+        }
+    }
+}
