@@ -71,7 +71,7 @@ pub enum Broker<T> {
     /// In-process, single node.
     Embedded(EmbeddedBroker<T>),
     /// Redis pub/sub.
-    Redis(RedisBroker),
+    Redis(Box<RedisBroker>),
 }
 
 impl<T> Broker<T>
