@@ -1,1 +1,53 @@
-fn main() {}
+//! The `notify-gateway` binary: configuration, logging, bind, signals. See the library for
+//! everything else.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use notify_gateway::{config::GatewayConfig, telemetry};
+
+fn main() -> ExitCode {
+    let config = GatewayConfig::parse();
+    telemetry::init_logging(config.log_format);
+    match start(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("notify-gateway: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(config: GatewayConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        notify_gateway::run(listener, config, shutdown_signal()).await
+    })
+}
+
+/// Completes on SIGTERM (how orchestrators ask for a graceful stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

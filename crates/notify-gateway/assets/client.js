@@ -1,0 +1,550 @@
+/**
+ * notify browser client — live "new trending video" toasts over WebSocket.
+ *
+ * A dependency-free ES module served by the gateway at `/client.js`. No build step.
+ *
+ * @example
+ *   import { TrendingNotifier } from '/client.js';
+ *   const notifier = new TrendingNotifier({
+ *     region: 'AE',
+ *     onNotification: (n) => console.log(n.title),
+ *     onState: (state) => console.log(state), // connecting | open | reconnecting | closed
+ *   });
+ *   // later: notifier.setRegion('FI'); notifier.close();
+ *
+ * Constructor options (all optional):
+ *   region         ISO 3166-1 alpha-2 code, case-insensitive. Default "US".
+ *   url            WebSocket base URL, e.g. "wss://ws.example.com/". Default: the page's own
+ *                  host, `wss:` when the page is https and `ws:` otherwise.
+ *   host           Host (and port) to use instead of the page's, keeping the scheme rule.
+ *   toasts         Show a toast per notification (default true).
+ *   container      Element to hold the toasts. Default: a fixed stack created on first use.
+ *   status         true (default): show a small fixed status pill; false: none; or an element
+ *                  whose text and `data-state` attribute the client keeps up to date.
+ *   maxToasts      Most toasts visible at once (default 4); the oldest leave early.
+ *   toastMs        How long a toast stays, in ms (default 5000; paused while hovered/focused).
+ *   backoffMs      First reconnect delay in ms (default 500), doubling per failed attempt...
+ *   maxBackoffMs   ...up to this cap (default 30000). Each delay is jittered to 50–100 %.
+ *   since          Last message id already seen; sent as `&since=` on the first connection.
+ *   formatLabel    (region) => string, the toast heading. Default "Trending in {region}".
+ *   onNotification (notification) => void, for every `new_trending` message.
+ *   onState        (state, detail) => void on every state change; detail has `attempt`,
+ *                  `delayMs` (when reconnecting) and `code`/`reason` of the last close.
+ *   onResync       (message) => void for `{"event":"resync",...}`: messages after `since`
+ *                  were not retained, so the caller should refresh whatever it shows.
+ *   onToastClick   (notification) => void when a toast is clicked or activated.
+ *   WebSocket      WebSocket constructor to use (default globalThis.WebSocket).
+ *
+ * Properties: `state`, `region`, `lastId`, `url` (the URL of the current or next connection).
+ * Methods: `connect()` (called by the constructor unless `autoConnect: false`),
+ * `setRegion(region)`, `showToast(notification)`, `close()` (stops for good: no reconnects).
+ *
+ * Every server string is written with textContent or setAttribute, never parsed as HTML, and a
+ * thumbnail is shown only when it is an absolute http(s) URL.
+ */
+
+/** Regions whose main language is written right to left, with that language's BCP 47 tag.
+ * Mirrors RIGHT_TO_LEFT in notify-proto (crates/notify-proto/src/region.rs). */
+export const RIGHT_TO_LEFT = Object.freeze({
+  AE: 'ar', AF: 'fa', BH: 'ar', DZ: 'ar', EG: 'ar', EH: 'ar', IL: 'he', IQ: 'ar', IR: 'fa',
+  JO: 'ar', KM: 'ar', KW: 'ar', LB: 'ar', LY: 'ar', MA: 'ar', MR: 'ar', MV: 'dv', OM: 'ar',
+  PK: 'ur', PS: 'ar', QA: 'ar', SA: 'ar', SD: 'ar', SY: 'ar', TN: 'ar', YE: 'ar',
+});
+
+/** The connection states, in the order a connection normally goes through them. */
+export const STATES = Object.freeze(['connecting', 'open', 'reconnecting', 'closed']);
+
+const STATE_LABELS = {
+  connecting: 'Connecting…',
+  open: 'Live',
+  reconnecting: 'Reconnecting…',
+  closed: 'Closed',
+};
+
+/** The BCP 47 tag of a right-to-left region's language, or null. */
+export function rtlLanguage(region) {
+  return RIGHT_TO_LEFT[String(region || '').toUpperCase()] || null;
+}
+
+/** Normalises a region code; throws on anything but two ASCII letters. */
+export function normalizeRegion(region) {
+  const code = String(region ?? '').trim().toUpperCase();
+  if (!/^[A-Z]{2}$/.test(code)) {
+    throw new TypeError(`region ${JSON.stringify(region)} is not a two-letter ISO 3166-1 code`);
+  }
+  return code;
+}
+
+/** The thumbnail URL when it is an absolute http(s) URL, else null. */
+export function safeImageUrl(value) {
+  if (typeof value !== 'string' || value === '') return null;
+  try {
+    const url = new URL(value);
+    return url.protocol === 'http:' || url.protocol === 'https:' ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Reconnect delay before attempt `attempt` (0-based): base·2^attempt capped, jittered 50–100 %. */
+export function backoffDelay(attempt, baseMs = 500, capMs = 30000, random = Math.random) {
+  const ceiling = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 30));
+  return Math.round(ceiling / 2 + random() * (ceiling / 2));
+}
+
+const STYLE_ID = 'tvs-notifier-style';
+const STABLE_AFTER_MS = 5000;
+const RECENT_IDS = 64;
+
+const CSS = `
+.tvs-toasts {
+  position: fixed; inset-block-start: 1rem; inset-inline-end: 1rem; z-index: 2147483000;
+  display: flex; flex-direction: column; gap: .625rem;
+  inline-size: min(24rem, calc(100vw - 2rem)); pointer-events: none;
+  margin: 0; padding: 0;
+}
+.tvs-toasts:empty { display: none; }
+.tvs-toast {
+  --tvs-bg: #ffffff; --tvs-fg: #16181d; --tvs-muted: #5b6170; --tvs-border: rgba(16, 24, 40, .12);
+  --tvs-accent: #e0245e; --tvs-shadow: 0 10px 30px -12px rgba(16, 24, 40, .35), 0 2px 6px rgba(16, 24, 40, .08);
+  --tvs-thumb: linear-gradient(135deg, #ffd1dc, #c7d2fe);
+  color-scheme: light;
+  box-sizing: border-box; pointer-events: auto; position: relative;
+  display: flex; align-items: flex-start; gap: .75rem;
+  padding: .75rem; padding-inline-end: 2.25rem;
+  background: var(--tvs-bg); color: var(--tvs-fg);
+  border: 1px solid var(--tvs-border); border-inline-start: 4px solid var(--tvs-accent);
+  border-radius: .75rem; box-shadow: var(--tvs-shadow);
+  font: 400 .875rem/1.4 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "DejaVu Sans", sans-serif;
+  text-align: start; cursor: default;
+  animation: tvs-toast-in .22s cubic-bezier(.2, .8, .2, 1);
+}
+.tvs-toast[data-clickable] { cursor: pointer; }
+.tvs-toast:focus-visible { outline: 2px solid var(--tvs-accent); outline-offset: 2px; }
+.tvs-toast__thumb-box {
+  flex: none; inline-size: 6rem; aspect-ratio: 16 / 9; border-radius: .5rem; overflow: hidden;
+  background: var(--tvs-thumb); position: relative;
+}
+.tvs-toast__thumb-box::after {
+  content: ""; position: absolute; inset: 0; margin: auto; inline-size: 0; block-size: 0;
+  border-block: .5rem solid transparent; border-left: .8rem solid rgba(255, 255, 255, .9);
+  transform: translateX(.15rem);
+}
+.tvs-toast__thumb {
+  position: relative; z-index: 1; display: block; inline-size: 100%; block-size: 100%; object-fit: cover;
+}
+.tvs-toast__body { min-inline-size: 0; flex: 1; display: flex; flex-direction: column; gap: .125rem; }
+.tvs-toast__label {
+  margin: 0; font-size: .6875rem; font-weight: 700; letter-spacing: .04em; text-transform: uppercase;
+  color: var(--tvs-accent);
+}
+.tvs-toast__title {
+  margin: 0; font-size: .9375rem; font-weight: 600; line-height: 1.35; overflow-wrap: anywhere;
+  display: -webkit-box; -webkit-box-orient: vertical; -webkit-line-clamp: 3; overflow: hidden;
+}
+.tvs-toast__channel {
+  margin: 0; color: var(--tvs-muted); white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
+}
+.tvs-toast bdi, .tvs-toast__text { unicode-bidi: isolate; }
+.tvs-toast__close {
+  position: absolute; inset-block-start: .375rem; inset-inline-end: .375rem;
+  inline-size: 1.75rem; block-size: 1.75rem; padding: 0; border: 0; border-radius: 50%;
+  background: transparent; color: var(--tvs-muted); font: inherit; font-size: 1.125rem; line-height: 1;
+  cursor: pointer;
+}
+.tvs-toast__close:hover { background: var(--tvs-border); color: var(--tvs-fg); }
+.tvs-toast__close:focus-visible { outline: 2px solid var(--tvs-accent); outline-offset: 1px; }
+.tvs-toast--leaving { animation: tvs-toast-out .2s ease-in forwards; }
+.tvs-status {
+  display: inline-flex; align-items: center; gap: .4em;
+  font: 500 .75rem/1.2 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "DejaVu Sans", sans-serif;
+}
+.tvs-status::before {
+  content: ""; inline-size: .55em; block-size: .55em; border-radius: 50%; background: #9aa0a6;
+}
+.tvs-status[data-state="open"]::before { background: #1e9e55; }
+.tvs-status[data-state="connecting"]::before,
+.tvs-status[data-state="reconnecting"]::before { background: #e3a008; animation: tvs-pulse 1s ease-in-out infinite alternate; }
+.tvs-status--floating {
+  position: fixed; inset-block-end: .75rem; inset-inline-end: .75rem; z-index: 2147483000;
+  padding: .3rem .6rem; border-radius: 999px; background: rgba(22, 24, 29, .82); color: #fff;
+}
+@keyframes tvs-toast-in { from { opacity: 0; transform: translateY(-.5rem) scale(.98); } }
+@keyframes tvs-toast-out { to { opacity: 0; transform: translateY(-.25rem) scale(.98); } }
+@keyframes tvs-pulse { to { opacity: .35; } }
+@media (prefers-color-scheme: dark) {
+  .tvs-toast {
+    --tvs-bg: #1d2026; --tvs-fg: #eceef2; --tvs-muted: #a3a9b6; --tvs-border: rgba(255, 255, 255, .12);
+    --tvs-accent: #ff5c8a; --tvs-shadow: 0 12px 32px -10px rgba(0, 0, 0, .7), 0 2px 6px rgba(0, 0, 0, .4);
+    --tvs-thumb: linear-gradient(135deg, #5b2340, #27315f);
+    color-scheme: dark;
+  }
+}
+@media (prefers-reduced-motion: reduce) {
+  .tvs-toast, .tvs-toast--leaving, .tvs-status::before { animation: none !important; }
+}
+`;
+
+function injectStyles(doc) {
+  if (doc.getElementById(STYLE_ID)) return;
+  const style = doc.createElement('style');
+  style.id = STYLE_ID;
+  style.textContent = CSS;
+  (doc.head || doc.documentElement).appendChild(style);
+}
+
+function reducedMotion(win) {
+  return Boolean(win.matchMedia && win.matchMedia('(prefers-reduced-motion: reduce)').matches);
+}
+
+function defaultBaseUrl(options) {
+  if (options.url) return String(options.url);
+  const loc = globalThis.location;
+  const pageIsHttps = loc && loc.protocol === 'https:';
+  const host = options.host || (loc && /^https?:$/.test(loc.protocol) ? loc.host : '');
+  if (!host) {
+    throw new TypeError('TrendingNotifier: pass `url` (or `host`) when the page is not served over http(s)');
+  }
+  return `${pageIsHttps ? 'wss' : 'ws'}://${host}/`;
+}
+
+export class TrendingNotifier {
+  /** @param {object} [options] see the module header */
+  constructor(options = {}) {
+    this.options = { ...options };
+    this.region = normalizeRegion(options.region ?? 'US');
+    this.baseUrl = defaultBaseUrl(options);
+    this.lastId = typeof options.since === 'string' && options.since !== '' ? options.since : null;
+    this.state = 'closed';
+    this.maxToasts = Math.max(1, options.maxToasts ?? 4);
+    this.toastMs = options.toastMs ?? 5000;
+    this.backoffMs = options.backoffMs ?? 500;
+    this.maxBackoffMs = options.maxBackoffMs ?? 30000;
+    this._WebSocket = options.WebSocket || globalThis.WebSocket;
+    this._socket = null;
+    this._attempt = 0;
+    this._retryTimer = null;
+    this._stableTimer = null;
+    this._stopped = false;
+    this._recentIds = [];
+    this._statusEl = null;
+    this._ownsStatusEl = false;
+    this._container = options.container || null;
+    this._onOnline = () => {
+      if (this._retryTimer !== null) {
+        clearTimeout(this._retryTimer);
+        this._retryTimer = null;
+        this._open();
+      }
+    };
+    if (typeof document !== 'undefined') {
+      injectStyles(document);
+      this._setupStatusElement(options.status ?? true);
+    }
+    if (options.autoConnect !== false) this.connect();
+  }
+
+  /** The URL the current (or next) connection uses, with `region` and, once known, `since`. */
+  get url() {
+    const url = new URL(this.baseUrl);
+    url.searchParams.set('region', this.region);
+    if (this.lastId) url.searchParams.set('since', this.lastId);
+    return url.href;
+  }
+
+  /** Opens the connection (again) after `close()` or with `autoConnect: false`. */
+  connect() {
+    this._teardownSocket();
+    this._stopped = false;
+    this._attempt = 0;
+    if (typeof window !== 'undefined') window.addEventListener('online', this._onOnline);
+    this._open();
+  }
+
+  /** Switches region: reconnects at once and forgets the previous region's last id. */
+  setRegion(region) {
+    const next = normalizeRegion(region);
+    if (next === this.region) return;
+    this.region = next;
+    this.lastId = null;
+    this._recentIds = [];
+    if (this._stopped) return;
+    this._teardownSocket();
+    this._attempt = 0;
+    this._open();
+  }
+
+  /** Stops for good: closes the socket, cancels any pending reconnect. */
+  close() {
+    this._stopped = true;
+    if (typeof window !== 'undefined') window.removeEventListener('online', this._onOnline);
+    this._teardownSocket();
+    this._setState('closed', {});
+  }
+
+  _teardownSocket() {
+    clearTimeout(this._retryTimer);
+    clearTimeout(this._stableTimer);
+    this._retryTimer = null;
+    this._stableTimer = null;
+    const socket = this._socket;
+    this._socket = null;
+    if (socket) {
+      socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
+      try {
+        socket.close(1000, 'client closed');
+      } catch {
+        // Already closing or closed.
+      }
+    }
+  }
+
+  _open() {
+    this._setState(this._attempt === 0 ? 'connecting' : 'reconnecting', { attempt: this._attempt });
+    let socket;
+    try {
+      socket = new this._WebSocket(this.url);
+    } catch (error) {
+      // A malformed URL will not get better by retrying; report it and stop.
+      this._stopped = true;
+      this._setState('closed', { reason: String(error && error.message ? error.message : error) });
+      return;
+    }
+    this._socket = socket;
+    let openedAt = 0;
+    socket.onopen = () => {
+      openedAt = Date.now();
+      this._setState('open', { attempt: this._attempt });
+      // Only a connection that stays up resets the backoff, so a server that accepts and then
+      // drops every connection is not hammered every half second.
+      this._stableTimer = setTimeout(() => {
+        this._attempt = 0;
+      }, STABLE_AFTER_MS);
+    };
+    socket.onmessage = (event) => this._handleMessage(event.data);
+    socket.onerror = () => {
+      // Always followed by a close event, which schedules the reconnect.
+    };
+    socket.onclose = (event) => {
+      if (this._socket !== socket) return;
+      this._socket = null;
+      clearTimeout(this._stableTimer);
+      this._stableTimer = null;
+      if (this._stopped) return;
+      if (openedAt && Date.now() - openedAt >= STABLE_AFTER_MS) this._attempt = 0;
+      const delayMs = backoffDelay(this._attempt, this.backoffMs, this.maxBackoffMs);
+      this._attempt += 1;
+      this._setState('reconnecting', {
+        attempt: this._attempt,
+        delayMs,
+        code: event.code,
+        reason: event.reason,
+      });
+      this._retryTimer = setTimeout(() => {
+        this._retryTimer = null;
+        this._open();
+      }, delayMs);
+    };
+  }
+
+  _handleMessage(raw) {
+    if (typeof raw !== 'string') return;
+    let message;
+    try {
+      message = JSON.parse(raw);
+    } catch {
+      return;
+    }
+    if (!message || typeof message !== 'object' || Array.isArray(message)) return;
+    if (message.event === 'new_trending') {
+      const id = typeof message.id === 'string' && message.id !== '' ? message.id : null;
+      if (id) {
+        // A resumed connection may replay what was already shown; show each id once.
+        if (this._recentIds.includes(id)) return;
+        this._recentIds.push(id);
+        if (this._recentIds.length > RECENT_IDS) this._recentIds.shift();
+        this.lastId = id;
+      }
+      this._call('onNotification', message);
+      if (this.options.toasts !== false && typeof document !== 'undefined') this.showToast(message);
+    } else if (message.event === 'resync') {
+      if (typeof message.latest === 'string' && message.latest !== '') this.lastId = message.latest;
+      this._call('onResync', message);
+    }
+    // Other events are for newer clients; ignore them.
+  }
+
+  _call(name, ...args) {
+    const callback = this.options[name];
+    if (typeof callback !== 'function') return;
+    try {
+      callback(...args);
+    } catch (error) {
+      // A throwing callback must not break delivery of the next message.
+      setTimeout(() => {
+        throw error;
+      });
+    }
+  }
+
+  _setState(state, detail) {
+    const changed = state !== this.state;
+    this.state = state;
+    if (this._statusEl) {
+      this._statusEl.dataset.state = state;
+      this._statusEl.textContent = STATE_LABELS[state];
+      this._statusEl.title = state === 'open' ? `Receiving ${this.region} notifications` : STATE_LABELS[state];
+    }
+    if (changed || state === 'reconnecting') this._call('onState', state, { region: this.region, ...detail });
+  }
+
+  _setupStatusElement(status) {
+    if (status === false) return;
+    if (status && typeof status === 'object' && status.nodeType === 1) {
+      this._statusEl = status;
+    } else {
+      this._statusEl = document.createElement('span');
+      this._statusEl.classList.add('tvs-status--floating');
+      this._ownsStatusEl = true;
+      (document.body || document.documentElement).appendChild(this._statusEl);
+    }
+    this._statusEl.classList.add('tvs-status');
+    this._statusEl.setAttribute('role', 'status');
+  }
+
+  _toastContainer() {
+    if (this._container && this._container.isConnected) return this._container;
+    let container = document.querySelector('.tvs-toasts');
+    if (!container) {
+      container = document.createElement('section');
+      container.className = 'tvs-toasts';
+      container.setAttribute('aria-label', 'Trending notifications');
+      (document.body || document.documentElement).appendChild(container);
+    }
+    container.classList.add('tvs-toasts');
+    container.setAttribute('aria-live', 'polite');
+    container.setAttribute('aria-atomic', 'false');
+    this._container = container;
+    return container;
+  }
+
+  /** Shows one notification as a toast and returns its element. */
+  showToast(notification) {
+    const container = this._toastContainer();
+    const region = String(notification.region ?? '');
+    const text = (value) => (value === undefined || value === null ? '' : String(value));
+
+    const toast = document.createElement('article');
+    toast.className = 'tvs-toast';
+    toast.dataset.region = region;
+    if (typeof notification.video_id === 'string') toast.dataset.videoId = notification.video_id;
+    if (notification.rtl === true) {
+      toast.setAttribute('dir', 'rtl');
+      toast.setAttribute('lang', rtlLanguage(region) || 'ar');
+    } else {
+      toast.setAttribute('dir', 'ltr');
+    }
+
+    const thumbUrl = safeImageUrl(notification.thumbnail);
+    const thumbBox = document.createElement('div');
+    thumbBox.className = 'tvs-toast__thumb-box';
+    if (thumbUrl) {
+      const img = document.createElement('img');
+      img.className = 'tvs-toast__thumb';
+      img.alt = '';
+      img.decoding = 'async';
+      img.referrerPolicy = 'no-referrer';
+      img.addEventListener('error', () => img.remove(), { once: true });
+      img.src = thumbUrl;
+      thumbBox.appendChild(img);
+    }
+    toast.appendChild(thumbBox);
+
+    const body = document.createElement('div');
+    body.className = 'tvs-toast__body';
+    const label = document.createElement('p');
+    label.className = 'tvs-toast__label';
+    const format = this.options.formatLabel;
+    label.textContent = typeof format === 'function' ? String(format(region)) : `Trending in ${region}`;
+    const title = document.createElement('p');
+    title.className = 'tvs-toast__title';
+    const titleText = document.createElement('bdi');
+    titleText.className = 'tvs-toast__text';
+    titleText.textContent = text(notification.title);
+    title.appendChild(titleText);
+    const channel = document.createElement('p');
+    channel.className = 'tvs-toast__channel';
+    const channelText = document.createElement('bdi');
+    channelText.className = 'tvs-toast__text';
+    channelText.textContent = text(notification.channel);
+    channel.appendChild(channelText);
+    body.append(label, title, channel);
+    toast.appendChild(body);
+
+    const dismiss = document.createElement('button');
+    dismiss.type = 'button';
+    dismiss.className = 'tvs-toast__close';
+    dismiss.setAttribute('aria-label', 'Dismiss');
+    dismiss.textContent = '×';
+    toast.appendChild(dismiss);
+
+    let remaining = this.toastMs;
+    let startedAt = Date.now();
+    let timer = null;
+    const leave = () => this._dismissToast(toast, () => clearTimeout(timer));
+    const resume = () => {
+      clearTimeout(timer);
+      startedAt = Date.now();
+      timer = setTimeout(leave, remaining);
+    };
+    const pause = () => {
+      clearTimeout(timer);
+      remaining = Math.max(1000, remaining - (Date.now() - startedAt));
+    };
+    toast.addEventListener('mouseenter', pause);
+    toast.addEventListener('mouseleave', resume);
+    toast.addEventListener('focusin', pause);
+    toast.addEventListener('focusout', resume);
+    dismiss.addEventListener('click', (event) => {
+      event.stopPropagation();
+      leave();
+    });
+    if (typeof this.options.onToastClick === 'function') {
+      toast.dataset.clickable = '';
+      toast.tabIndex = 0;
+      const activate = () => this._call('onToastClick', notification);
+      toast.addEventListener('click', activate);
+      toast.addEventListener('keydown', (event) => {
+        if (event.key === 'Enter' && event.target === toast) activate();
+      });
+    }
+    toast._tvsLeave = leave;
+
+    container.prepend(toast);
+    resume();
+
+    const live = [...container.children].filter(
+      (el) => el.classList.contains('tvs-toast') && !el.classList.contains('tvs-toast--leaving'),
+    );
+    for (const old of live.slice(this.maxToasts)) {
+      if (typeof old._tvsLeave === 'function') old._tvsLeave();
+      else old.remove();
+    }
+    return toast;
+  }
+
+  _dismissToast(toast, cancelTimer) {
+    cancelTimer();
+    if (toast.classList.contains('tvs-toast--leaving')) return;
+    if (reducedMotion(window) || !toast.isConnected) {
+      toast.remove();
+      return;
+    }
+    toast.classList.add('tvs-toast--leaving');
+    const done = () => toast.remove();
+    toast.addEventListener('animationend', done, { once: true });
+    setTimeout(done, 400);
+  }
+}
+
+export default TrendingNotifier;

@@ -1,0 +1,27 @@
+//! Static assets compiled into the binary: the demo page and the browser client module, so a
+//! fresh machine needs nothing but the binary to show notifications in a browser.
+
+/// One embedded file.
+#[derive(Debug, Clone, Copy)]
+pub struct Asset {
+    /// URL path it is served at.
+    pub path: &'static str,
+    /// `Content-Type` header.
+    pub content_type: &'static str,
+    /// The bytes.
+    pub body: &'static str,
+}
+
+/// The demo page, served at `GET /` when the request is not a WebSocket upgrade.
+pub const INDEX: Asset = Asset {
+    path: "/",
+    content_type: "text/html; charset=utf-8",
+    body: include_str!("../assets/index.html"),
+};
+
+/// Every other asset, served at its path.
+pub const FILES: &[Asset] = &[Asset {
+    path: "/client.js",
+    content_type: "text/javascript; charset=utf-8",
+    body: include_str!("../assets/client.js"),
+}];

@@ -1,0 +1,138 @@
+//! Command-line and environment configuration. Every flag has an `NOTIFY_*` variable, so the
+//! same binary runs from a shell, a systemd unit or a container spec.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use notify_proto::{Region, DEFAULT_CHANNEL_PREFIX, DEFAULT_MAX_PAYLOAD_BYTES};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// notify-gateway: pushes new-trending notifications to browsers over WebSocket, per region.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "notify-gateway", version, about, long_about = None)]
+pub struct GatewayConfig {
+    /// Address to listen on for WebSocket and HTTP.
+    #[arg(long, env = "NOTIFY_LISTEN", default_value = "127.0.0.1:8765")]
+    pub listen: SocketAddr,
+
+    /// Redis URL (redis://[:password@]host:port[/db]). Without it the embedded single-node
+    /// broker is used.
+    #[arg(long, env = "NOTIFY_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Regions served, comma-separated ISO 3166-1 alpha-2 codes.
+    #[arg(
+        long,
+        env = "NOTIFY_REGIONS",
+        value_delimiter = ',',
+        default_value = "AE,FI,CZ,DK,BE,GB,CH,US",
+        value_parser = parse_region
+    )]
+    pub regions: Vec<Region>,
+
+    /// Prefix of the Redis channels: channel = prefix + region.
+    #[arg(long, env = "NOTIFY_CHANNEL_PREFIX", default_value = DEFAULT_CHANNEL_PREFIX)]
+    pub channel_prefix: String,
+
+    /// Messages a client may fall behind before it is disconnected as a slow consumer
+    /// (rounded up to a power of two).
+    #[arg(long, env = "NOTIFY_QUEUE_LIMIT", default_value_t = 256)]
+    pub queue_limit: usize,
+
+    /// Most WebSocket connections held at once; further handshakes get HTTP 503. Also capped by
+    /// the open-files limit.
+    #[arg(long, env = "NOTIFY_MAX_CONNECTIONS", default_value_t = 1_000_000)]
+    pub max_connections: usize,
+
+    /// Largest notification accepted from Redis or the HTTP API, in bytes.
+    #[arg(long, env = "NOTIFY_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
+    pub max_payload_bytes: usize,
+
+    /// Largest frame a client may send, in bytes; a larger one closes that connection.
+    #[arg(long, env = "NOTIFY_MAX_CLIENT_FRAME_BYTES", default_value_t = 4096)]
+    pub max_client_frame_bytes: usize,
+
+    /// Time a new connection has to send its complete HTTP request head.
+    #[arg(long, env = "NOTIFY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Interval of server pings to each client.
+    #[arg(long, env = "NOTIFY_PING_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A client that sends nothing (not even a pong) for this long is dropped.
+    #[arg(long, env = "NOTIFY_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// A write to a client that does not complete in this time drops the client.
+    #[arg(long, env = "NOTIFY_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, time allowed for closing every connection before exiting.
+    #[arg(long, env = "NOTIFY_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Bearer key required by POST /api/publish. Without it the API is open on a loopback
+    /// listen address and disabled on any other.
+    #[arg(long, env = "NOTIFY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "NOTIFY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn parse_region(input: &str) -> Result<Region, String> {
+    Region::parse(input.trim()).map_err(|error| error.to_string())
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_seed_deployment() {
+        let config = GatewayConfig::try_parse_from(["notify-gateway"]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8765");
+        let regions: Vec<&str> = config.regions.iter().map(Region::as_str).collect();
+        assert_eq!(regions, ["AE", "FI", "CZ", "DK", "BE", "GB", "CH", "US"]);
+        assert!(config.redis_url.is_none());
+    }
+
+    #[test]
+    fn bad_region_is_a_usage_error() {
+        let error = GatewayConfig::try_parse_from(["notify-gateway", "--regions", "AE,XX"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("\"XX\""), "{error}");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+}

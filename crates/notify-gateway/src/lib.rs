@@ -1,0 +1,23 @@
+//! notify-gateway: WebSocket fan-out and HTTP on one port, fed by Redis or the embedded
+//! broker.
+//!
+//! The binary (`main.rs`) only parses configuration, sets up logging, binds, and waits for
+//! SIGTERM/SIGINT; everything else is here so the tests can read it as one piece.
+//!
+//! # Layout
+//! - [`config`]: flags and `NOTIFY_*` environment variables.
+//! - [`server`]: shared state, HTTP routes, the accept loop, shutdown and drain.
+//! - [`socket`]: one WebSocket connection: batching writes, pings, close codes.
+//! - [`capacity`]: the open-files limit and connection slots.
+//! - [`telemetry`]: logging and Prometheus metrics.
+//! - [`assets`]: the demo page and browser client compiled into the binary.
+
+pub mod assets;
+pub mod capacity;
+pub mod config;
+pub mod server;
+pub mod socket;
+pub mod telemetry;
+
+pub use config::GatewayConfig;
+pub use server::run;

@@ -1,0 +1,141 @@
+//! Logs and metrics setup: tracing with `RUST_LOG` and text or JSON output; the Prometheus
+//! recorder that every `metrics::` macro in the workspace reports to, and the handles the
+//! hot path uses so it never looks a metric up by name.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use notify_proto::Region;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global tracing subscriber. Level from `RUST_LOG`, default `info`.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second install (tests calling run twice) is harmless; ignore it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Upper bounds of the fan-out latency histogram, in seconds (100 µs … 5 s).
+const FANOUT_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Installs the Prometheus recorder and keeps its histograms drained.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("notify_fanout_latency_seconds".into()),
+            &FANOUT_BUCKETS,
+        )
+        .context("configuring histogram buckets")?
+        .install_recorder()
+        .context("installing the Prometheus recorder")?;
+    describe();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "notify_connections",
+        "Open WebSocket connections, by region."
+    );
+    describe_counter!(
+        "notify_messages_received_total",
+        "Valid notifications received from the broker, by region."
+    );
+    describe_counter!(
+        "notify_messages_delivered_total",
+        "Notification frames written to clients."
+    );
+    describe_counter!(
+        "notify_messages_dropped_total",
+        "Notifications slow clients missed before being disconnected."
+    );
+    describe_counter!(
+        "notify_bad_payloads_total",
+        "Payloads skipped because they broke the wire contract, by reason."
+    );
+    describe_counter!(
+        "notify_slow_client_disconnects_total",
+        "Clients disconnected for falling behind the queue limit or timing out a write."
+    );
+    describe_counter!(
+        "notify_broker_reconnects_total",
+        "Times the Redis subscription was lost and re-established."
+    );
+    describe_gauge!(
+        "notify_broker_ready",
+        "1 while the broker is subscribed, else 0."
+    );
+    describe_counter!(
+        "notify_handshakes_rejected_total",
+        "WebSocket handshakes refused, by reason."
+    );
+    describe_counter!(
+        "notify_accept_errors_total",
+        "Errors accepting TCP connections (e.g. out of file descriptors)."
+    );
+    describe_histogram!("notify_fanout_latency_seconds", Unit::Seconds, "Time from receipt by the gateway to the write to a client, per write batch (its oldest message).");
+}
+
+/// Pre-resolved metric handles for the per-connection hot path.
+#[derive(Debug, Clone)]
+pub struct ConnectionMetrics {
+    /// `notify_messages_delivered_total`.
+    pub delivered: Counter,
+    /// `notify_messages_dropped_total`.
+    pub dropped: Counter,
+    /// `notify_slow_client_disconnects_total`.
+    pub slow_disconnects: Counter,
+    /// `notify_fanout_latency_seconds`.
+    pub fanout_latency: Histogram,
+    connections: HashMap<Region, Gauge>,
+}
+
+impl ConnectionMetrics {
+    /// Handles for `regions`, with each region's connection gauge set to 0 so it is visible
+    /// before the first client.
+    pub fn new(regions: &[Region]) -> Self {
+        let connections = regions
+            .iter()
+            .map(|region| {
+                let gauge =
+                    metrics::gauge!("notify_connections", "region" => region.as_str().to_owned());
+                gauge.set(0.0);
+                (*region, gauge)
+            })
+            .collect();
+        ConnectionMetrics {
+            delivered: metrics::counter!("notify_messages_delivered_total"),
+            dropped: metrics::counter!("notify_messages_dropped_total"),
+            slow_disconnects: metrics::counter!("notify_slow_client_disconnects_total"),
+            fanout_latency: metrics::histogram!("notify_fanout_latency_seconds"),
+            connections,
+        }
+    }
+
+    /// The connection gauge of `region`.
+    pub fn connections(&self, region: Region) -> Option<&Gauge> {
+        self.connections.get(&region)
+    }
+}
