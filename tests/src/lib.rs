@@ -360,7 +360,9 @@ pub fn http_client() -> reqwest::Client {
 pub async fn next_text(socket: &mut WsClient, timeout: Duration) -> Option<String> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let frame = tokio::time::timeout_at(deadline, socket.next()).await.ok()??;
+        let frame = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .ok()??;
         match frame.ok()? {
             Message::Text(text) => return Some(text.to_string()),
             Message::Close(_) => return None,

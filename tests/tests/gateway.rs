@@ -1,0 +1,492 @@
+//! The gateway end to end: real `redis-server`, the real `notify-gateway` binary, real
+//! WebSocket clients over loopback.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use notify_tests::{
+    expect_silence, http_client, next_json, next_text, seed_payload, wait_until, Gateway,
+    RedisServer,
+};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(5);
+const QUIET: Duration = Duration::from_millis(300);
+
+async fn redis_and_gateway(extra: &[&str]) -> (RedisServer, Gateway) {
+    let redis = RedisServer::start().await.expect("redis-server");
+    let url = redis.url();
+    let mut args = vec!["--redis-url", url.as_str()];
+    args.extend_from_slice(extra);
+    let gateway = Gateway::start(&args).await.expect("gateway");
+    assert!(
+        gateway.wait_ready_status(200, WAIT).await,
+        "gateway never ready"
+    );
+    (redis, gateway)
+}
+
+#[tokio::test]
+async fn seed_php_payload_reaches_only_its_region() {
+    let (redis, gateway) = redis_and_gateway(&[]).await;
+    let mut ae = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    let mut fi = gateway.connect_counted("/?region=FI", "FI").await.unwrap();
+    let mut us = gateway.connect_counted("/?region=US", "US").await.unwrap();
+
+    // Byte for byte what the seed's PHP publisher sends (json_encode, JSON_UNESCAPED_UNICODE).
+    let php = r#"{"event":"new_trending","region":"AE","video_id":"a1b2c3","title":"فيديو رائج في دبي","thumbnail":"https://i.ytimg.com/vi/a1b2c3/hqdefault.jpg","channel":"قناة","rtl":true,"ts":1764290000}"#;
+    assert_eq!(redis.publish("tvs:AE", php).await.unwrap(), 1);
+
+    let received = next_text(&mut ae, WAIT).await.expect("AE client gets it");
+    assert_eq!(received, php, "delivered unchanged");
+    expect_silence(&mut fi, QUIET).await.unwrap();
+    expect_silence(&mut us, QUIET).await.unwrap();
+}
+
+#[tokio::test]
+async fn unicode_arrives_equal_in_every_script() {
+    let (redis, gateway) = redis_and_gateway(&[]).await;
+    let cases = [
+        ("AE", "عاجل: إطلاق فيديو جديد"),
+        ("CZ", "Příliš žluťoučký kůň: č ž š"),
+        ("FI", "Hyvää päivää: ä ö"),
+        ("DK", "Rødgrød med fløde: ø å"),
+    ];
+    for (region, title) in cases {
+        let mut client = gateway
+            .connect_counted(&format!("/?region={region}"), region)
+            .await
+            .unwrap();
+        redis
+            .publish(&format!("tvs:{region}"), seed_payload(region, "v1", title))
+            .await
+            .unwrap();
+        let text = next_text(&mut client, WAIT).await.expect("delivered");
+        assert!(!text.contains("\\u"), "unicode escaped: {text}");
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["title"], title);
+        assert_eq!(value["region"], region);
+    }
+}
+
+#[tokio::test]
+async fn default_region_is_us_and_region_is_case_insensitive() {
+    let (redis, gateway) = redis_and_gateway(&[]).await;
+    let mut default = gateway.connect_counted("/", "US").await.unwrap();
+    let mut lower = gateway.connect_counted("/?region=ae", "AE").await.unwrap();
+    redis
+        .publish("tvs:US", seed_payload("US", "us1", "US title"))
+        .await
+        .unwrap();
+    redis
+        .publish("tvs:AE", seed_payload("AE", "ae1", "AE title"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_json(&mut default, WAIT).await.unwrap()["video_id"],
+        "us1"
+    );
+    assert_eq!(
+        next_json(&mut lower, WAIT).await.unwrap()["video_id"],
+        "ae1"
+    );
+    expect_silence(&mut default, QUIET).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_and_unserved_regions_get_400_with_a_reason() {
+    let gateway = Gateway::start(&["--regions", "AE,FI"]).await.unwrap();
+    for (query, expected) in [
+        (
+            "/?region=../x",
+            "\"../x\" is not an ISO 3166-1 alpha-2 code",
+        ),
+        (
+            "/?region=ZZ",
+            "\"ZZ\" is not an assigned ISO 3166-1 alpha-2 code",
+        ),
+        (
+            "/?region=JP",
+            "region JP is not served by this gateway (served: AE,FI)",
+        ),
+        ("/", "region US is not served"),
+    ] {
+        let error = gateway.connect(query).await.unwrap_err();
+        let response = match error.root_cause().downcast_ref() {
+            Some(tokio_tungstenite::tungstenite::Error::Http(response)) => response,
+            other => panic!("{query}: expected an HTTP error, got {other:?}"),
+        };
+        assert_eq!(response.status(), 400, "{query}");
+        let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+        assert!(body.contains(expected), "{query}: {body}");
+        assert_eq!(body.trim().lines().count(), 1, "one-line reason: {body}");
+    }
+    assert!(gateway.connect("/?region=fi").await.is_ok());
+}
+
+#[tokio::test]
+async fn bad_payloads_are_counted_and_skipped_while_good_ones_flow() {
+    let (redis, gateway) = redis_and_gateway(&["--max-payload-bytes", "2048"]).await;
+    let mut client = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("not_json", b"{not json".to_vec()),
+        ("not_object", b"[1,2,3]".to_vec()),
+        ("not_utf8", b"{\"title\":\"\xff\xfe\"}".to_vec()),
+        ("too_large", vec![b' '; 4096]),
+        (
+            "missing_field",
+            br#"{"event":"new_trending","region":"AE"}"#.to_vec(),
+        ),
+        (
+            "region_mismatch",
+            seed_payload("FI", "x", "wrong channel").into_bytes(),
+        ),
+        (
+            "bad_thumbnail",
+            seed_payload("AE", "x", "t")
+                .replace("https://i.ytimg.com", "javascript:alert(1)//")
+                .into_bytes(),
+        ),
+    ];
+    for (index, (_, payload)) in bad.iter().enumerate() {
+        redis.publish("tvs:AE", payload).await.unwrap();
+        redis
+            .publish("tvs:AE", seed_payload("AE", &format!("good{index}"), "ok"))
+            .await
+            .unwrap();
+    }
+    for index in 0..bad.len() {
+        let value = next_json(&mut client, WAIT).await.expect("good message");
+        assert_eq!(value["video_id"], format!("good{index}"));
+    }
+    expect_silence(&mut client, QUIET).await.unwrap();
+    for (reason, _) in &bad {
+        let count = gateway
+            .metric(&format!("notify_bad_payloads_total{{reason=\"{reason}\"}}"))
+            .await
+            .unwrap();
+        assert_eq!(count, 1.0, "{reason}");
+    }
+    assert_eq!(gateway.get("/healthz").await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn redis_outage_flips_readiness_and_delivery_resumes() {
+    let (mut redis, gateway) = redis_and_gateway(&[]).await;
+    let mut client = gateway.connect_counted("/?region=FI", "FI").await.unwrap();
+    redis.kill();
+    assert!(
+        gateway.wait_ready_status(503, WAIT).await,
+        "/readyz must say 503 while Redis is down"
+    );
+    let (_, body) = gateway.get("/readyz").await.unwrap();
+    assert!(body.contains("redis broker is"), "{body}");
+    redis.restart().await.unwrap();
+    assert!(
+        gateway
+            .wait_ready_status(200, Duration::from_secs(15))
+            .await,
+        "/readyz must recover"
+    );
+    redis
+        .publish("tvs:FI", seed_payload("FI", "after", "Takaisin ä ö"))
+        .await
+        .unwrap();
+    let value = next_json(&mut client, WAIT)
+        .await
+        .expect("delivery resumes");
+    assert_eq!(value["video_id"], "after");
+    assert!(
+        gateway
+            .metric("notify_broker_reconnects_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+}
+
+/// A client that stops reading must not hold anyone back: the live client's latency stays far
+/// below the write timeout while the stalled one is cut off as a slow consumer.
+#[tokio::test]
+async fn a_stalled_client_does_not_delay_the_others() {
+    let (redis, gateway) =
+        redis_and_gateway(&["--queue-limit", "128", "--write-timeout", "2s"]).await;
+    // The stalled client: a tiny receive buffer, and it never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gateway.addr()).await.unwrap();
+    let (_stalled, _) = tokio_tungstenite::client_async(gateway.ws_url("/?region=AE"), stream)
+        .await
+        .unwrap();
+    let mut live = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    assert!(
+        wait_until(WAIT, || async {
+            gateway.connections("AE").await.unwrap_or(0.0) >= 2.0
+        })
+        .await
+    );
+
+    const MESSAGES: usize = 600;
+    let filler = "x".repeat(48 * 1024);
+    let epoch = Instant::now();
+    let publisher = {
+        let client = redis.client();
+        let filler = filler.clone();
+        tokio::spawn(async move {
+            let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+            for seq in 0..MESSAGES {
+                let mut payload: Value =
+                    serde_json::from_str(&seed_payload("AE", &format!("v{seq}"), "big")).unwrap();
+                payload["sent_us"] = json!(epoch.elapsed().as_micros() as u64);
+                payload["filler"] = json!(filler);
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg("tvs:AE")
+                    .arg(payload.to_string())
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap();
+                // Paced so the live client (a debug build parsing 48 KB of JSON) keeps up.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let mut latencies_ms = Vec::with_capacity(MESSAGES);
+    for seq in 0..MESSAGES {
+        let value = next_json(&mut live, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("live client missed message {seq}"));
+        assert_eq!(value["video_id"], format!("v{seq}"), "in order, none lost");
+        let sent = Duration::from_micros(value["sent_us"].as_u64().unwrap());
+        latencies_ms.push((epoch.elapsed() - sent).as_secs_f64() * 1e3);
+    }
+    publisher.await.unwrap();
+    latencies_ms.sort_by(f64::total_cmp);
+    let median = latencies_ms[MESSAGES / 2];
+    let max = latencies_ms[MESSAGES - 1];
+    eprintln!("live client latency with a stalled peer: median {median:.2} ms, max {max:.2} ms");
+    // The seed's gather() would hold the live client until the stalled write times out (2 s).
+    assert!(median < 20.0, "median {median} ms");
+    assert!(max < 500.0, "max {max} ms");
+    assert!(
+        wait_until(WAIT, || async {
+            gateway
+                .metric("notify_slow_client_disconnects_total")
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        })
+        .await,
+        "the stalled client is disconnected as a slow consumer"
+    );
+}
+
+#[tokio::test]
+async fn slow_consumer_gets_a_policy_close_frame() {
+    // Embedded broker; the client falls behind while it is not polled, then reads.
+    let gateway = Gateway::start(&["--queue-limit", "4"]).await.unwrap();
+    let mut client = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    let http = http_client();
+    let body = seed_payload("AE", "v", "t");
+    // Publish more than the queue holds faster than the write loop can drain; with a batch
+    // limit the socket keeps up, so make the client stop reading by not polling it while
+    // 5 MB of messages queue in its TCP buffers.
+    let big: Value = {
+        let mut value: Value = serde_json::from_str(&body).unwrap();
+        value["filler"] = json!("y".repeat(60 * 1024));
+        value
+    };
+    for _ in 0..200 {
+        let response = http
+            .post(format!("{}/api/publish", gateway.http_url()))
+            .json(&big)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let mut close = None;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), client.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                close = frame;
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
+        }
+    }
+    let close = close.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy);
+    assert!(close.reason.contains("slow consumer"), "{}", close.reason);
+}
+
+#[tokio::test]
+async fn sigterm_sends_going_away_to_every_client_and_exits_zero() {
+    let mut gateway = Gateway::start(&["--drain-timeout", "5s"]).await.unwrap();
+    let mut clients = Vec::new();
+    for region in ["AE", "FI", "US"] {
+        clients.push(
+            gateway
+                .connect_counted(&format!("/?region={region}"), region)
+                .await
+                .unwrap(),
+        );
+    }
+    let started = Instant::now();
+    gateway.sigterm();
+    for client in &mut clients {
+        let frame = tokio::time::timeout(WAIT, client.next())
+            .await
+            .expect("close within the drain time");
+        match frame {
+            Some(Ok(Message::Close(Some(close)))) => {
+                assert_eq!(close.code, CloseCode::Away);
+                assert!(close.reason.contains("shutting down"));
+            }
+            other => panic!("expected a 1001 close frame, got {other:?}"),
+        }
+    }
+    assert_eq!(gateway.wait_exit(Duration::from_secs(6)), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(6));
+}
+
+#[tokio::test]
+async fn api_publish_needs_the_key_and_reaches_clients() {
+    let (_redis, gateway) = redis_and_gateway(&["--api-key", "s3cret"]).await;
+    let mut client = gateway.connect_counted("/?region=CZ", "CZ").await.unwrap();
+    let http = http_client();
+    let url = format!("{}/api/publish", gateway.http_url());
+    let body: Value = serde_json::from_str(&seed_payload("CZ", "cz1", "Čeština: č ž š")).unwrap();
+
+    let response = http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"].as_str().unwrap().contains("Bearer"));
+    let response = http
+        .post(&url)
+        .bearer_auth("wrong")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    expect_silence(&mut client, QUIET).await.unwrap();
+
+    let response = http
+        .post(&url)
+        .bearer_auth("s3cret")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let receipt: Value = response.json().await.unwrap();
+    assert_eq!(receipt["region"], "CZ");
+    assert_eq!(receipt["subscribers"], 1, "one gateway subscribed on Redis");
+    let value = next_json(&mut client, WAIT).await.unwrap();
+    assert_eq!(value["title"], "Čeština: č ž š");
+
+    let response = http
+        .post(&url)
+        .bearer_auth("s3cret")
+        .body(r#"{"event":"new_trending","region":"CZ"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("video_id"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn capacity_limit_answers_503() {
+    let gateway = Gateway::start(&["--max-connections", "2"]).await.unwrap();
+    let _first = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    let _second = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    let error = gateway.connect("/?region=AE").await.unwrap_err();
+    match error.root_cause().downcast_ref() {
+        Some(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("expected HTTP 503, got {other:?}"),
+    }
+    assert_eq!(gateway.get("/healthz").await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn oversized_client_frame_closes_that_connection_only() {
+    let gateway = Gateway::start(&["--max-client-frame-bytes", "1024"])
+        .await
+        .unwrap();
+    let mut chatty = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    let mut quiet = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    chatty
+        .send(Message::text("z".repeat(10_000)))
+        .await
+        .unwrap();
+    let frame = tokio::time::timeout(WAIT, chatty.next()).await.unwrap();
+    match frame {
+        Some(Ok(Message::Close(Some(close)))) => assert_eq!(close.code, CloseCode::Size),
+        other => panic!("expected a 1009 close, got {other:?}"),
+    }
+    let response = http_client()
+        .post(format!("{}/api/publish", gateway.http_url()))
+        .body(seed_payload("AE", "still", "here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        next_json(&mut quiet, WAIT).await.unwrap()["video_id"],
+        "still"
+    );
+}
+
+#[tokio::test]
+async fn silent_clients_are_dropped_after_the_idle_timeout() {
+    let gateway = Gateway::start(&["--ping-interval", "100ms", "--idle-timeout", "400ms"])
+        .await
+        .unwrap();
+    let _silent = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    // Not polled: it never answers pings.
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            gateway.connections("AE").await.unwrap_or(1.0) == 0.0
+        })
+        .await,
+        "the silent client is dropped"
+    );
+    // A client that is polled answers pings and stays.
+    let mut polite = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    let stays = tokio::time::timeout(Duration::from_millis(1200), async {
+        while let Some(Ok(_)) = polite.next().await {}
+    })
+    .await;
+    assert!(stays.is_err(), "a responsive client is kept");
+    assert_eq!(gateway.connections("AE").await.unwrap(), 1.0);
+}
+
+#[tokio::test]
+async fn health_and_metrics_endpoints() {
+    let gateway = Gateway::start(&[]).await.unwrap();
+    assert_eq!(gateway.get("/healthz").await.unwrap().0, 200);
+    assert_eq!(gateway.get("/readyz").await.unwrap().0, 200);
+    let (status, body) = gateway.get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("notify_connections{region=\"AE\"} 0"),
+        "{body}"
+    );
+    let (status, body) = gateway.get("/api/info").await.unwrap();
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["broker"], "embedded");
+    assert_eq!(info["publish"], "open");
+    assert_eq!(info["regions"].as_array().unwrap().len(), 8);
+}
