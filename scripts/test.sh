@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine: installs what the tests need
+# (redis-server, Chromium) when missing, builds the binaries the end-to-end tests spawn,
+# runs the Rust tests and the real-browser tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "== installing ${missing[*]} (Debian packages)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+echo "== building binaries (the end-to-end tests spawn them)"
+cargo build --workspace --bins
+
+echo "== Rust tests (unit + end-to-end against real redis-server)"
+cargo test --workspace
+
+if [ -f tests/browser/run.sh ]; then
+  echo "== browser tests (headless Chromium)"
+  bash tests/browser/run.sh
+fi
