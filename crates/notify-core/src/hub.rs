@@ -15,13 +15,16 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use notify_proto::Region;
+use notify_proto::{Region, StreamId};
 use tokio::sync::broadcast;
 
 /// One message as queued for clients: the encoded frame plus when the gateway received it
 /// (for the fan-out latency histogram).
 #[derive(Debug, Clone)]
 pub struct Envelope<T> {
+    /// The message's history id; `None` for messages published without one (plain `PUBLISH`)
+    /// and for control messages.
+    pub id: Option<StreamId>,
     /// The encoded frame, shared by every client of the region.
     pub frame: T,
     /// When ingest handed it to the hub.
@@ -102,11 +105,12 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
 
     /// Queues `frame` for every current subscriber of `region`; returns how many that is.
     /// Never waits. A region not served is a no-op returning 0.
-    pub fn publish(&self, region: Region, frame: T) -> usize {
+    pub fn publish(&self, region: Region, id: Option<StreamId>, frame: T) -> usize {
         let Some(sender) = self.regions.get(&region) else {
             return 0;
         };
         let envelope = Envelope {
+            id,
             frame,
             received_at: Instant::now(),
         };
@@ -162,7 +166,7 @@ mod tests {
         let hub: Hub<String> = Hub::new([region("AE"), region("FI")], 8);
         let mut ae = hub.subscribe(region("AE")).unwrap();
         let mut fi = hub.subscribe(region("FI")).unwrap();
-        assert_eq!(hub.publish(region("AE"), "hello".into()), 1);
+        assert_eq!(hub.publish(region("AE"), None, "hello".into()), 1);
         assert_eq!(ae.recv().await.unwrap().frame, "hello");
         assert_eq!(fi.try_recv().unwrap().map(|e| e.frame), None);
         assert_eq!(hub.subscribers(region("FI")), 1);
@@ -170,7 +174,7 @@ mod tests {
             hub.subscribe(region("US")).unwrap_err(),
             HubError::NotServed(region("US"))
         );
-        assert_eq!(hub.publish(region("US"), "x".into()), 0);
+        assert_eq!(hub.publish(region("US"), None, "x".into()), 0);
     }
 
     #[tokio::test]
@@ -179,7 +183,10 @@ mod tests {
         let mut stalled = hub.subscribe(region("AE")).unwrap();
         let mut live = hub.subscribe(region("AE")).unwrap();
         for n in 0..10u8 {
-            assert_eq!(hub.publish(region("AE"), bytes::Bytes::from(vec![n])), 2);
+            assert_eq!(
+                hub.publish(region("AE"), None, bytes::Bytes::from(vec![n])),
+                2
+            );
             assert_eq!(live.recv().await.unwrap().frame[0], n);
         }
         assert_eq!(
@@ -193,7 +200,7 @@ mod tests {
         let hub: Hub<bytes::Bytes> = Hub::new([region("AE")], 4);
         let mut a = hub.subscribe(region("AE")).unwrap();
         let mut b = hub.subscribe(region("AE")).unwrap();
-        hub.publish(region("AE"), bytes::Bytes::from(vec![7u8; 1024]));
+        hub.publish(region("AE"), None, bytes::Bytes::from(vec![7u8; 1024]));
         let first = a.recv().await.unwrap().frame;
         let second = b.recv().await.unwrap().frame;
         assert_eq!(first.as_ptr(), second.as_ptr());

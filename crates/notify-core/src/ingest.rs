@@ -1,17 +1,25 @@
 //! The one inbound path: raw channel payload → validated notification → one encoded frame →
-//! the hub.
+//! the region's history and the hub.
+//!
+//! Messages with an id are delivered at most once and in id order per region: an id at or
+//! below the newest one already delivered is a duplicate (the same message seen live and in a
+//! catch-up read) and is dropped, counted in `notify_duplicates_dropped_total`. Recording in
+//! history and publishing to the hub happen under the region's lock, so history order and
+//! delivery order are the same order.
 //!
 //! Every broker feeds payloads through [`Ingest`], so validation, counting and logging of bad
 //! input happen in exactly one place. A bad payload is counted in
 //! `notify_bad_payloads_total{reason}`, logged at most once per second (with how many were
 //! suppressed), and skipped; it never reaches a client and never stops the flow.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use notify_proto::{ChannelNames, Notification, PayloadError, Region};
+use notify_proto::{ChannelNames, ControlMessage, Notification, PayloadError, Region, StreamId};
 
+use crate::history::{Lookup, RegionHistory};
 use crate::hub::Hub;
 
 /// Why an inbound payload was skipped.
@@ -37,6 +45,7 @@ pub struct Ingest<T> {
     channels: ChannelNames,
     max_payload_bytes: usize,
     bad_payload_log: RateLimitedLog,
+    histories: HashMap<Region, Mutex<RegionHistory<T>>>,
 }
 
 impl<T> Ingest<T>
@@ -44,13 +53,24 @@ where
     T: From<String> + Clone + Send + Sync + 'static,
 {
     /// An ingest path into `hub` for payloads on `channels`, refusing payloads over
-    /// `max_payload_bytes`.
-    pub fn new(hub: Arc<Hub<T>>, channels: ChannelNames, max_payload_bytes: usize) -> Self {
+    /// `max_payload_bytes` and keeping the last `history_capacity` messages of each region.
+    pub fn new(
+        hub: Arc<Hub<T>>,
+        channels: ChannelNames,
+        max_payload_bytes: usize,
+        history_capacity: usize,
+    ) -> Self {
+        let histories = hub
+            .regions()
+            .into_iter()
+            .map(|region| (region, Mutex::new(RegionHistory::new(history_capacity))))
+            .collect();
         Ingest {
             hub,
             channels,
             max_payload_bytes,
             bad_payload_log: RateLimitedLog::default(),
+            histories,
         }
     }
 
@@ -100,13 +120,99 @@ where
         }
     }
 
-    /// Encodes a valid notification once and queues it for its region's clients. Returns how
-    /// many clients that is.
+    /// Encodes a valid notification once, records it in history when it has an id, and queues
+    /// it for its region's clients. Returns how many clients that is; 0 for a duplicate.
     pub fn deliver(&self, notification: &Notification) -> usize {
         let region: Region = notification.region;
+        let Some(mut history) = self.history(region) else {
+            return 0;
+        };
+        if let (Some(id), Some(newest)) = (notification.id, history.newest()) {
+            if id <= newest {
+                metrics::counter!("notify_duplicates_dropped_total").increment(1);
+                return 0;
+            }
+        }
+        self.record_and_publish(&mut history, notification)
+    }
+
+    /// Gives a notification the region's next id (embedded broker), then delivers it. Returns
+    /// the id and how many clients it was queued for.
+    pub fn deliver_new(&self, notification: &mut Notification) -> (Option<StreamId>, usize) {
+        let Some(mut history) = self.history(notification.region) else {
+            return (None, 0);
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let id = history.next_id(now_ms);
+        notification.id = Some(id);
+        let queued = self.record_and_publish(&mut history, notification);
+        (Some(id), queued)
+    }
+
+    fn record_and_publish(
+        &self,
+        history: &mut RegionHistory<T>,
+        notification: &Notification,
+    ) -> usize {
+        let frame = T::from(notification.to_json());
+        Self::count_received(notification.region);
+        if let Some(id) = notification.id {
+            history.record(id, frame.clone());
+        }
+        self.hub
+            .publish(notification.region, notification.id, frame)
+    }
+
+    /// Delivers an already encoded frame with an id (a catch-up read from a stream), unless
+    /// that id was delivered already. Returns whether it was delivered.
+    pub fn deliver_frame(&self, region: Region, id: StreamId, frame: T) -> bool {
+        let Some(mut history) = self.history(region) else {
+            return false;
+        };
+        if history.newest().is_some_and(|newest| id <= newest) {
+            metrics::counter!("notify_duplicates_dropped_total").increment(1);
+            return false;
+        }
+        Self::count_received(region);
+        history.record(id, frame.clone());
+        self.hub.publish(region, Some(id), frame);
+        true
+    }
+
+    fn count_received(region: Region) {
         metrics::counter!("notify_messages_received_total", "region" => region.as_str().to_owned())
             .increment(1);
-        self.hub.publish(region, T::from(notification.to_json()))
+    }
+
+    /// Sends a control message to every client of `region` (e.g. a resync after an outage
+    /// longer than the retained history).
+    pub fn broadcast_control(&self, region: Region, message: &ControlMessage) -> usize {
+        let _history = self.history(region);
+        self.hub.publish(region, None, T::from(message.to_json()))
+    }
+
+    /// Newest id delivered for `region`.
+    pub fn last_id(&self, region: Region) -> Option<StreamId> {
+        self.history(region)?.newest()
+    }
+
+    /// Messages after `since` from memory, when memory covers them.
+    pub fn replay_from_memory(&self, region: Region, since: StreamId) -> Lookup<T> {
+        match self.history(region) {
+            Some(history) => history.after(since),
+            None => Lookup::NotCovered,
+        }
+    }
+
+    fn history(&self, region: Region) -> Option<MutexGuard<'_, RegionHistory<T>>> {
+        let history = self.histories.get(&region)?;
+        Some(
+            history
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 }
 
@@ -147,7 +253,7 @@ mod tests {
         let hub = Arc::new(Hub::new([ae], 16));
         let subscription = hub.subscribe(ae).unwrap();
         (
-            Ingest::new(hub, ChannelNames::default(), 1024),
+            Ingest::new(hub, ChannelNames::default(), 1024, 8),
             subscription,
         )
     }
@@ -172,6 +278,60 @@ mod tests {
         assert_eq!(ingest.channel_message("tvs:AE", good.as_bytes()), Ok(1));
         assert_eq!(subscription.try_recv().unwrap().unwrap().frame, good);
         assert!(subscription.try_recv().unwrap().is_none());
+    }
+
+    #[test]
+    fn ids_deduplicate_and_feed_history() {
+        let (ingest, mut subscription) = setup();
+        let ae = Region::parse("AE").unwrap();
+        let with_id = |id: &str| {
+            format!(
+                r#"{{"id":"{id}","event":"new_trending","region":"AE","video_id":"v{id}","title":"t","thumbnail":"https://x/y.jpg","channel":"c","ts":1}}"#
+            )
+        };
+        assert_eq!(
+            ingest.channel_message("tvs:AE", with_id("5-0").as_bytes()),
+            Ok(1)
+        );
+        assert_eq!(
+            ingest.channel_message("tvs:AE", with_id("5-0").as_bytes()),
+            Ok(0)
+        );
+        assert_eq!(
+            ingest.channel_message("tvs:AE", with_id("4-0").as_bytes()),
+            Ok(0)
+        );
+        assert_eq!(
+            ingest.channel_message("tvs:AE", with_id("6-0").as_bytes()),
+            Ok(1)
+        );
+        assert_eq!(ingest.last_id(ae), Some(StreamId::new(6, 0)));
+        let first = subscription.try_recv().unwrap().unwrap();
+        assert_eq!(first.id, Some(StreamId::new(5, 0)));
+        assert_eq!(
+            subscription.try_recv().unwrap().unwrap().id,
+            Some(StreamId::new(6, 0))
+        );
+        assert!(subscription.try_recv().unwrap().is_none());
+        match ingest.replay_from_memory(ae, StreamId::new(5, 0)) {
+            Lookup::Entries(entries) => {
+                assert_eq!(entries.len(), 1);
+                assert!(entries[0].1.contains("\"id\":\"6-0\""));
+            }
+            Lookup::NotCovered => panic!("memory covers 5-0"),
+        }
+    }
+
+    #[test]
+    fn deliver_new_assigns_increasing_ids() {
+        let (ingest, _subscription) = setup();
+        let ae = Region::parse("AE").unwrap();
+        let mut first = Notification::new(ae, "v", "t", "https://x/y", "c", 1);
+        let mut second = first.clone();
+        let (a, _) = ingest.deliver_new(&mut first);
+        let (b, _) = ingest.deliver_new(&mut second);
+        assert!(a.unwrap() < b.unwrap());
+        assert_eq!(second.id, b);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   the hub.
 //! - [`broker`]: where payloads come from and where API publishes go: Redis pub/sub (multi-node)
 //!   or an embedded in-process broker (single node, no Redis).
+//! - [`history`]: the last messages of each region by id, for `?since=` resume (the whole
+//!   history with the embedded broker, a cache in front of Redis streams otherwise).
 //! - [`backoff`]: capped exponential backoff with jitter for reconnect loops.
 //!
 //! # Invariant
@@ -19,6 +21,7 @@
 
 pub mod backoff;
 pub mod broker;
+pub mod history;
 pub mod hub;
 pub mod ingest;
 

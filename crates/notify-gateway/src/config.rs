@@ -53,6 +53,16 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_MAX_CONNECTIONS", default_value_t = 1_000_000)]
     pub max_connections: usize,
 
+    /// Messages kept per region for `?since=` resume: the length each Redis stream is trimmed
+    /// to (approximately) on API publishes, and the size of the embedded broker's history.
+    #[arg(long, env = "NOTIFY_HISTORY_RETENTION", default_value_t = 10_000)]
+    pub history_retention: usize,
+
+    /// With Redis: recent messages per region kept in memory, so most resumes need no Redis
+    /// round trip.
+    #[arg(long, env = "NOTIFY_HISTORY_CACHE", default_value_t = 1024)]
+    pub history_cache: usize,
+
     /// Largest notification accepted from Redis or the HTTP API, in bytes.
     #[arg(long, env = "NOTIFY_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
     pub max_payload_bytes: usize,

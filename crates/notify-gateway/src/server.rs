@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use notify_core::broker::{EmbeddedBroker, RedisBroker, RedisBrokerConfig};
 use notify_core::{Broker, BrokerState, Hub, Ingest};
-use notify_proto::{ChannelNames, Notification, Region};
+use notify_proto::{ChannelNames, Notification, Region, StreamId};
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -130,20 +130,24 @@ pub async fn run(
     );
 
     let hub = Arc::new(Hub::new(config.regions.iter().copied(), config.queue_limit));
+    let history_capacity = match config.redis_url {
+        Some(_) => config.history_cache,
+        None => config.history_retention,
+    };
     let ingest = Arc::new(Ingest::new(
         Arc::clone(&hub),
         ChannelNames::new(config.channel_prefix.clone()),
         config.max_payload_bytes,
+        history_capacity,
     ));
     let broker_shutdown = CancellationToken::new();
     let broker = match &config.redis_url {
         Some(url) => {
-            let (broker, _task) = RedisBroker::start(
-                RedisBrokerConfig::new(url.clone()),
-                Arc::clone(&ingest),
-                broker_shutdown.clone(),
-            )
-            .context("starting the Redis broker")?;
+            let mut redis_config = RedisBrokerConfig::new(url.clone());
+            redis_config.retention = config.history_retention;
+            let (broker, _task) =
+                RedisBroker::start(redis_config, Arc::clone(&ingest), broker_shutdown.clone())
+                    .context("starting the Redis broker")?;
             tracing::info!(redis = %redact_url(url), "broker: Redis");
             Broker::Redis(Box::new(broker))
         }
@@ -357,7 +361,10 @@ fn json_error(status: StatusCode, error: impl std::fmt::Display) -> Response {
 /// Query of the WebSocket URL.
 #[derive(Debug, Deserialize)]
 struct RootQuery {
+    /// Region to receive; default US.
     region: Option<String>,
+    /// Last message id the client saw; resume after it.
+    since: Option<String>,
 }
 
 async fn root(
@@ -393,6 +400,19 @@ async fn root(
             Err(error) => return reject("bad_region", StatusCode::BAD_REQUEST, error.to_string()),
         },
     };
+    let since = match query.since.as_deref().filter(|since| !since.is_empty()) {
+        None => None,
+        Some(text) => match StreamId::parse(text) {
+            Ok(since) => Some(since),
+            Err(error) => {
+                return reject(
+                    "bad_since",
+                    StatusCode::BAD_REQUEST,
+                    format!("since: {error}"),
+                )
+            }
+        },
+    };
     let subscription = match app.hub.subscribe(region) {
         Ok(subscription) => subscription,
         Err(error) => {
@@ -417,6 +437,7 @@ async fn root(
     };
     let connection = Connection {
         region,
+        since,
         subscription,
         slot,
         app: Arc::clone(app),

@@ -6,21 +6,30 @@
 //! Queued messages are written in batches: everything already queued (up to
 //! [`MAX_BATCH`]) is encoded into the socket's write buffer and flushed with one write.
 //!
+//! # Resume
+//! A client that connects with `?since=<id>` first gets every retained message after that id,
+//! in order, then live ones. The subscription is taken before the history is read, so nothing
+//! published meanwhile is missed; live messages at or below the last id already sent are
+//! skipped, so nothing is sent twice. When the history does not reach back to `since`, the
+//! client gets a `resync` control message instead, then live messages.
+//!
 //! Endings and their close codes:
 //! - fell behind the queue limit → 1008 (policy violation), `slow consumer: …`, counted;
 //! - a write that does not finish within `--write-timeout` → dropped without a close frame
 //!   (the socket is not draining), counted as a slow consumer;
 //! - nothing heard for `--idle-timeout` → dropped;
 //! - a client frame over `--max-client-frame-bytes` → 1009 (message too big);
-//! - gateway shutdown → 1001 (going away).
+//! - gateway shutdown → 1001 (going away);
+//! - resume asked while the history cannot be read (Redis down) → 1013 (try again later).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
+use notify_core::broker::Replay;
 use notify_core::{Envelope, Subscription, SubscriptionError};
-use notify_proto::Region;
+use notify_proto::{ControlMessage, Region, StreamId};
 use tokio_tungstenite::tungstenite;
 
 use crate::capacity::ConnectionSlot;
@@ -38,12 +47,16 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 1008;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for an oversized client frame.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code when history cannot be read right now.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 /// Everything one connection needs, moved into its task.
 #[derive(Debug)]
 pub struct Connection {
     /// The region it receives.
     pub region: Region,
+    /// Resume after this id, when the client asked to.
+    pub since: Option<StreamId>,
     /// Its window into the region's ring.
     pub subscription: Subscription<Utf8Bytes>,
     /// Held for the connection's life; frees a capacity slot on drop.
@@ -66,6 +79,7 @@ enum Ending {
 pub async fn serve(mut socket: WebSocket, connection: Connection) {
     let Connection {
         region,
+        since,
         mut subscription,
         slot,
         app,
@@ -74,7 +88,15 @@ pub async fn serve(mut socket: WebSocket, connection: Connection) {
     if let Some(gauge) = &gauge {
         gauge.increment(1.0);
     }
-    let ending = pump(&mut socket, &mut subscription, &app).await;
+    let ending = match since {
+        Some(since) => match replay(&mut socket, region, since, &app).await {
+            Ok(mut sent_through) => {
+                pump(&mut socket, &mut subscription, &mut sent_through, &app).await
+            }
+            Err(ending) => ending,
+        },
+        None => pump(&mut socket, &mut subscription, &mut None, &app).await,
+    };
     if let Some(gauge) = &gauge {
         gauge.decrement(1.0);
     }
@@ -94,9 +116,93 @@ pub async fn serve(mut socket: WebSocket, connection: Connection) {
     drop(slot);
 }
 
+/// Sends what the client missed after `since`; returns the id live delivery must be past.
+async fn replay(
+    socket: &mut WebSocket,
+    region: Region,
+    since: StreamId,
+    app: &App,
+) -> Result<Option<StreamId>, Ending> {
+    let replay = match app.broker.replay(region, since).await {
+        Ok(replay) => replay,
+        Err(error) => {
+            tracing::warn!(%region, %since, %error, "cannot read history for a resume");
+            return Err(Ending::Close(
+                CLOSE_TRY_AGAIN_LATER,
+                "history temporarily unavailable; retry shortly".into(),
+            ));
+        }
+    };
+    let frames: Vec<(Option<StreamId>, Utf8Bytes)> = match replay {
+        Replay::Entries(entries) => entries
+            .into_iter()
+            .map(|(id, frame)| (Some(id), frame))
+            .collect(),
+        Replay::Resync { latest, reason } => {
+            metrics::counter!("notify_resyncs_total").increment(1);
+            let message = ControlMessage::Resync {
+                region,
+                since,
+                latest,
+                reason: reason.into(),
+            };
+            // After a resync, live messages are not compared with `since`: it may come from
+            // a history that no longer exists.
+            send_frames(socket, vec![(None, message.to_json().into())], app).await?;
+            return Ok(None);
+        }
+    };
+    let sent_through = frames.last().and_then(|(id, _)| *id).unwrap_or(since);
+    send_frames(socket, frames, app).await?;
+    Ok(Some(sent_through))
+}
+
+/// Writes `frames` in batches of [`MAX_BATCH`], each flushed within the write timeout.
+async fn send_frames(
+    socket: &mut WebSocket,
+    frames: Vec<(Option<StreamId>, Utf8Bytes)>,
+    app: &App,
+) -> Result<(), Ending> {
+    let mut frames = frames.into_iter().peekable();
+    while frames.peek().is_some() {
+        let batch = async {
+            let mut written = 0u64;
+            for (_, frame) in frames.by_ref().take(MAX_BATCH) {
+                socket.feed(Message::Text(frame)).await?;
+                written += 1;
+            }
+            socket.flush().await?;
+            Ok::<u64, axum::Error>(written)
+        };
+        match tokio::time::timeout(app.settings.write_timeout, batch).await {
+            Ok(Ok(written)) => app.metrics.delivered.increment(written),
+            Ok(Err(_)) => return Err(Ending::ClientGone),
+            Err(_) => {
+                app.metrics.slow_disconnects.increment(1);
+                return Err(Ending::Drop("write timed out"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a live envelope was already sent during the replay. Clears `sent_through` once
+/// live delivery has passed it, so the common case costs one `None` check.
+fn already_sent(envelope: &Envelope<Utf8Bytes>, sent_through: &mut Option<StreamId>) -> bool {
+    match (envelope.id, *sent_through) {
+        (Some(id), Some(through)) if id <= through => true,
+        (Some(_), Some(_)) => {
+            *sent_through = None;
+            false
+        }
+        _ => false,
+    }
+}
+
 async fn pump(
     socket: &mut WebSocket,
     subscription: &mut Subscription<Utf8Bytes>,
+    sent_through: &mut Option<StreamId>,
     app: &App,
 ) -> Ending {
     let settings = &app.settings;
@@ -117,7 +223,10 @@ async fn pump(
             },
             delivery = subscription.recv() => match delivery {
                 Ok(first) => {
-                    if let Err(ending) = write_batch(socket, subscription, first, app).await {
+                    if sent_through.is_some() && already_sent(&first, sent_through) {
+                        continue;
+                    }
+                    if let Err(ending) = write_batch(socket, subscription, first, sent_through, app).await {
                         return ending;
                     }
                 }
@@ -149,6 +258,7 @@ async fn write_batch(
     socket: &mut WebSocket,
     subscription: &mut Subscription<Utf8Bytes>,
     first: Envelope<Utf8Bytes>,
+    sent_through: &mut Option<StreamId>,
     app: &App,
 ) -> Result<(), Ending> {
     let oldest = first.received_at;
@@ -159,6 +269,9 @@ async fn write_batch(
         while written < MAX_BATCH as u64 {
             match subscription.try_recv() {
                 Ok(Some(next)) => {
+                    if sent_through.is_some() && already_sent(&next, sent_through) {
+                        continue;
+                    }
                     socket.feed(Message::Text(next.frame)).await?;
                     written += 1;
                 }

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::region::Region;
+use crate::stream_id::StreamId;
 
 /// A message the gateway itself sends to a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,10 +18,10 @@ pub enum ControlMessage {
         /// The region the client is connected to.
         region: Region,
         /// The id the client asked to resume from.
-        since: String,
+        since: StreamId,
         /// The newest id the gateway knows for the region, when it knows one.
         #[serde(skip_serializing_if = "Option::is_none")]
-        latest: Option<String>,
+        latest: Option<StreamId>,
         /// Why, in words (`since is older than the retained history`).
         reason: String,
     },
@@ -41,8 +42,8 @@ mod tests {
     fn resync_encoding() {
         let message = ControlMessage::Resync {
             region: Region::parse("AE").unwrap(),
-            since: "1-0".into(),
-            latest: Some("9-0".into()),
+            since: StreamId::new(1, 0),
+            latest: Some(StreamId::new(9, 0)),
             reason: "since is older than the retained history".into(),
         };
         let json = message.to_json();

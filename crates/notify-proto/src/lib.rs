@@ -14,13 +14,16 @@
 //! - [`notification`]: the payload, its parsing, validation and canonical encoding.
 //! - [`channel`]: `{prefix}{REGION}` Redis channel names and their inverse.
 //! - [`control`]: messages the gateway sends on its own behalf (not published by anyone).
+//! - [`stream_id`]: message ids (`ms-seq`), the order of a region's history.
 
 pub mod channel;
 pub mod control;
 pub mod notification;
 pub mod region;
+pub mod stream_id;
 
 pub use channel::{ChannelNames, DEFAULT_CHANNEL_PREFIX};
 pub use control::ControlMessage;
 pub use notification::{Notification, PayloadError, DEFAULT_MAX_PAYLOAD_BYTES, EVENT_NEW_TRENDING};
 pub use region::{Region, RegionError, SEED_REGIONS};
+pub use stream_id::{StreamId, StreamIdError};

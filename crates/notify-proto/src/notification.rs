@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::region::{Region, RegionError};
+use crate::stream_id::StreamId;
 
 /// The only event publishers send.
 pub const EVENT_NEW_TRENDING: &str = "new_trending";
@@ -43,7 +44,7 @@ pub struct Notification {
     /// History id of this message in its region's stream (`1700000000000-0`), when the
     /// publisher recorded it. Absent for plain `PUBLISH` (the seed's PHP publisher).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    pub id: Option<StreamId>,
     /// Fields this contract does not define, kept in order and passed through unchanged.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -205,11 +206,16 @@ impl Notification {
         };
         let id = match fields.shift_remove("id") {
             None | Some(Value::Null) => None,
-            Some(Value::String(id)) if !id.is_empty() => Some(id),
+            Some(Value::String(id)) => {
+                Some(StreamId::parse(&id).map_err(|_| PayloadError::WrongType {
+                    field: "id",
+                    expected: "a message id string like \"1700000000000-0\"",
+                })?)
+            }
             Some(_) => {
                 return Err(PayloadError::WrongType {
                     field: "id",
-                    expected: "a non-empty string",
+                    expected: "a message id string like \"1700000000000-0\"",
                 })
             }
         };
@@ -413,7 +419,7 @@ mod tests {
     fn id_is_optional_and_kept() {
         let with_id = SEED_PHP_AE.replace("\"ts\":1764290000", "\"ts\":1764290000,\"id\":\"17-0\"");
         let parsed = Notification::from_slice(with_id.as_bytes(), 1 << 16).unwrap();
-        assert_eq!(parsed.id.as_deref(), Some("17-0"));
+        assert_eq!(parsed.id, Some(StreamId::new(17, 0)));
         assert_eq!(parsed.to_json(), with_id);
     }
 }

@@ -1,11 +1,16 @@
 //! The embedded broker: publishing goes straight into this process's ingest path. One node,
 //! no Redis, always ready. The default when no Redis URL is configured.
+//!
+//! Every publish gets an id from the region's in-process history, which is also what `?since=`
+//! resumes from: the same guarantees as with Redis, for as long as this process lives. A
+//! restart starts a new history; a client resuming from the old one is told to resync.
 
 use std::sync::Arc;
 
-use notify_proto::Notification;
+use notify_proto::{Notification, Region, StreamId};
 
-use super::PublishReceipt;
+use super::{PublishReceipt, Replay};
+use crate::history::Lookup;
 use crate::ingest::Ingest;
 
 /// In-process broker over one [`Ingest`].
@@ -23,12 +28,26 @@ where
         EmbeddedBroker { ingest }
     }
 
-    /// Delivers to this node's clients; the receipt counts them.
+    /// Gives the notification the region's next id and delivers it to this node's clients;
+    /// the receipt counts them.
     pub fn publish(&self, notification: &Notification) -> PublishReceipt {
-        let queued = self.ingest.deliver(notification);
+        let mut notification = notification.clone();
+        let (id, queued) = self.ingest.deliver_new(&mut notification);
         PublishReceipt {
             subscribers: queued as u64,
-            id: notification.id.clone(),
+            id,
+        }
+    }
+
+    /// Messages after `since` from the in-process history, or a resync when it does not
+    /// reach back that far.
+    pub fn replay(&self, region: Region, since: StreamId) -> Replay<T> {
+        match self.ingest.replay_from_memory(region, since) {
+            Lookup::Entries(entries) => Replay::Entries(entries),
+            Lookup::NotCovered => Replay::Resync {
+                latest: self.ingest.last_id(region),
+                reason: "since is not in the retained history",
+            },
         }
     }
 }

@@ -11,11 +11,26 @@
 pub mod embedded;
 pub mod redis;
 
-use notify_proto::Notification;
+use notify_proto::{Notification, StreamId};
 use tokio::sync::watch;
 
 pub use self::embedded::EmbeddedBroker;
 pub use self::redis::{RedisBroker, RedisBrokerConfig};
+
+/// What a client resuming with `?since=` gets before live messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay<T> {
+    /// Every message after `since`, oldest first, already encoded.
+    Entries(Vec<(StreamId, T)>),
+    /// The messages after `since` are not retained (too old, or the history was reset): the
+    /// client must be told, then gets live messages.
+    Resync {
+        /// Newest id of the region, when there is one.
+        latest: Option<StreamId>,
+        /// Why, for the client and the logs.
+        reason: &'static str,
+    },
+}
 
 /// Connection state of a broker, as `/readyz` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +61,7 @@ pub struct PublishReceipt {
     /// message was queued for.
     pub subscribers: u64,
     /// The message's history id, when the broker recorded one.
-    pub id: Option<String>,
+    pub id: Option<StreamId>,
 }
 
 /// Why a broker could not start or publish.
@@ -71,7 +86,7 @@ pub enum Broker<T> {
     /// In-process, single node.
     Embedded(EmbeddedBroker<T>),
     /// Redis pub/sub.
-    Redis(Box<RedisBroker>),
+    Redis(Box<RedisBroker<T>>),
 }
 
 impl<T> Broker<T>
@@ -86,6 +101,18 @@ where
         match self {
             Broker::Embedded(broker) => Ok(broker.publish(notification)),
             Broker::Redis(broker) => broker.publish(notification).await,
+        }
+    }
+
+    /// The messages of `region` after `since`, for a resuming client.
+    pub async fn replay(
+        &self,
+        region: notify_proto::Region,
+        since: StreamId,
+    ) -> Result<Replay<T>, BrokerError> {
+        match self {
+            Broker::Embedded(broker) => Ok(broker.replay(region, since)),
+            Broker::Redis(broker) => broker.replay(region, since).await,
         }
     }
 

@@ -1,26 +1,105 @@
-//! The Redis broker: one pub/sub connection subscribed to every served region's channel, and
-//! one multiplexed connection for API publishes.
+//! The Redis broker: one pub/sub connection subscribed to every served region's channel, one
+//! multiplexed connection for publishes and history reads, and a capped stream per region
+//! (`{prefix}{REGION}:stream`) that makes delivery recoverable.
 //!
-//! The subscriber loop owns the link's life cycle: connect → `SUBSCRIBE` all channels →
-//! [`BrokerState::Ready`] → feed every message to [`Ingest`] → on loss, [`BrokerState::Down`],
-//! wait a capped, jittered backoff, and start over. Each transition is logged once and counted
-//! in `notify_broker_reconnects_total`; the state is published on a watch channel that
-//! `/readyz` reads, so a gateway that lost Redis stops reporting ready instead of silently
+//! # Publishing
+//! [`PUBLISH_SCRIPT`] runs atomically in Redis: `XADD` the payload to the region's stream
+//! (`MAXLEN ~ retention`), then `PUBLISH` it with the new entry id spliced in as the first
+//! field, `{"id":"1700000000000-0",...}`. Every node sees the same id for the same message.
+//! A plain `PUBLISH` without an id (the seed's PHP publisher) is still delivered live, but it
+//! is not in any stream and cannot be recovered.
+//!
+//! # The subscriber loop
+//! connect → `SUBSCRIBE` every channel → catch up: for each region read the stream after the
+//! last id delivered (or after the stream's end as of the first subscription) and deliver what
+//! was missed → [`BrokerState::Ready`] → deliver live messages. Live messages that arrive during
+//! the catch-up wait in the connection's buffer and are deduplicated by id in
+//! [`Ingest`]. On loss: [`BrokerState::Down`], a capped, jittered backoff, and over again. Each
+//! transition is logged once and counted in `notify_broker_reconnects_total`; `/readyz` reads
+//! the state, so a gateway that lost Redis stops reporting ready instead of silently
 //! delivering nothing.
+//!
+//! When the outage outlasted the retained history, the region's clients get an explicit
+//! `resync` control message: never a silent gap.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use notify_proto::Notification;
+use notify_proto::{ControlMessage, Notification, Region, StreamId};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{BrokerError, BrokerState, PublishReceipt};
+use super::{BrokerError, BrokerState, PublishReceipt, Replay};
 use crate::backoff::Backoff;
+use crate::history::Lookup;
 use crate::ingest::Ingest;
+
+/// Atomically records a notification in its region's stream and publishes it with its id.
+///
+/// `KEYS[1]` stream key; `ARGV[1]` channel; `ARGV[2]` the notification as a JSON object
+/// without `id`; `ARGV[3]` retention (approximate `MAXLEN`). Returns `{id, subscribers}`.
+pub const PUBLISH_SCRIPT: &str = r#"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'payload', ARGV[2])
+local message = '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2)
+return {id, redis.call('PUBLISH', ARGV[1], message)}
+"#;
+
+/// Reads a region's stream after an id, with what is needed to tell whether anything after it
+/// was trimmed or lost.
+///
+/// `KEYS[1]` stream key; `ARGV[1]` exclusive start id; `ARGV[2]` most entries (0: none).
+/// Returns `{last_generated_id, max_deleted_entry_id, first_entry_id, entries}`; the ids are
+/// empty strings when the stream does not exist.
+pub const REPLAY_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'', '', '', {}} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local last, deleted, first = '', '', ''
+for i = 1, #info, 2 do
+  local key = info[i]
+  if key == 'last-generated-id' then last = info[i + 1]
+  elseif key == 'max-deleted-entry-id' then deleted = info[i + 1]
+  elseif key == 'first-entry' and info[i + 1] then first = info[i + 1][1] end
+end
+local entries = {}
+if tonumber(ARGV[2]) > 0 then
+  entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+end
+return {last, deleted, first, entries}
+"#;
+
+/// Default retention of each region's stream, in messages.
+pub const DEFAULT_RETENTION: usize = 10_000;
+
+/// The `EVALSHA` of [`PUBLISH_SCRIPT`] for one notification, for callers that pipeline many
+/// (load the script first with [`publish_script`]`().load_async`).
+pub fn publish_command(
+    script: &redis::Script,
+    stream_key: &str,
+    channel: &str,
+    notification: &Notification,
+    retention: usize,
+) -> redis::Cmd {
+    let mut without_id = notification.clone();
+    without_id.id = None;
+    let mut command = redis::cmd("EVALSHA");
+    command
+        .arg(script.get_hash())
+        .arg(1)
+        .arg(stream_key)
+        .arg(channel)
+        .arg(without_id.to_json())
+        .arg(retention.max(1));
+    command
+}
+
+/// [`PUBLISH_SCRIPT`] as a [`redis::Script`].
+pub fn publish_script() -> redis::Script {
+    redis::Script::new(PUBLISH_SCRIPT)
+}
 
 /// Settings for [`RedisBroker::start`].
 #[derive(Debug, Clone)]
@@ -33,63 +112,69 @@ pub struct RedisBrokerConfig {
     pub backoff_base: Duration,
     /// Largest reconnect delay.
     pub backoff_cap: Duration,
+    /// Approximate length each region's stream is trimmed to on publish.
+    pub retention: usize,
 }
 
 impl RedisBrokerConfig {
-    /// Defaults: 2 s command timeout, backoff from 100 ms to 5 s.
+    /// Defaults: 2 s command timeout, backoff from 100 ms to 5 s, [`DEFAULT_RETENTION`].
     pub fn new(url: impl Into<String>) -> Self {
         RedisBrokerConfig {
             url: url.into(),
             command_timeout: Duration::from_secs(2),
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(5),
+            retention: DEFAULT_RETENTION,
         }
     }
 }
 
-/// Redis pub/sub broker. Cheap to share behind an `Arc`.
+/// Redis pub/sub broker with stream-backed history.
 #[derive(Debug)]
-pub struct RedisBroker {
-    client: redis::Client,
-    config: RedisBrokerConfig,
-    channel_prefix: String,
-    /// Cached publish connection; cleared on error so the next publish reconnects.
-    publisher: Mutex<Option<MultiplexedConnection>>,
+pub struct RedisBroker<T> {
+    streams: StreamReader<T>,
     state: watch::Receiver<BrokerState>,
+    publish_script: redis::Script,
 }
 
-impl RedisBroker {
+impl<T> RedisBroker<T>
+where
+    T: From<String> + Clone + Send + Sync + 'static,
+{
     /// Validates the URL and spawns the subscriber loop feeding `ingest`. Returns at once; the
-    /// state is [`BrokerState::Connecting`] until the first subscription succeeds. The loop ends
-    /// when `shutdown` is cancelled.
-    pub fn start<T>(
+    /// state is [`BrokerState::Connecting`] until the first subscription and catch-up succeed.
+    /// The loop ends when `shutdown` is cancelled.
+    pub fn start(
         config: RedisBrokerConfig,
         ingest: Arc<Ingest<T>>,
         shutdown: CancellationToken,
-    ) -> Result<(Self, JoinHandle<()>), BrokerError>
-    where
-        T: From<String> + Clone + Send + Sync + 'static,
-    {
+    ) -> Result<(Self, JoinHandle<()>), BrokerError> {
         let client =
             redis::Client::open(config.url.as_str()).map_err(|source| BrokerError::InvalidUrl {
                 url: config.url.clone(),
                 source,
             })?;
         let (state_sender, state) = watch::channel(BrokerState::Connecting);
-        let channel_prefix = ingest.channels().prefix().to_owned();
-        let subscriber = Subscriber {
+        let streams = StreamReader {
             client: client.clone(),
             config: config.clone(),
+            ingest: Arc::clone(&ingest),
+            connection: Arc::new(Mutex::new(None)),
+            replay_script: redis::Script::new(REPLAY_SCRIPT),
+        };
+        let subscriber = Subscriber {
+            client,
+            config: config.clone(),
             ingest,
+            streams: streams.clone(),
             state: state_sender,
+            positions: HashMap::new(),
         };
         let task = tokio::spawn(subscriber.run(shutdown));
         let broker = RedisBroker {
-            client,
-            config,
-            channel_prefix,
-            publisher: Mutex::new(None),
+            streams,
             state,
+            publish_script: publish_script(),
         };
         Ok((broker, task))
     }
@@ -104,44 +189,147 @@ impl RedisBroker {
         self.state.clone()
     }
 
-    /// `PUBLISH {prefix}{REGION} <canonical json>`; the receipt carries Redis's subscriber
-    /// count.
+    /// Records and publishes with [`PUBLISH_SCRIPT`]; the receipt carries the new id and
+    /// Redis's subscriber count (gateway nodes).
     pub async fn publish(
         &self,
         notification: &Notification,
     ) -> Result<PublishReceipt, BrokerError> {
-        let channel = format!("{}{}", self.channel_prefix, notification.region);
-        let payload = notification.to_json();
-        let mut connection = self.publish_connection().await?;
-        let reply = tokio::time::timeout(
-            self.config.command_timeout,
-            redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(payload)
-                .query_async::<u64>(&mut connection),
-        )
-        .await;
-        match reply {
-            Ok(Ok(subscribers)) => Ok(PublishReceipt {
-                subscribers,
-                id: notification.id.clone(),
-            }),
+        let channels = self.streams.ingest.channels();
+        let region = notification.region;
+        let mut without_id = notification.clone();
+        without_id.id = None;
+        let mut invocation = self.publish_script.key(channels.stream_key(region));
+        invocation
+            .arg(channels.channel(region))
+            .arg(without_id.to_json())
+            .arg(self.streams.config.retention.max(1));
+        let (id, subscribers): (String, u64) = self
+            .streams
+            .command(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await?;
+        let id =
+            StreamId::parse(&id).map_err(|error| BrokerError::Unavailable(error.to_string()))?;
+        Ok(PublishReceipt {
+            subscribers,
+            id: Some(id),
+        })
+    }
+
+    /// Messages of `region` after `since`: from memory when it covers them, else from the
+    /// region's stream.
+    pub async fn replay(&self, region: Region, since: StreamId) -> Result<Replay<T>, BrokerError> {
+        if let Lookup::Entries(entries) = self.streams.ingest.replay_from_memory(region, since) {
+            return Ok(Replay::Entries(entries));
+        }
+        let read = self.streams.read_after(region, since, usize::MAX).await?;
+        Ok(read.into_replay(since))
+    }
+}
+
+/// What [`REPLAY_SCRIPT`] found.
+#[derive(Debug)]
+struct StreamRead<T> {
+    last_generated: Option<StreamId>,
+    max_deleted: Option<StreamId>,
+    first_entry: Option<StreamId>,
+    entries: Vec<(StreamId, T)>,
+}
+
+impl<T> StreamRead<T> {
+    /// Whether every message after `since` is still in the stream.
+    fn gap_reason(&self, since: StreamId) -> Option<&'static str> {
+        let Some(last) = self.last_generated else {
+            return Some("there is no history for this region");
+        };
+        if since > last {
+            return Some("since is newer than the region's history (it was reset)");
+        }
+        let max_deleted = self.max_deleted.filter(|id| *id != StreamId::ZERO);
+        if since == StreamId::ZERO && max_deleted.is_none() {
+            // From the very beginning, and nothing was ever trimmed: all of it is there.
+            return None;
+        }
+        let lower_bound = match (max_deleted, self.first_entry) {
+            (Some(deleted), _) => deleted,
+            (None, Some(first)) => first,
+            // Nothing deleted and nothing held: everything up to `last` is still "after since"
+            // only if since is `last` itself.
+            (None, None) => last,
+        };
+        (since < lower_bound).then_some("since is older than the retained history")
+    }
+
+    fn into_replay(self, since: StreamId) -> Replay<T> {
+        match self.gap_reason(since) {
+            Some(reason) => Replay::Resync {
+                latest: self.last_generated,
+                reason,
+            },
+            None => Replay::Entries(self.entries),
+        }
+    }
+}
+
+/// Reads region streams on a shared multiplexed connection.
+#[derive(Debug)]
+struct StreamReader<T> {
+    client: redis::Client,
+    config: RedisBrokerConfig,
+    ingest: Arc<Ingest<T>>,
+    /// Cached command connection; cleared on error so the next command reconnects.
+    connection: Arc<Mutex<Option<MultiplexedConnection>>>,
+    replay_script: redis::Script,
+}
+
+impl<T> Clone for StreamReader<T> {
+    fn clone(&self) -> Self {
+        StreamReader {
+            client: self.client.clone(),
+            config: self.config.clone(),
+            ingest: Arc::clone(&self.ingest),
+            connection: Arc::clone(&self.connection),
+            replay_script: self.replay_script.clone(),
+        }
+    }
+}
+
+impl<T> StreamReader<T>
+where
+    T: From<String> + Clone + Send + Sync + 'static,
+{
+    /// Runs one command on the cached connection with the command timeout.
+    async fn command<R, F, Fut>(&self, run: F) -> Result<R, BrokerError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<R>>,
+    {
+        let timeout = self.config.command_timeout;
+        let connection = self.connection().await?;
+        match tokio::time::timeout(timeout, run(connection)).await {
+            Ok(Ok(reply)) => Ok(reply),
             Ok(Err(error)) => {
-                self.forget_publish_connection();
+                if error.is_io_error() || error.is_connection_dropped() || error.is_timeout() {
+                    self.forget_connection();
+                }
                 Err(BrokerError::Unavailable(error.to_string()))
             }
             Err(_) => {
-                self.forget_publish_connection();
+                self.forget_connection();
                 Err(BrokerError::Unavailable(format!(
-                    "PUBLISH timed out after {:?}",
-                    self.config.command_timeout
+                    "command timed out after {timeout:?}"
                 )))
             }
         }
     }
 
-    async fn publish_connection(&self) -> Result<MultiplexedConnection, BrokerError> {
-        if let Some(connection) = self.cached_publish_connection() {
+    async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+        if let Some(connection) = self
+            .connection
+            .lock()
+            .ok()
+            .and_then(|cached| cached.clone())
+        {
             return Ok(connection);
         }
         let connection = tokio::time::timeout(
@@ -151,20 +339,63 @@ impl RedisBroker {
         .await
         .map_err(|_| BrokerError::Unavailable("connect timed out".into()))?
         .map_err(|error| BrokerError::Unavailable(error.to_string()))?;
-        if let Ok(mut cached) = self.publisher.lock() {
+        if let Ok(mut cached) = self.connection.lock() {
             *cached = Some(connection.clone());
         }
         Ok(connection)
     }
 
-    fn cached_publish_connection(&self) -> Option<MultiplexedConnection> {
-        self.publisher.lock().ok()?.clone()
-    }
-
-    fn forget_publish_connection(&self) {
-        if let Ok(mut cached) = self.publisher.lock() {
+    fn forget_connection(&self) {
+        if let Ok(mut cached) = self.connection.lock() {
             *cached = None;
         }
+    }
+
+    /// Runs [`REPLAY_SCRIPT`] for `region` after `since`, decoding at most `limit` entries
+    /// into frames (entries that break the contract are counted and skipped).
+    async fn read_after(
+        &self,
+        region: Region,
+        since: StreamId,
+        limit: usize,
+    ) -> Result<StreamRead<T>, BrokerError> {
+        let stream_key = self.ingest.channels().stream_key(region);
+        let count = limit.min(self.config.retention.saturating_mul(2).max(1000));
+        let mut invocation = self.replay_script.key(stream_key);
+        invocation.arg(since.to_string()).arg(count);
+        type Reply = (
+            String,
+            String,
+            String,
+            Vec<(String, HashMap<String, Vec<u8>>)>,
+        );
+        let (last, deleted, first, raw_entries): Reply = self
+            .command(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await?;
+        let parse = |text: &str| StreamId::parse(text).ok();
+        let max_payload = self.ingest.max_payload_bytes();
+        let mut entries = Vec::with_capacity(raw_entries.len());
+        for (id, fields) in raw_entries {
+            let Some(id) = parse(&id) else { continue };
+            let payload = fields.get("payload").map(Vec::as_slice).unwrap_or_default();
+            match Notification::from_channel_payload(payload, region, max_payload) {
+                Ok(mut notification) => {
+                    notification.id = Some(id);
+                    entries.push((id, T::from(notification.to_json())));
+                }
+                Err(error) => {
+                    metrics::counter!("notify_bad_payloads_total", "reason" => error.kind())
+                        .increment(1);
+                    tracing::warn!(%region, %id, %error, "skipped bad history entry");
+                }
+            }
+        }
+        Ok(StreamRead {
+            last_generated: parse(&last),
+            max_deleted: parse(&deleted),
+            first_entry: parse(&first),
+            entries,
+        })
     }
 }
 
@@ -173,24 +404,33 @@ struct Subscriber<T> {
     client: redis::Client,
     config: RedisBrokerConfig,
     ingest: Arc<Ingest<T>>,
+    streams: StreamReader<T>,
     state: watch::Sender<BrokerState>,
+    /// Per region, the stream position as of the first subscription, used to catch up when no
+    /// message was delivered since.
+    positions: HashMap<Region, StreamId>,
 }
 
 impl<T> Subscriber<T>
 where
     T: From<String> + Clone + Send + Sync + 'static,
 {
-    async fn run(self, shutdown: CancellationToken) {
-        let channels: Vec<String> = self
-            .ingest
-            .hub()
-            .regions()
-            .into_iter()
-            .map(|region| self.ingest.channels().channel(region))
+    async fn run(mut self, shutdown: CancellationToken) {
+        let regions = self.ingest.hub().regions();
+        let channels: Vec<String> = regions
+            .iter()
+            .map(|region| self.ingest.channels().channel(*region))
             .collect();
         let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_cap);
         loop {
-            match self.subscribe(&channels).await {
+            let subscribed = match self.subscribe(&channels).await {
+                Ok(pubsub) => match self.catch_up(&regions).await {
+                    Ok(()) => Ok(pubsub),
+                    Err(error) => Err(format!("catching up from the streams: {error}")),
+                },
+                Err(error) => Err(error),
+            };
+            match subscribed {
                 Ok(pubsub) => {
                     backoff.reset();
                     self.set_state(BrokerState::Ready);
@@ -242,6 +482,51 @@ where
         }
     }
 
+    /// Delivers, per region, what the streams hold after the last id delivered. On the first
+    /// subscription it only notes where each stream ends.
+    async fn catch_up(&mut self, regions: &[Region]) -> Result<(), BrokerError> {
+        for region in regions {
+            let since = match (self.ingest.last_id(*region), self.positions.get(region)) {
+                (Some(delivered), Some(position)) => Some(delivered.max(*position)),
+                (Some(delivered), None) => Some(delivered),
+                (None, Some(position)) => Some(*position),
+                (None, None) => None,
+            };
+            let Some(since) = since else {
+                let read = self.streams.read_after(*region, StreamId::ZERO, 0).await?;
+                self.positions
+                    .insert(*region, read.last_generated.unwrap_or(StreamId::ZERO));
+                continue;
+            };
+            let read = self.streams.read_after(*region, since, usize::MAX).await?;
+            if let Some(reason) = read
+                .gap_reason(since)
+                .filter(|_| read.last_generated.is_some())
+            {
+                tracing::warn!(%region, %since, reason, "messages were lost during the Redis outage; telling clients to resync");
+                let message = ControlMessage::Resync {
+                    region: *region,
+                    since,
+                    latest: read.last_generated,
+                    reason: "messages were missed during a broker outage longer than the retained history".into(),
+                };
+                self.ingest.broadcast_control(*region, &message);
+            }
+            let missed = read.entries.len();
+            let mut delivered = 0usize;
+            for (id, frame) in read.entries {
+                delivered += usize::from(self.ingest.deliver_frame(*region, id, frame));
+            }
+            if missed > 0 {
+                tracing::info!(%region, %since, missed, delivered, "caught up from the stream");
+            }
+            if let Some(last) = read.last_generated {
+                self.positions.insert(*region, last);
+            }
+        }
+        Ok(())
+    }
+
     fn set_state(&self, state: BrokerState) {
         let previous = self.state.send_replace(state);
         if previous != state {
@@ -256,5 +541,45 @@ where
                 0.0
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(last: u64, deleted: u64, first: Option<u64>) -> StreamRead<()> {
+        StreamRead {
+            last_generated: Some(StreamId::new(last, 0)),
+            max_deleted: Some(StreamId::new(deleted, 0)),
+            first_entry: first.map(|ms| StreamId::new(ms, 0)),
+            entries: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn gap_rules() {
+        let id = |ms| StreamId::new(ms, 0);
+        // Never trimmed, since inside: fine.
+        assert_eq!(read(10, 0, Some(1)).gap_reason(id(5)), None);
+        assert_eq!(read(10, 0, Some(1)).gap_reason(id(1)), None);
+        // Never trimmed, since before the first entry: another epoch.
+        assert!(read(10, 0, Some(3)).gap_reason(id(2)).is_some());
+        // Trimmed through 4: since=4 is fine (nothing after it lost), since=3 is not.
+        assert_eq!(read(10, 4, Some(5)).gap_reason(id(4)), None);
+        assert!(read(10, 4, Some(5)).gap_reason(id(3)).is_some());
+        // From the future.
+        assert!(read(10, 0, Some(1)).gap_reason(id(11)).is_some());
+        // From the beginning of a stream never trimmed.
+        assert_eq!(read(10, 0, Some(3)).gap_reason(StreamId::ZERO), None);
+        assert!(read(10, 2, Some(3)).gap_reason(StreamId::ZERO).is_some());
+        // No stream.
+        let missing: StreamRead<()> = StreamRead {
+            last_generated: None,
+            max_deleted: None,
+            first_entry: None,
+            entries: Vec::new(),
+        };
+        assert!(missing.gap_reason(id(1)).is_some());
     }
 }
