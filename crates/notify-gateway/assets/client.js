@@ -138,6 +138,7 @@ const CSS = `
   margin: 0; font-size: .6875rem; font-weight: 700; letter-spacing: .04em; text-transform: uppercase;
   color: var(--tvs-accent);
 }
+.tvs-toast[dir="rtl"] .tvs-toast__label { letter-spacing: normal; }
 .tvs-toast__title {
   margin: 0; font-size: .9375rem; font-weight: 600; line-height: 1.35; overflow-wrap: anywhere;
   display: -webkit-box; -webkit-box-orient: vertical; -webkit-line-clamp: 3; overflow: hidden;
@@ -466,6 +467,9 @@ export class TrendingNotifier {
     label.className = 'tvs-toast__label';
     const format = this.options.formatLabel;
     label.textContent = typeof format === 'function' ? String(format(region)) : `Trending in ${region}`;
+    // The heading and the dismiss button are in the page's language, not the video's.
+    const pageLang = document.documentElement.lang;
+    if (toast.hasAttribute('lang') && pageLang) label.setAttribute('lang', pageLang);
     const title = document.createElement('p');
     title.className = 'tvs-toast__title';
     const titleText = document.createElement('bdi');
@@ -486,6 +490,7 @@ export class TrendingNotifier {
     dismiss.className = 'tvs-toast__close';
     dismiss.setAttribute('aria-label', 'Dismiss');
     dismiss.textContent = '×';
+    if (toast.hasAttribute('lang') && pageLang) dismiss.setAttribute('lang', pageLang);
     toast.appendChild(dismiss);
 
     let remaining = this.toastMs;

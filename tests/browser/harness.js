@@ -1,0 +1,279 @@
+// Shared helpers for the browser tests: start the real notify-gateway binary on a free loopback
+// port (embedded broker, open publishing), publish through its HTTP API, and drive the system
+// Chromium through playwright-core. Nothing here downloads a browser.
+
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, copyFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const repoRoot = path.resolve(here, '..', '..');
+const targetDir = process.env.CARGO_TARGET_DIR
+  ? path.resolve(repoRoot, process.env.CARGO_TARGET_DIR)
+  : path.join(repoRoot, 'target');
+export const screenshotDir = path.join(targetDir, 'screenshots');
+export const docsScreenshotDir = path.join(repoRoot, 'docs', 'screenshots');
+
+export const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--disable-quic',
+];
+
+export function gatewayBinary() {
+  const bin = process.env.NOTIFY_GATEWAY_BIN || path.join(targetDir, 'debug', 'notify-gateway');
+  if (!existsSync(bin)) {
+    throw new Error(`gateway binary ${bin} not found: run \`cargo build --workspace --bins\` first or set NOTIFY_GATEWAY_BIN`);
+  }
+  return bin;
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+const running = new Set();
+process.on('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
+/** A running notify-gateway process. */
+export class Gateway {
+  constructor(port, regions) {
+    this.port = port;
+    this.regions = regions;
+    this.origin = `http://127.0.0.1:${port}`;
+    this.wsOrigin = `ws://127.0.0.1:${port}`;
+    this.child = null;
+    this.output = '';
+  }
+
+  /** Starts a gateway serving `regions` on `port` (a free one when omitted). */
+  static async start({ regions = ['AE', 'FI'], port } = {}) {
+    const gateway = new Gateway(port ?? (await freePort()), regions);
+    await gateway.spawn();
+    return gateway;
+  }
+
+  async spawn() {
+    const env = { ...process.env };
+    // Embedded broker and open (loopback, keyless) publishing, whatever the caller's shell has.
+    delete env.NOTIFY_REDIS_URL;
+    delete env.NOTIFY_API_KEY;
+    delete env.NOTIFY_LISTEN;
+    delete env.NOTIFY_REGIONS;
+    const args = ['--listen', `127.0.0.1:${this.port}`, '--regions', this.regions.join(',')];
+    const deadline = Date.now() + 20000;
+    // A restart on the same port may briefly find it still held; retry until the deadline.
+    for (;;) {
+      const child = spawn(gatewayBinary(), args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      running.add(child);
+      const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+      child.exitedPromise = exited;
+      child.stdout.on('data', (chunk) => { this.output += chunk; });
+      child.stderr.on('data', (chunk) => { this.output += chunk; });
+      exited.then(() => running.delete(child));
+      this.child = child;
+      const ready = await this.waitReady(exited, deadline);
+      if (ready === true) return;
+      if (Date.now() > deadline) {
+        throw new Error(`gateway on port ${this.port} did not become ready: ${ready}\n--- output ---\n${this.output.slice(-4000)}`);
+      }
+      await sleep(200);
+    }
+  }
+
+  async waitReady(exited, deadline) {
+    let exitInfo = null;
+    exited.then((info) => { exitInfo = info; });
+    while (Date.now() < deadline) {
+      if (exitInfo) return `exited early (${JSON.stringify(exitInfo)})`;
+      try {
+        const response = await fetch(`${this.origin}/readyz`);
+        if (response.status === 200) return true;
+      } catch {
+        // Not listening yet.
+      }
+      await sleep(50);
+    }
+    if (exitInfo) return `exited early (${JSON.stringify(exitInfo)})`;
+    this.child.kill('SIGKILL');
+    return 'timed out waiting for /readyz';
+  }
+
+  /** Kills the process (SIGKILL, like a crash) and waits for it to exit. */
+  async kill() {
+    if (!this.child) return;
+    const child = this.child;
+    this.child = null;
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await child.exitedPromise;
+  }
+
+  /** Kill, then start again on the same port. */
+  async restart() {
+    await this.kill();
+    await this.spawn();
+  }
+
+  async stop() {
+    if (!this.child) return;
+    const child = this.child;
+    this.child = null;
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    const timedOut = await Promise.race([child.exitedPromise.then(() => false), sleep(5000, undefined, { ref: false }).then(() => true)]);
+    if (timedOut) {
+      child.kill('SIGKILL');
+      await child.exitedPromise;
+    }
+  }
+
+  /** POST /api/publish; returns { status, body }. */
+  async publish(notification) {
+    const response = await fetch(`${this.origin}/api/publish`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify(notification),
+    });
+    const text = await response.text();
+    let body;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      body = text;
+    }
+    return { status: response.status, body };
+  }
+
+  /** Publishes and insists on HTTP 200 with at least `minSubscribers` receivers. */
+  async publishOk(notification, minSubscribers = 1) {
+    const { status, body } = await this.publish(notification);
+    if (status !== 200) throw new Error(`publish failed: HTTP ${status} ${JSON.stringify(body)}`);
+    if (!(Number(body.subscribers) >= minSubscribers)) {
+      throw new Error(`publish reached ${body.subscribers} subscribers, expected >= ${minSubscribers}`);
+    }
+    return body;
+  }
+
+  /** Waits until /metrics reports at least `count` WebSocket clients on `region`. */
+  async waitForConnections(region, count = 1, timeoutMs = 10000) {
+    const deadline = Date.now() + timeoutMs;
+    const pattern = new RegExp(`^notify_connections\\{[^}]*region="${region}"[^}]*\\}\\s+([0-9.e+]+)`, 'm');
+    let last = '';
+    while (Date.now() < deadline) {
+      try {
+        last = await (await fetch(`${this.origin}/metrics`)).text();
+        const match = pattern.exec(last);
+        if (match && Number(match[1]) >= count) return;
+      } catch {
+        // Retry.
+      }
+      await sleep(50);
+    }
+    throw new Error(`no ${count} connection(s) on ${region} within ${timeoutMs} ms; metrics:\n${last.slice(0, 2000)}`);
+  }
+}
+
+/** A seed-shaped notification with a fresh video id. */
+let counter = 0;
+export function notification(region, title, extra = {}) {
+  counter += 1;
+  return {
+    event: 'new_trending',
+    region,
+    video_id: `vid${Date.now().toString(36)}${counter}`,
+    title,
+    thumbnail: `https://thumbs.invalid/vi/${counter}/hqdefault.jpg`,
+    channel: extra.channel ?? 'Test channel',
+    ts: Math.floor(Date.now() / 1000),
+    ...extra,
+  };
+}
+
+export async function launchBrowser() {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found (apt-get install -y chromium)`);
+  return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+}
+
+/**
+ * A new page in its own context that records console errors, uncaught page errors and every
+ * WebSocket the page opens.
+ */
+export async function newPage(browser, contextOptions = {}) {
+  const context = await browser.newContext(contextOptions);
+  const page = await context.newPage();
+  page.consoleErrors = [];
+  page.pageErrors = [];
+  page.sockets = [];
+  page.on('console', (message) => {
+    if (message.type() === 'error') page.consoleErrors.push({ text: message.text(), url: message.location().url });
+  });
+  page.on('pageerror', (error) => page.pageErrors.push(String(error)));
+  page.on('websocket', (socket) => page.sockets.push(socket.url()));
+  return page;
+}
+
+/** Serves a generated SVG for any thumbnail URL on the page (no network needed). */
+export async function fakeThumbnails(page, pattern = /\/(vi|thumbnails)\//) {
+  await page.route(pattern, (route) => {
+    const hue = [...route.request().url()].reduce((sum, c) => sum + c.charCodeAt(0), 0) % 360;
+    const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="320" height="180" viewBox="0 0 320 180">
+      <defs><linearGradient id="g" x1="0" y1="0" x2="1" y2="1">
+        <stop offset="0" stop-color="hsl(${hue},70%,55%)"/><stop offset="1" stop-color="hsl(${(hue + 60) % 360},70%,35%)"/>
+      </linearGradient></defs>
+      <rect width="320" height="180" fill="url(#g)"/>
+      <circle cx="160" cy="90" r="34" fill="rgba(0,0,0,.35)"/>
+      <path d="M150 72 L178 90 L150 108 Z" fill="#fff"/></svg>`;
+    return route.fulfill({ status: 200, contentType: 'image/svg+xml', body: svg });
+  });
+}
+
+/** Locator for visible (not leaving) toasts, optionally with a given title. */
+export function toasts(page, title) {
+  const all = page.locator('.tvs-toast:not(.tvs-toast--leaving)');
+  return title === undefined ? all : all.filter({ has: page.locator('.tvs-toast__title', { hasText: title }) });
+}
+
+/** Screenshot of a toast with some margin so its shadow shows; also copied into docs/. */
+export async function screenshotToast(page, toast, name, { copyToDocs = false } = {}) {
+  mkdirSync(screenshotDir, { recursive: true });
+  const box = await toast.boundingBox();
+  const margin = 20;
+  const file = path.join(screenshotDir, `${name}.png`);
+  await page.screenshot({
+    path: file,
+    clip: {
+      x: Math.max(0, box.x - margin),
+      y: Math.max(0, box.y - margin),
+      width: box.width + 2 * margin,
+      height: box.height + 2 * margin,
+    },
+  });
+  // docs/ keeps committed copies: written when missing, refreshed only on request so a test
+  // run does not rewrite tracked files.
+  const docsFile = path.join(docsScreenshotDir, `${name}.png`);
+  if (copyToDocs && (!existsSync(docsFile) || process.env.UPDATE_SCREENSHOTS === '1')) {
+    mkdirSync(docsScreenshotDir, { recursive: true });
+    copyFileSync(file, docsFile);
+  }
+  return file;
+}
