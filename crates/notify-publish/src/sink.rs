@@ -1,0 +1,600 @@
+//! Where notifications go: Redis or a notify gateway (`POST /api/publish`), and how their
+//! answers and failures are classified.
+//!
+//! To Redis, each message runs notify-core's publish script: `XADD` to the region's capped
+//! history stream, then `PUBLISH {prefix}{REGION}` with the stream id as the message's `id`,
+//! atomically — the same path the gateway's API uses, so every message can be resumed.
+//!
+//! Batches are never one round trip per message: Redis gets pipelines of
+//! [`REDIS_PIPELINE_CHUNK`] commands over one multiplexed connection, the gateway gets one
+//! request in flight per region, up to `concurrency` regions at once (so each region's
+//! messages are published, and get their ids, in input order). Results are reported in input
+//! order.
+//!
+//! The Redis command for one message is built by [`add_redis_publish`] and its reply read by
+//! [`read_redis_reply`].
+
+use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt};
+use notify_core::broker::redis::{publish_command, publish_script};
+use notify_proto::{ChannelNames, Notification};
+use redis::aio::MultiplexedConnection;
+use serde::Deserialize;
+
+use crate::exit;
+
+/// PUBLISH commands sent per pipeline round trip.
+pub const REDIS_PIPELINE_CHUNK: usize = 1000;
+
+/// What the destination said about one delivered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Subscribers that received it: Redis's PUBLISH reply (gateway nodes), or what the
+    /// gateway reports.
+    pub subscribers: i64,
+    /// History id, when the destination recorded one.
+    pub id: Option<String>,
+}
+
+/// Why a message was not published.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    /// The destination cannot be reached (refused, timed out, dropped, broker down). Fatal
+    /// for the run: nothing after it is attempted.
+    #[error("{target} is unavailable: {reason}")]
+    Unavailable {
+        /// `Redis at redis://…` or `gateway at http://…`.
+        target: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The destination refused our credentials (gateway 401/403, Redis NOPERM/NOAUTH).
+    /// Fatal for the run.
+    #[error("{target} refused the request: {reason}")]
+    Denied {
+        /// `Redis at redis://…` or `gateway at http://…`.
+        target: String,
+        /// The destination's own message.
+        reason: String,
+    },
+    /// The destination rejected this one message as invalid (gateway 400/413). Counted as bad
+    /// input, like a line that fails local validation.
+    #[error("rejected by the gateway: {0}")]
+    Rejected(String),
+    /// Anything else about this one message (an unexpected reply or status).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl PublishError {
+    /// Whether the run must stop: later messages would fail the same way.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Unavailable { .. } | PublishError::Denied { .. }
+        )
+    }
+
+    /// The process exit code this error calls for.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            PublishError::Unavailable { .. } => exit::UNAVAILABLE,
+            PublishError::Denied { .. } => exit::NOPERM,
+            PublishError::Rejected(_) => exit::DATAERR,
+            PublishError::Failed(_) => exit::FAILURE,
+        }
+    }
+}
+
+/// A connected destination.
+#[derive(Debug)]
+pub enum Sink {
+    /// Redis pub/sub.
+    Redis(RedisSink),
+    /// A notify gateway's HTTP API.
+    Gateway(GatewaySink),
+}
+
+impl Sink {
+    /// Where a message went, for output: the Redis channel or the gateway URL.
+    pub fn destination(&self, notification: &Notification) -> Destination {
+        match self {
+            Sink::Redis(redis) => Destination::Channel(redis.names.channel(notification.region)),
+            Sink::Gateway(gateway) => Destination::Gateway(gateway.base.clone()),
+        }
+    }
+
+    /// Publishes `batch` in order, calling `report(index, result)` once per message as results
+    /// arrive. Returns the fatal error that stopped the run, if any; messages without a report
+    /// were not published (or not confirmed).
+    pub async fn publish_all(
+        &mut self,
+        batch: &[&Notification],
+        report: impl FnMut(usize, Result<Delivery, PublishError>),
+    ) -> Result<(), PublishError> {
+        match self {
+            Sink::Redis(redis) => redis.publish_all(batch, report).await,
+            Sink::Gateway(gateway) => gateway.publish_all(batch, report).await,
+        }
+    }
+}
+
+/// Where one message was published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A Redis channel (`tvs:AE`).
+    Channel(String),
+    /// A gateway base URL.
+    Gateway(String),
+}
+
+/// Redis pub/sub over one multiplexed connection.
+#[derive(Debug)]
+pub struct RedisSink {
+    connection: MultiplexedConnection,
+    names: ChannelNames,
+    script: redis::Script,
+    retention: usize,
+    target: String,
+    timeout: Duration,
+}
+
+impl RedisSink {
+    /// Connects to `url` (connect and reply timeouts = `timeout`).
+    /// The publish script is loaded once here, so pipelines can use `EVALSHA`.
+    pub async fn connect(
+        url: &str,
+        channel_prefix: &str,
+        retention: usize,
+        timeout: Duration,
+    ) -> Result<Self, PublishError> {
+        let target = format!("Redis at {}", redact_url(url));
+        let client = redis::Client::open(url).map_err(|error| {
+            PublishError::Failed(format!("invalid Redis URL {}: {error}", redact_url(url)))
+        })?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        // The crate's own timeout covers connect; this one also covers AUTH/HELLO on a server
+        // that accepts TCP but never answers.
+        let connection = tokio::time::timeout(
+            timeout + Duration::from_millis(100),
+            client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| PublishError::Unavailable {
+            target: target.clone(),
+            reason: no_answer(timeout),
+        })?
+        .map_err(|error| classify_redis(&target, timeout, &error))?;
+        let mut connection = connection;
+        let script = publish_script();
+        script
+            .prepare_invoke()
+            .load_async(&mut connection)
+            .await
+            .map_err(|error| classify_redis(&target, timeout, &error))?;
+        Ok(RedisSink {
+            connection,
+            names: ChannelNames::new(channel_prefix),
+            script,
+            retention,
+            target,
+            timeout,
+        })
+    }
+
+    async fn publish_all(
+        &mut self,
+        batch: &[&Notification],
+        mut report: impl FnMut(usize, Result<Delivery, PublishError>),
+    ) -> Result<(), PublishError> {
+        for (chunk_index, chunk) in batch.chunks(REDIS_PIPELINE_CHUNK).enumerate() {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for notification in chunk {
+                add_redis_publish(
+                    &mut pipe,
+                    &self.script,
+                    &self.names,
+                    self.retention,
+                    notification,
+                );
+            }
+            let replies: Vec<redis::RedisResult<redis::Value>> = pipe
+                .query_async(&mut self.connection)
+                .await
+                .map_err(|error| classify_redis(&self.target, self.timeout, &error))?;
+            if replies.len() != chunk.len() {
+                return Err(PublishError::Unavailable {
+                    target: self.target.clone(),
+                    reason: format!(
+                        "{} replies to a pipeline of {} commands",
+                        replies.len(),
+                        chunk.len()
+                    ),
+                });
+            }
+            for (offset, reply) in replies.into_iter().enumerate() {
+                let result = match reply {
+                    Ok(value) => read_redis_reply(value).map_err(PublishError::Failed),
+                    Err(error) => Err(classify_redis(&self.target, self.timeout, &error)),
+                };
+                let fatal = match &result {
+                    Err(error) if error.is_fatal() => Some(error.clone()),
+                    _ => None,
+                };
+                report(chunk_index * REDIS_PIPELINE_CHUNK + offset, result);
+                if let Some(fatal) = fatal {
+                    return Err(fatal);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds the command that publishes one notification: `EVALSHA` of the publish script (record in
+/// `{prefix}{REGION}:stream`, then `PUBLISH {prefix}{REGION}` with the id).
+pub fn add_redis_publish(
+    pipe: &mut redis::Pipeline,
+    script: &redis::Script,
+    names: &ChannelNames,
+    retention: usize,
+    notification: &Notification,
+) {
+    pipe.add_command(publish_command(
+        script,
+        &names.stream_key(notification.region),
+        &names.channel(notification.region),
+        notification,
+        retention,
+    ));
+}
+
+/// Reads the reply to [`add_redis_publish`]'s command: `[id, subscribers]`, where subscribers
+/// is the `PUBLISH` reply (gateway connections that received the message).
+pub fn read_redis_reply(reply: redis::Value) -> Result<Delivery, String> {
+    let unexpected =
+        |other: &redis::Value| format!("unexpected reply to the publish script: {other:?}");
+    let redis::Value::Array(items) = &reply else {
+        return Err(unexpected(&reply));
+    };
+    match items.as_slice() {
+        [redis::Value::BulkString(id), redis::Value::Int(subscribers)] => Ok(Delivery {
+            subscribers: *subscribers,
+            id: Some(String::from_utf8_lossy(id).into_owned()),
+        }),
+        _ => Err(unexpected(&reply)),
+    }
+}
+
+/// `no answer within 5s (--timeout)`.
+fn no_answer(timeout: Duration) -> String {
+    format!(
+        "no answer within {} (--timeout)",
+        humantime::format_duration(timeout)
+    )
+}
+
+fn classify_redis(target: &str, timeout: Duration, error: &redis::RedisError) -> PublishError {
+    let code = error.code().unwrap_or_default();
+    let denied = error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(code, "NOPERM" | "NOAUTH" | "WRONGPASS");
+    if denied {
+        return PublishError::Denied {
+            target: target.to_owned(),
+            reason: error.to_string(),
+        };
+    }
+    let unavailable = error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_refusal()
+        || error.is_connection_dropped()
+        || matches!(code, "LOADING" | "MASTERDOWN" | "READONLY");
+    if unavailable {
+        PublishError::Unavailable {
+            target: target.to_owned(),
+            reason: if error.is_timeout() {
+                no_answer(timeout)
+            } else {
+                error.to_string()
+            },
+        }
+    } else {
+        PublishError::Failed(format!("{target}: {error}"))
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
+            format!("{scheme}://{masked}{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// A notify gateway's `POST /api/publish`.
+#[derive(Debug)]
+pub struct GatewaySink {
+    client: reqwest::Client,
+    base: String,
+    endpoint: String,
+    api_key: Option<String>,
+    concurrency: usize,
+    target: String,
+    timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+struct GatewayReply {
+    subscribers: i64,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GatewayErrorBody {
+    error: String,
+}
+
+impl GatewaySink {
+    /// A client for the gateway at `base` (`http://host:port`); `timeout` bounds connecting
+    /// and each request.
+    pub fn new(
+        base: &str,
+        api_key: Option<String>,
+        timeout: Duration,
+        concurrency: usize,
+    ) -> Result<Self, PublishError> {
+        let base = base.trim_end_matches('/').to_owned();
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .user_agent(concat!("notify-publish/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| PublishError::Failed(format!("HTTP client: {error}")))?;
+        Ok(GatewaySink {
+            client,
+            endpoint: format!("{base}/api/publish"),
+            target: format!("gateway at {base}"),
+            base,
+            api_key: api_key.filter(|key| !key.is_empty()),
+            concurrency: concurrency.max(1),
+            timeout,
+        })
+    }
+
+    /// Messages of one region go one after another, so the gateway assigns their ids in input
+    /// order; up to `concurrency` regions are in flight at once. Results are reported in input
+    /// order once every lane has finished; the first fatal error stops every lane.
+    async fn publish_all(
+        &mut self,
+        batch: &[&Notification],
+        mut report: impl FnMut(usize, Result<Delivery, PublishError>),
+    ) -> Result<(), PublishError> {
+        let this = &*self;
+        let mut lanes: Vec<Vec<usize>> = Vec::new();
+        let mut lane_of_region = std::collections::HashMap::new();
+        for (index, notification) in batch.iter().enumerate() {
+            let lane = *lane_of_region
+                .entry(notification.region)
+                .or_insert_with(|| {
+                    lanes.push(Vec::new());
+                    lanes.len() - 1
+                });
+            lanes[lane].push(index);
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let stop = &stop;
+        let mut results: Vec<Option<Result<Delivery, PublishError>>> =
+            (0..batch.len()).map(|_| None).collect();
+        let mut lane_results = stream::iter(lanes)
+            .map(|lane| async move {
+                let mut done = Vec::with_capacity(lane.len());
+                for index in lane {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let result = this.post(batch[index]).await;
+                    if matches!(&result, Err(error) if error.is_fatal()) {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    done.push((index, result));
+                }
+                done
+            })
+            .buffer_unordered(this.concurrency);
+        while let Some(done) = lane_results.next().await {
+            for (index, result) in done {
+                results[index] = Some(result);
+            }
+        }
+        for (index, result) in results.into_iter().enumerate() {
+            let Some(result) = result else { continue };
+            let fatal = match &result {
+                Err(error) if error.is_fatal() => Some(error.clone()),
+                _ => None,
+            };
+            report(index, result);
+            if let Some(fatal) = fatal {
+                return Err(fatal);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post(&self, notification: &Notification) -> Result<Delivery, PublishError> {
+        let mut request = self
+            .client
+            .post(&self.endpoint)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(notification.to_json());
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.transport(error))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|error| self.transport(error))?;
+        if status.is_success() {
+            let reply: GatewayReply = serde_json::from_slice(&body).map_err(|error| {
+                PublishError::Failed(format!(
+                    "{}: unexpected answer to POST /api/publish ({status}): {error}",
+                    self.target
+                ))
+            })?;
+            return Ok(Delivery {
+                subscribers: reply.subscribers,
+                id: reply.id,
+            });
+        }
+        let message = serde_json::from_slice::<GatewayErrorBody>(&body)
+            .map(|body| body.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
+        let reason = if message.is_empty() {
+            status.to_string()
+        } else {
+            format!("{status}: {message}")
+        };
+        Err(match status.as_u16() {
+            401 | 403 => PublishError::Denied {
+                target: self.target.clone(),
+                reason,
+            },
+            400 | 413 | 422 => PublishError::Rejected(message),
+            502..=504 => PublishError::Unavailable {
+                target: self.target.clone(),
+                reason,
+            },
+            _ => PublishError::Failed(format!(
+                "{}: POST /api/publish answered {reason}",
+                self.target
+            )),
+        })
+    }
+
+    fn transport(&self, error: reqwest::Error) -> PublishError {
+        let reason = if error.is_timeout() {
+            no_answer(self.timeout)
+        } else {
+            // reqwest's own message repeats the URL; the innermost cause says what happened
+            // ("tcp connect error: Connection refused (os error 111)").
+            let mut innermost: &dyn std::error::Error = &error;
+            while let Some(cause) = innermost.source() {
+                innermost = cause;
+            }
+            innermost.to_string()
+        };
+        PublishError::Unavailable {
+            target: self.target.clone(),
+            reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_url("redis://default:s3cret@10.0.0.1:6379/0"),
+            "redis://default:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(redact_url("redis://:s3cret@h/0"), "redis://:***@h/0");
+        assert_eq!(redact_url("redis://token@h"), "redis://***@h");
+        assert_eq!(redact_url("unix:/tmp/redis.sock"), "unix:/tmp/redis.sock");
+    }
+
+    #[test]
+    fn publish_reply_is_the_stream_id_and_subscriber_count() {
+        use redis::Value::{Array, BulkString, Int, Nil};
+
+        assert_eq!(
+            read_redis_reply(Array(vec![BulkString(b"17-0".to_vec()), Int(3)])).unwrap(),
+            Delivery {
+                subscribers: 3,
+                id: Some("17-0".to_owned())
+            }
+        );
+        assert_eq!(
+            read_redis_reply(Array(vec![
+                BulkString(b"1795833028395-12".to_vec()),
+                Int(0)
+            ]))
+            .unwrap(),
+            Delivery {
+                subscribers: 0,
+                id: Some("1795833028395-12".to_owned())
+            }
+        );
+        // Anything else is an error, never a guessed delivery: a bare PUBLISH reply, nil,
+        // the fields swapped, missing or extra, or an id of the wrong type.
+        for unexpected in [
+            Int(3),
+            Nil,
+            Array(vec![]),
+            Array(vec![BulkString(b"17-0".to_vec())]),
+            Array(vec![Int(3), BulkString(b"17-0".to_vec())]),
+            Array(vec![BulkString(b"17-0".to_vec()), Int(3), Int(1)]),
+            Array(vec![
+                BulkString(b"17-0".to_vec()),
+                BulkString(b"3".to_vec()),
+            ]),
+        ] {
+            let error = read_redis_reply(unexpected.clone()).unwrap_err();
+            assert!(
+                error.starts_with("unexpected reply to the publish script: "),
+                "{unexpected:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn exit_codes() {
+        let unavailable = PublishError::Unavailable {
+            target: "t".into(),
+            reason: "r".into(),
+        };
+        assert!(unavailable.is_fatal());
+        assert_eq!(unavailable.exit_code(), exit::UNAVAILABLE);
+        assert_eq!(
+            PublishError::Denied {
+                target: "t".into(),
+                reason: "r".into()
+            }
+            .exit_code(),
+            exit::NOPERM
+        );
+        assert!(!PublishError::Rejected("x".into()).is_fatal());
+        assert_eq!(
+            PublishError::Rejected("x".into()).exit_code(),
+            exit::DATAERR
+        );
+    }
+}
