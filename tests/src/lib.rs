@@ -187,9 +187,34 @@ impl Gateway {
         Self::start_on(free_port(), args).await
     }
 
+    /// Starts a gateway whose hard open-files limit is `limit` (through the shell's `ulimit`),
+    /// to exercise descriptor exhaustion.
+    pub async fn start_with_open_files_limit(limit: u32, args: &[&str]) -> Result<Self> {
+        let mut args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        args.insert(0, format!("ulimit:{limit}"));
+        Self::start_on(free_port(), args).await
+    }
+
     async fn start_on(port: u16, args: Vec<String>) -> Result<Self> {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut command = Command::new(binary("notify-gateway"));
+        let (limit, args): (Option<String>, Vec<String>) = match args.first() {
+            Some(first) if first.starts_with("ulimit:") => (
+                Some(first.trim_start_matches("ulimit:").to_owned()),
+                args[1..].to_vec(),
+            ),
+            _ => (None, args),
+        };
+        let mut command = match &limit {
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(binary("notify-gateway"));
+                shell
+            }
+            None => Command::new(binary("notify-gateway")),
+        };
         for (key, _) in std::env::vars() {
             if key.starts_with("NOTIFY_") {
                 command.env_remove(&key);
@@ -208,6 +233,10 @@ impl Gateway {
             })
             .spawn()
             .context("starting notify-gateway")?;
+        let mut args = args;
+        if let Some(limit) = limit {
+            args.insert(0, format!("ulimit:{limit}"));
+        }
         let gateway = Gateway {
             child: Some(child),
             addr,

@@ -490,3 +490,75 @@ async fn health_and_metrics_endpoints() {
     assert_eq!(info["publish"], "open");
     assert_eq!(info["regions"].as_array().unwrap().len(), 8);
 }
+
+/// CPU seconds (user + system) a process has used, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of the file (utime, stime) are 11 and 12 after the name.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[tokio::test]
+async fn running_out_of_descriptors_pauses_accept_without_spinning_or_dying() {
+    let gateway = Gateway::start_with_open_files_limit(64, &[]).await.unwrap();
+    let pid = gateway.pid().unwrap();
+    // Far more idle TCP connections than descriptors: accept() fails with EMFILE.
+    let mut idle = Vec::new();
+    for _ in 0..120 {
+        if let Ok(stream) = tokio::net::TcpStream::connect(gateway.addr()).await {
+            idle.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_seconds(pid) - before;
+    assert!(used < 0.3, "accept loop spins: {used} CPU seconds in 1 s");
+    drop(idle);
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            matches!(gateway.get("/healthz").await, Ok((200, _)))
+        })
+        .await,
+        "the gateway serves again once descriptors are free"
+    );
+    assert!(gateway.metric("notify_accept_errors_total").await.unwrap() >= 1.0);
+    let mut client = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    let response = http_client()
+        .post(format!("{}/api/publish", gateway.http_url()))
+        .body(seed_payload("AE", "back", "after EMFILE"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        next_json(&mut client, WAIT).await.unwrap()["video_id"],
+        "back"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_its_request_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let gateway = Gateway::start(&["--handshake-timeout", "300ms"])
+        .await
+        .unwrap();
+    let mut silent = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut received))
+        .await
+        .is_ok();
+    assert!(closed, "closed by the handshake timeout, not left open");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "closed after {elapsed:?}, before the timeout"
+    );
+    assert!(gateway.get("/healthz").await.is_ok());
+}

@@ -8,7 +8,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Descriptors kept free for the listener, Redis, logs and plain HTTP requests.
+/// Descriptors kept free for the listener, Redis, logs and plain HTTP requests (a quarter of
+/// the limit when the limit is tiny).
 pub const RESERVED_DESCRIPTORS: u64 = 100;
 
 /// Raises the soft open-files limit to the hard limit; returns the limit now in force.
@@ -24,7 +25,8 @@ pub fn raise_open_files_limit() -> u64 {
 
 /// The connection cap given `--max-connections` and the open-files limit.
 pub fn connection_capacity(max_connections: usize, open_files_limit: u64) -> usize {
-    let by_descriptors = open_files_limit.saturating_sub(RESERVED_DESCRIPTORS);
+    let reserve = RESERVED_DESCRIPTORS.min(open_files_limit / 4);
+    let by_descriptors = open_files_limit.saturating_sub(reserve);
     max_connections.min(usize::try_from(by_descriptors).unwrap_or(usize::MAX))
 }
 
@@ -93,5 +95,6 @@ mod tests {
         assert!(slots.try_take().is_some());
         assert_eq!(connection_capacity(1_000_000, 20_000), 19_900);
         assert_eq!(connection_capacity(500, 20_000), 500);
+        assert_eq!(connection_capacity(1_000, 64), 48);
     }
 }
