@@ -1,10 +1,12 @@
 // Shared helpers for the browser tests: start the real notify-gateway binary on a free loopback
-// port (embedded broker, open publishing), publish through its HTTP API, and drive the system
-// Chromium through playwright-core. Nothing here downloads a browser.
+// port (embedded broker by default, open publishing), a throwaway redis-server, the real
+// notify-publish CLI; publish through the gateway's HTTP API, and drive the system Chromium
+// through playwright-core. Nothing here downloads a browser.
 
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, copyFileSync } from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -58,18 +60,22 @@ process.on('exit', () => {
 
 /** A running notify-gateway process. */
 export class Gateway {
-  constructor(port, regions) {
+  constructor(port, regions, args = []) {
     this.port = port;
     this.regions = regions;
+    this.args = args;
     this.origin = `http://127.0.0.1:${port}`;
     this.wsOrigin = `ws://127.0.0.1:${port}`;
     this.child = null;
     this.output = '';
   }
 
-  /** Starts a gateway serving `regions` on `port` (a free one when omitted). */
-  static async start({ regions = ['AE', 'FI'], port } = {}) {
-    const gateway = new Gateway(port ?? (await freePort()), regions);
+  /**
+   * Starts a gateway serving `regions` on `port` (a free one when omitted); `args` are extra
+   * command-line flags, e.g. `['--redis-url', redis.url]`.
+   */
+  static async start({ regions = ['AE', 'FI'], port, args = [] } = {}) {
+    const gateway = new Gateway(port ?? (await freePort()), regions, args);
     await gateway.spawn();
     return gateway;
   }
@@ -81,7 +87,7 @@ export class Gateway {
     delete env.NOTIFY_API_KEY;
     delete env.NOTIFY_LISTEN;
     delete env.NOTIFY_REGIONS;
-    const args = ['--listen', `127.0.0.1:${this.port}`, '--regions', this.regions.join(',')];
+    const args = ['--listen', `127.0.0.1:${this.port}`, '--regions', this.regions.join(','), ...this.args];
     const deadline = Date.now() + 20000;
     // A restart on the same port may briefly find it still held; retry until the deadline.
     for (;;) {
@@ -191,6 +197,108 @@ export class Gateway {
     }
     throw new Error(`no ${count} connection(s) on ${region} within ${timeoutMs} ms; metrics:\n${last.slice(0, 2000)}`);
   }
+}
+
+function workspaceBinary(name, envVar) {
+  const bin = process.env[envVar] || path.join(targetDir, 'debug', name);
+  if (!existsSync(bin)) {
+    throw new Error(`${name} binary ${bin} not found: run \`cargo build --workspace --bins\` first or set ${envVar}`);
+  }
+  return bin;
+}
+
+/** Sends one inline command to a Redis server and resolves with its first reply line, or null. */
+function redisCommand(port, command, timeoutMs = 1000) {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    let reply = '';
+    const done = (value) => {
+      socket.destroy();
+      resolve(value);
+    };
+    socket.setTimeout(timeoutMs, () => done(null));
+    socket.on('error', () => done(null));
+    socket.on('connect', () => socket.write(`${command}\r\n`));
+    socket.on('data', (chunk) => {
+      reply += chunk;
+      const end = reply.indexOf('\r\n');
+      if (end >= 0) done(reply.slice(0, end));
+    });
+  });
+}
+
+/** A throwaway `redis-server` on a free loopback port: no persistence, killed at exit. */
+export class RedisServer {
+  constructor(port) {
+    this.port = port;
+    this.url = `redis://127.0.0.1:${port}`;
+    this.child = null;
+    this.output = '';
+  }
+
+  static async start({ port } = {}) {
+    const server = new RedisServer(port ?? (await freePort()));
+    await server.spawn();
+    return server;
+  }
+
+  async spawn() {
+    const bin = process.env.REDIS_SERVER || '/usr/bin/redis-server';
+    if (!existsSync(bin)) throw new Error(`${bin} not found (apt-get install -y redis-server) or set REDIS_SERVER`);
+    const child = spawn(bin, [
+      '--port', String(this.port), '--bind', '127.0.0.1',
+      '--save', '', '--appendonly', 'no', '--dir', os.tmpdir(),
+    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    running.add(child);
+    child.exitedPromise = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    child.exitedPromise.then(() => running.delete(child));
+    child.stdout.on('data', (chunk) => { this.output += chunk; });
+    child.stderr.on('data', (chunk) => { this.output += chunk; });
+    this.child = child;
+    const deadline = Date.now() + 10000;
+    while (Date.now() < deadline) {
+      if (child.exitCode !== null || child.signalCode !== null) break;
+      if ((await redisCommand(this.port, 'PING')) === '+PONG') return;
+      await sleep(50);
+    }
+    throw new Error(`redis-server on port ${this.port} did not answer PING\n--- output ---\n${this.output.slice(-4000)}`);
+  }
+
+  /** One inline command (e.g. `XLEN tvs:AE:stream`); resolves with the first reply line. */
+  command(command) {
+    return redisCommand(this.port, command);
+  }
+
+  async stop() {
+    if (!this.child) return;
+    const child = this.child;
+    this.child = null;
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await child.exitedPromise;
+  }
+}
+
+/**
+ * Runs the real `notify-publish` binary with `args` to completion; resolves with
+ * `{ code, stdout, stderr }`. The caller's NOTIFY_* environment is not passed on.
+ */
+export function runPublish(args, { timeoutMs = 15000 } = {}) {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('NOTIFY_')));
+  return new Promise((resolve, reject) => {
+    const child = spawn(workspaceBinary('notify-publish', 'NOTIFY_PUBLISH_BIN'), args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    running.add(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => { stdout += chunk; });
+    child.stderr.on('data', (chunk) => { stderr += chunk; });
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      running.delete(child);
+      resolve({ code: code ?? signal, stdout, stderr });
+    });
+  });
 }
 
 /** A seed-shaped notification with a fresh video id. */
