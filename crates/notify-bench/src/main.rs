@@ -1,1 +1,81 @@
-fn main() {}
+//! `notify-bench`: a load generator that measures a running notify gateway from outside.
+//!
+//! It opens WebSocket clients over loopback, publishes numbered notifications through Redis or
+//! the gateway's HTTP API, verifies every delivery byte for byte, and reports one JSON line on
+//! stdout (plus a short summary on stderr). Exit status: 0 when every required message arrived
+//! exactly once and in order, 1 when anything was lost, duplicated, reordered, misrouted or
+//! corrupted (unless `--allow-loss`), 2 when the run could not be carried out.
+//!
+//! # Layout
+//! - [`cli`]: flags, limits, the loopback-only rule.
+//! - [`client`]: connecting, the per-client reader and its verification.
+//! - [`messages`]: the log of published frames the readers compare against.
+//! - [`publish`]: Redis and HTTP publishing, burst and steady.
+//! - [`latency`]: HDR histograms of publish-to-client latency.
+//! - [`procstat`]: RSS and CPU of the gateway and of this process from /proc.
+//! - [`scenario`]: idle, fanout, latency and churn.
+
+mod cli;
+mod client;
+mod latency;
+mod messages;
+mod procstat;
+mod publish;
+mod scenario;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use crate::cli::Args;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("notify-bench: error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    messages::now_ns();
+    args.validate()?;
+    let gateway = cli::gateway_addr(&args.gateway)?;
+    if args.via == cli::Via::Redis {
+        cli::check_redis_url(&args.redis_url)?;
+    }
+    let limit = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
+    let needed = args.clients as u64 + 64;
+    if limit < needed {
+        anyhow::bail!(
+            "--clients {} needs about {needed} open files, but the limit is {limit}",
+            args.clients
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let allow_loss = args.allow_loss;
+    // Everything inside is bounded by --timeout; this is the backstop.
+    let hard_limit = args.timeout + Duration::from_secs(30);
+    let (report, failed) = runtime.block_on(async move {
+        let bench = scenario::Bench::new(args, gateway).await?;
+        tokio::time::timeout(hard_limit, bench.run())
+            .await
+            .context("the run overran its --timeout")?
+    })?;
+    println!("{report}");
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if failed && !allow_loss {
+        eprintln!("notify-bench: FAILED (see totals; --allow-loss to accept)");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

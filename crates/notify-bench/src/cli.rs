@@ -1,0 +1,352 @@
+//! Command-line flags, their limits, and the loopback-only rule for every address the
+//! generator talks to.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use notify_proto::Region;
+use serde::Serialize;
+
+/// Most clients one run may open: the gateway, like this process, has 20,000 file descriptors.
+pub const MAX_CLIENTS: usize = 19_900;
+/// Most messages one run may publish (each is kept in memory for byte-exact verification).
+pub const MAX_MESSAGES: u64 = 1_000_000;
+/// Highest steady publish rate, messages per second.
+pub const MAX_RATE: f64 = 100_000.0;
+/// Longest steady phase and longest overall timeout.
+pub const MAX_DURATION: Duration = Duration::from_secs(600);
+/// Highest churn rate, client replacements per second.
+pub const MAX_CHURN_RATE: f64 = 5_000.0;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Connect N clients and hold them: handshakes/s and gateway memory per connection.
+    Idle,
+    /// Connect N clients, publish M messages as fast as possible: deliveries/s, CPU per delivery.
+    Fanout,
+    /// Publish at a steady rate: publish-to-client latency percentiles.
+    Latency,
+    /// Clients connect and leave continuously while messages flow at a steady rate.
+    Churn,
+}
+
+/// Where messages are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// `PUBLISH tvs:{REGION}` on Redis, pipelined.
+    Redis,
+    /// `POST /api/publish` on the gateway.
+    Http,
+}
+
+/// `notify-bench <scenario> [flags]`: measures a running notify gateway from outside.
+#[derive(Debug, Parser)]
+#[command(name = "notify-bench", version, about, long_about = None)]
+pub struct Args {
+    /// Scenario to run.
+    #[arg(value_enum, env = "NOTIFY_BENCH_SCENARIO")]
+    pub scenario: Scenario,
+
+    /// Gateway base URL (loopback only).
+    #[arg(
+        long,
+        env = "NOTIFY_BENCH_GATEWAY",
+        default_value = "http://127.0.0.1:8765"
+    )]
+    pub gateway: String,
+
+    /// Redis URL the gateway subscribes to (loopback only); used with `--via redis`.
+    #[arg(
+        long,
+        env = "NOTIFY_BENCH_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Publish through Redis or through the gateway's `POST /api/publish`.
+    #[arg(long, value_enum, env = "NOTIFY_BENCH_VIA", default_value_t = Via::Redis)]
+    pub via: Via,
+
+    /// Bearer key for `POST /api/publish` when the gateway requires one.
+    #[arg(long, env = "NOTIFY_BENCH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Regions to spread clients and messages over, round-robin.
+    #[arg(
+        long,
+        env = "NOTIFY_BENCH_REGIONS",
+        value_delimiter = ',',
+        value_parser = parse_region,
+        default_value = "AE,FI,CZ,DK,BE,GB,CH,US"
+    )]
+    pub regions: Vec<Region>,
+
+    /// Redis channel prefix the gateway subscribes under.
+    #[arg(long, env = "NOTIFY_BENCH_CHANNEL_PREFIX", default_value = "tvs:")]
+    pub channel_prefix: String,
+
+    /// WebSocket clients to open (at most 19,900).
+    #[arg(long, env = "NOTIFY_BENCH_CLIENTS", default_value_t = 1000)]
+    pub clients: usize,
+
+    /// Messages to publish in `fanout` (at most 1,000,000).
+    #[arg(long, env = "NOTIFY_BENCH_MESSAGES", default_value_t = 1000)]
+    pub messages: u64,
+
+    /// Steady publish rate for `latency` and `churn`, messages per second.
+    #[arg(long, env = "NOTIFY_BENCH_RATE", default_value_t = 10.0)]
+    pub rate: f64,
+
+    /// Length of the steady phase of `latency` and `churn` (e.g. 10s).
+    #[arg(long, env = "NOTIFY_BENCH_DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+
+    /// Clients replaced per second in `churn` (one leaves, a new one connects).
+    #[arg(long, env = "NOTIFY_BENCH_CHURN_RATE", default_value_t = 20.0)]
+    pub churn_rate: f64,
+
+    /// In `churn`, a client must get every message published from this long after its
+    /// handshake until this long before it leaves.
+    #[arg(long, env = "NOTIFY_BENCH_GRACE", value_parser = parse_duration, default_value = "500ms")]
+    pub grace: Duration,
+
+    /// WebSocket handshakes in flight at once.
+    #[arg(long, env = "NOTIFY_BENCH_CONNECT_CONCURRENCY", default_value_t = 256)]
+    pub connect_concurrency: usize,
+
+    /// Loopback source addresses to spread clients over: 127.0.B.1 .. 127.0.B.N, with the
+    /// block B chosen per run (see `--fixed-sources`).
+    #[arg(long, env = "NOTIFY_BENCH_SOURCE_IPS", default_value_t = 8)]
+    pub source_ips: u8,
+
+    /// Always use 127.0.0.1 .. 127.0.0.N instead of a block chosen per run.
+    #[arg(long, env = "NOTIFY_BENCH_FIXED_SOURCES")]
+    pub fixed_sources: bool,
+
+    /// Publishes in flight at once (Redis pipeline depth, concurrent HTTP requests).
+    #[arg(long, env = "NOTIFY_BENCH_PIPELINE", default_value_t = 64)]
+    pub pipeline: usize,
+
+    /// Upper bound for the whole run.
+    #[arg(long, env = "NOTIFY_BENCH_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub timeout: Duration,
+
+    /// Pause after connecting before measuring memory or publishing.
+    #[arg(long, env = "NOTIFY_BENCH_SETTLE", value_parser = parse_duration, default_value = "2s")]
+    pub settle: Duration,
+
+    /// Gateway process id for RSS and CPU; found via /proc when absent.
+    #[arg(long, env = "NOTIFY_BENCH_GATEWAY_PID")]
+    pub gateway_pid: Option<u32>,
+
+    /// Runtime worker threads of the generator itself.
+    #[arg(long, env = "NOTIFY_BENCH_THREADS", default_value_t = 2)]
+    pub threads: usize,
+
+    /// Exit 0 even when messages were lost, duplicated or reordered.
+    #[arg(long, env = "NOTIFY_BENCH_ALLOW_LOSS")]
+    pub allow_loss: bool,
+}
+
+impl Args {
+    /// Checks every limit; the error names the flag.
+    pub fn validate(&self) -> Result<()> {
+        if self.regions.is_empty() {
+            bail!("--regions: at least one region is needed");
+        }
+        if self.clients == 0 || self.clients > MAX_CLIENTS {
+            bail!("--clients must be 1..={MAX_CLIENTS}");
+        }
+        if self.scenario == Scenario::Fanout && (self.messages == 0 || self.messages > MAX_MESSAGES)
+        {
+            bail!("--messages must be 1..={MAX_MESSAGES}");
+        }
+        if matches!(self.scenario, Scenario::Latency | Scenario::Churn) {
+            if !(self.rate > 0.0 && self.rate <= MAX_RATE) {
+                bail!("--rate must be in (0, {MAX_RATE}]");
+            }
+            if self.duration.is_zero() || self.duration > MAX_DURATION {
+                bail!("--duration must be in (0, {}s]", MAX_DURATION.as_secs());
+            }
+            if self.steady_messages() > MAX_MESSAGES {
+                bail!("--rate x --duration must stay under {MAX_MESSAGES} messages");
+            }
+        }
+        if self.scenario == Scenario::Churn
+            && !(self.churn_rate > 0.0 && self.churn_rate <= MAX_CHURN_RATE)
+        {
+            bail!("--churn-rate must be in (0, {MAX_CHURN_RATE}]");
+        }
+        if self.timeout.is_zero() || self.timeout > MAX_DURATION {
+            bail!("--timeout must be in (0, {}s]", MAX_DURATION.as_secs());
+        }
+        if self.connect_concurrency == 0 || self.connect_concurrency > 4096 {
+            bail!("--connect-concurrency must be 1..=4096");
+        }
+        if self.source_ips == 0 || self.source_ips > 250 {
+            bail!("--source-ips must be 1..=250");
+        }
+        if self.pipeline == 0 || self.pipeline > 10_000 {
+            bail!("--pipeline must be 1..=10000");
+        }
+        if self.threads == 0 || self.threads > 64 {
+            bail!("--threads must be 1..=64");
+        }
+        Ok(())
+    }
+
+    /// Messages the steady phase publishes: rate x duration.
+    pub fn steady_messages(&self) -> u64 {
+        (self.rate * self.duration.as_secs_f64()).round().max(1.0) as u64
+    }
+}
+
+fn parse_region(input: &str) -> Result<Region, String> {
+    Region::parse(input.trim()).map_err(|error| error.to_string())
+}
+
+fn parse_duration(input: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = input.parse::<f64>() {
+        if seconds.is_finite() && seconds >= 0.0 {
+            return Ok(Duration::from_secs_f64(seconds));
+        }
+    }
+    humantime::parse_duration(input).map_err(|error| format!("{input:?}: {error}"))
+}
+
+/// The gateway's socket address from `http://host:port` (or `ws://`), refusing anything that
+/// does not resolve only to loopback.
+pub fn gateway_addr(url: &str) -> Result<SocketAddr> {
+    let rest = ["http://", "ws://"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme))
+        .with_context(|| format!("--gateway {url:?}: expected http://HOST:PORT"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = if authority.contains(':') && !authority.ends_with(']') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = loopback_only(&authority, "--gateway")?;
+    Ok(addr)
+}
+
+/// Refuses a Redis URL whose host is not loopback (`unix://` sockets are local and allowed).
+pub fn check_redis_url(url: &str) -> Result<()> {
+    if url.starts_with("unix://") || url.starts_with("redis+unix://") {
+        return Ok(());
+    }
+    let rest = ["redis://", "rediss://"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme))
+        .with_context(|| format!("--redis-url {url:?}: expected redis://HOST:PORT"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    let host_port = if host_port.is_empty() {
+        "127.0.0.1:6379".to_owned()
+    } else if host_port.contains(':') && !host_port.ends_with(']') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:6379")
+    };
+    loopback_only(&host_port, "--redis-url")?;
+    Ok(())
+}
+
+fn loopback_only(host_port: &str, flag: &str) -> Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = host_port
+        .to_socket_addrs()
+        .with_context(|| format!("{flag}: cannot resolve {host_port:?}"))?
+        .collect();
+    if addrs.is_empty() {
+        bail!("{flag}: {host_port:?} resolves to no address");
+    }
+    if let Some(outside) = addrs.iter().find(|addr| !addr.ip().is_loopback()) {
+        bail!(
+            "{flag}: {host_port:?} resolves to {}, which is not a loopback address; \
+             notify-bench only loads 127.0.0.0/8 or ::1",
+            outside.ip()
+        );
+    }
+    Ok(addrs
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .copied()
+        .unwrap_or(addrs[0]))
+}
+
+/// The loopback source addresses clients bind to before connecting: `127.0.{block}.1` ..
+/// `127.0.{block}.{count}` for an IPv4 gateway, the gateway's own address for IPv6.
+pub fn source_ips(gateway: SocketAddr, count: u8, block: u8) -> Vec<IpAddr> {
+    match gateway.ip() {
+        IpAddr::V4(_) => (1..=count)
+            .map(|last| IpAddr::from([127, 0, block, last]))
+            .collect(),
+        IpAddr::V6(v6) => vec![IpAddr::V6(v6)],
+    }
+}
+
+/// A `/24` block of 127.0.0.0/16 that differs from run to run. The gateway closes
+/// connections first, so the TIME-WAIT entries of one run sit on its side for a minute; a next
+/// run from the same source addresses would reuse some of those address/port pairs, and each
+/// such SYN stalls for a second. Block 0 (127.0.0.x) is used when `fixed` is set.
+pub fn source_block(fixed: bool) -> u8 {
+    if fixed {
+        return 0;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or(0);
+    let mixed = (nanos ^ std::process::id().rotate_left(16)).wrapping_mul(2_654_435_761);
+    (mixed >> 24) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_required() {
+        assert_eq!(
+            gateway_addr("http://127.0.0.1:8765").unwrap(),
+            "127.0.0.1:8765".parse().unwrap()
+        );
+        assert!(gateway_addr("ws://127.0.0.5:1/x").is_ok());
+        assert!(gateway_addr("http://localhost:8765").is_ok());
+        let error = gateway_addr("http://10.1.2.3:8765")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a loopback"), "{error}");
+        assert!(gateway_addr("ftp://127.0.0.1:1").is_err());
+        assert!(check_redis_url("redis://127.0.0.1:6379/0").is_ok());
+        assert!(check_redis_url("redis://:pw@127.0.0.1:6379").is_ok());
+        assert!(check_redis_url("redis://127.0.0.1").is_ok());
+        assert!(check_redis_url("redis://192.168.1.1:6379").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn sources_follow_the_gateway_family() {
+        let v4 = source_ips("127.0.0.1:1".parse().unwrap(), 3, source_block(true));
+        assert_eq!(v4.len(), 3);
+        assert_eq!(v4[2], IpAddr::from([127, 0, 0, 3]));
+        let block = source_block(false);
+        let v4 = source_ips("127.0.0.1:1".parse().unwrap(), 2, block);
+        assert!(v4.iter().all(IpAddr::is_loopback));
+        assert_eq!(v4[1], IpAddr::from([127, 0, block, 2]));
+        assert_eq!(source_ips("[::1]:1".parse().unwrap(), 3, 0).len(), 1);
+    }
+}

@@ -1,0 +1,170 @@
+//! The load generator against a real gateway and a real redis-server, at toy scale: it must
+//! run to completion and find every message delivered exactly once, in order. Correctness
+//! only; nothing here measures or asserts speed.
+
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use notify_tests::{binary, Gateway, RedisServer};
+use serde_json::Value;
+
+/// Runs `notify-bench` with `args` (the environment's `NOTIFY_*` variables cleared), at most
+/// 60 s.
+async fn run_bench(args: &[String]) -> Result<Output> {
+    let mut command = tokio::process::Command::new(binary("notify-bench"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NOTIFY_") {
+            command.env_remove(&key);
+        }
+    }
+    command.args(args).kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .context("notify-bench did not finish within 60 s")?
+        .context("running notify-bench")
+}
+
+/// The JSON report: the last line on stdout.
+fn report(output: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|error| {
+        panic!(
+            "no JSON report ({error}); stdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn assert_clean(output: &Output, expected_deliveries: u64) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
+    let report = report(output);
+    let totals = &report["totals"];
+    for counter in [
+        "lost",
+        "duplicates",
+        "gaps",
+        "wrong_region",
+        "corrupt",
+        "unexpected",
+        "dropped_by_server",
+    ] {
+        assert_eq!(totals[counter], 0, "{counter} in {report}");
+    }
+    assert_eq!(
+        totals["expected_deliveries"], expected_deliveries,
+        "{report}"
+    );
+    assert_eq!(totals["delivered"], expected_deliveries, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+}
+
+fn base_args(scenario: &str, gateway: &Gateway, redis: &RedisServer) -> Vec<String> {
+    let mut args: Vec<String> = [scenario, "--gateway", &gateway.http_url(), "--redis-url"]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+    args.push(redis.url());
+    if let Some(pid) = gateway.pid() {
+        args.extend(["--gateway-pid".into(), pid.to_string()]);
+    }
+    args.extend([
+        "--settle".into(),
+        "200ms".into(),
+        "--timeout".into(),
+        "30s".into(),
+    ]);
+    args
+}
+
+#[tokio::test]
+async fn fanout_through_redis_delivers_everything_once_in_order() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let gateway = Gateway::start(&["--redis-url", &redis.url()]).await?;
+    assert!(
+        gateway
+            .wait_ready_status(200, Duration::from_secs(10))
+            .await
+    );
+    let mut args = base_args("fanout", &gateway, &redis);
+    args.extend(["--clients", "40", "--messages", "200"].map(String::from));
+    let output = run_bench(&args).await?;
+    // 40 clients over the 8 seed regions: 5 per region; 200 messages: 25 per region.
+    assert_clean(&output, 40 * 25);
+    let report = report(&output);
+    assert_eq!(report["scenario"], "fanout");
+    assert_eq!(report["publish"]["published"], 200);
+    assert_eq!(
+        report["publish"]["unheard"], 0,
+        "gateway subscribed to every region"
+    );
+    assert_eq!(report["handshake_failures"], 0);
+    assert!(
+        report["latency_ms"]["count"].as_u64() == Some(1000),
+        "{report}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn fanout_through_the_http_api_delivers_everything_once_in_order() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let gateway = Gateway::start(&["--redis-url", &redis.url()]).await?;
+    assert!(
+        gateway
+            .wait_ready_status(200, Duration::from_secs(10))
+            .await
+    );
+    let mut args = base_args("fanout", &gateway, &redis);
+    args.extend(
+        [
+            "--via",
+            "http",
+            "--regions",
+            "AE,CZ,US",
+            "--clients",
+            "12",
+            "--messages",
+            "30",
+        ]
+        .map(String::from),
+    );
+    let output = run_bench(&args).await?;
+    assert_clean(&output, 12 * 10);
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_reports_memory_and_refuses_non_loopback_targets() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let gateway = Gateway::start(&["--redis-url", &redis.url()]).await?;
+    assert!(
+        gateway
+            .wait_ready_status(200, Duration::from_secs(10))
+            .await
+    );
+    let mut args = base_args("idle", &gateway, &redis);
+    args.extend(["--clients", "20"].map(String::from));
+    let output = run_bench(&args).await?;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = report(&output);
+    assert_eq!(report["connected"], 20, "{report}");
+    assert!(
+        report["gateway"]["rss_kib_after"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+
+    let refused =
+        run_bench(&["idle", "--gateway", "http://192.0.2.1:8765"].map(String::from)).await?;
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+    Ok(())
+}
