@@ -26,11 +26,25 @@ fn start(config: GatewayConfig) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
         notify_gateway::run(listener, config, shutdown_signal()).await
     })
+}
+
+/// Accept-queue length. The kernel caps it at `net.core.somaxconn`; the default of `bind`
+/// (128) overflows under reconnect storms and makes clients wait for a SYN retransmit (1 s).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds with `SO_REUSEADDR` (fast restarts) and a deep accept queue.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Completes on SIGTERM (how orchestrators ask for a graceful stop) or SIGINT (Ctrl-C).

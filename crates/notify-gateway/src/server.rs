@@ -43,11 +43,16 @@ use crate::telemetry::{self, ConnectionMetrics};
 const DEFAULT_REGION: Region = notify_proto::SEED_REGIONS[7];
 
 /// Read buffer of each WebSocket. Clients only send pongs and close frames, so a small buffer
-/// keeps idle connections cheap (tungstenite's default is 128 KiB).
-const WS_READ_BUFFER_BYTES: usize = 256;
+/// keeps idle connections cheap (tungstenite's default is 128 KiB, about 94 KB per idle
+/// connection in published measurements; ours is under 3 KiB in all).
+const WS_READ_BUFFER_BYTES: usize = 128;
 
-/// Queued frames are written when a batch is complete or this much is buffered.
-const WS_WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Queued frames are written when a batch is complete or this much is buffered. The buffer
+/// keeps its capacity after a burst, so this trades memory of busy connections (up to about
+/// twice this) against syscalls per delivery: 64 KiB gave 0.38 µs of CPU per delivery but
+/// 20 KiB kept per busy client; 4 KiB gives 0.7 µs and about 8 KiB; 2 KiB gives 1.1 µs and
+/// about 4 KiB (docs/BENCHMARKS.md).
+const WS_WRITE_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Settings the per-connection tasks read.
 #[derive(Debug, Clone)]

@@ -2,9 +2,11 @@
 //! pings it, and ends it with a close frame that says why.
 //!
 //! The task owns the socket alone (no split, no second task, no per-client channel): it waits
-//! for whichever comes first — a queued message, a client frame, the ping tick, or shutdown.
-//! Queued messages are written in batches: everything already queued (up to
-//! [`MAX_BATCH`]) is encoded into the socket's write buffer and flushed with one write.
+//! for whichever comes first — a queued message, a client frame, the end of a slow flush, the
+//! ping tick, or shutdown. Queued messages are written in batches: everything already queued
+//! (up to [`MAX_BATCH`]) is encoded into the socket's write buffer and flushed with one write.
+//! The loop never awaits a write, so the task's future stays small (about 1 KiB; it is most of
+//! an idle connection's memory) and the common path sets no timer.
 //!
 //! # Resume
 //! A client that connects with `?since=<id>` first gets every retained message after that id,
@@ -22,11 +24,13 @@
 //! - gateway shutdown → 1001 (going away);
 //! - resume asked while the history cannot be read (Redis down) → 1013 (try again later).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream};
 use notify_core::broker::Replay;
 use notify_core::{Envelope, Subscription, SubscriptionError};
 use notify_proto::{ControlMessage, Region, StreamId};
@@ -88,14 +92,18 @@ pub async fn serve(mut socket: WebSocket, connection: Connection) {
     if let Some(gauge) = &gauge {
         gauge.increment(1.0);
     }
-    let ending = match since {
-        Some(since) => match replay(&mut socket, region, since, &app).await {
-            Ok(mut sent_through) => {
-                pump(&mut socket, &mut subscription, &mut sent_through, &app).await
+    // One `pump` call site: the task's future holds one pump state, not one per branch.
+    let mut sent_through = None;
+    let ending = 'connection: {
+        if let Some(since) = since {
+            // Boxed: reading history (possibly from Redis) takes a large future, and inline
+            // it would make every connection's task that large for its whole life.
+            match Box::pin(replay(&mut socket, region, since, &app)).await {
+                Ok(through) => sent_through = through,
+                Err(ending) => break 'connection ending,
             }
-            Err(ending) => ending,
-        },
-        None => pump(&mut socket, &mut subscription, &mut None, &app).await,
+        }
+        pump(&mut socket, &mut subscription, &mut sent_through, &app).await
     };
     if let Some(gauge) = &gauge {
         gauge.decrement(1.0);
@@ -199,6 +207,110 @@ fn already_sent(envelope: &Envelope<Utf8Bytes>, sent_through: &mut Option<Stream
     }
 }
 
+/// What the socket has to say when polled: a flush finished, or a client frame arrived.
+enum SocketEvent {
+    Flushed(Result<(), axum::Error>),
+    Inbound(Option<Result<Message, axum::Error>>),
+}
+
+/// Polls the socket for both directions at once (one mutable borrow): the pending flush first,
+/// when there is one, then client frames.
+fn poll_socket(socket: &mut WebSocket, flushing: bool, cx: &mut Context<'_>) -> Poll<SocketEvent> {
+    if flushing {
+        if let Poll::Ready(result) = Pin::new(&mut *socket).poll_flush(cx) {
+            return Poll::Ready(SocketEvent::Flushed(result));
+        }
+    }
+    Pin::new(&mut *socket)
+        .poll_next(cx)
+        .map(SocketEvent::Inbound)
+}
+
+/// Frames queued in the socket's write buffer and not yet flushed, and the timer that bounds
+/// how long a flush may take. The timer is only allocated for a client whose socket once could
+/// not take a batch at once.
+#[derive(Default)]
+struct Outbox {
+    frames: u64,
+    oldest: Option<Instant>,
+    flushing: bool,
+    write_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Outbox {
+    fn queued(&mut self, received_at: Instant) {
+        self.frames += 1;
+        self.oldest.get_or_insert(received_at);
+    }
+
+    /// Flushes now if the socket takes it all; otherwise starts the write timer and leaves
+    /// the flush to the event loop.
+    fn flush_now(&mut self, socket: &mut WebSocket, app: &App) -> Result<(), Ending> {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        match Pin::new(&mut *socket).poll_flush(&mut cx) {
+            Poll::Ready(Ok(())) => {
+                self.flushed(app);
+                Ok(())
+            }
+            Poll::Ready(Err(_)) => Err(Ending::ClientGone),
+            Poll::Pending => {
+                self.flushing = true;
+                let deadline = tokio::time::Instant::now() + app.settings.write_timeout;
+                match &mut self.write_timer {
+                    Some(timer) => timer.as_mut().reset(deadline),
+                    None => self.write_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn flushed(&mut self, app: &App) {
+        self.flushing = false;
+        if self.frames > 0 {
+            app.metrics.delivered.increment(self.frames);
+            self.frames = 0;
+        }
+        if let Some(oldest) = self.oldest.take() {
+            app.metrics
+                .fanout_latency
+                .record(oldest.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Completes when the pending flush has taken longer than the write timeout.
+    async fn write_deadline(&mut self) {
+        match &mut self.write_timer {
+            Some(timer) => timer.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Whether the socket can take another frame into its buffer right now.
+fn ready_to_queue(socket: &mut WebSocket) -> Result<bool, Ending> {
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+    match Pin::new(&mut *socket).poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => Ok(true),
+        Poll::Ready(Err(_)) => Err(Ending::ClientGone),
+        Poll::Pending => Ok(false),
+    }
+}
+
+fn queue(socket: &mut WebSocket, message: Message) -> Result<(), Ending> {
+    Pin::new(&mut *socket)
+        .start_send(message)
+        .map_err(|_| Ending::ClientGone)
+}
+
+/// Moves frames from the subscription to the socket until the connection ends.
+///
+/// The loop never awaits a write: frames are put into the socket's buffer and flushed in
+/// place when the socket takes them at once (the common case: no timer, no allocation). A
+/// flush that cannot finish is driven by the loop itself, so client frames and shutdown are
+/// still handled meanwhile, and no new messages are taken until it finishes: a client that
+/// stays behind lags out of the ring (1008), and one whose flush outlasts the write timeout is
+/// dropped.
 async fn pump(
     socket: &mut WebSocket,
     subscription: &mut Subscription<Utf8Bytes>,
@@ -210,23 +322,33 @@ async fn pump(
     let mut ping = tokio::time::interval_at(start, settings.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let mut outbox = Outbox::default();
     loop {
+        let flushing = outbox.flushing;
         tokio::select! {
             biased;
             () = app.closing.cancelled() => {
                 return Ending::Close(CLOSE_GOING_AWAY, "server shutting down".into());
             }
-            inbound = socket.next() => match inbound {
-                None | Some(Ok(Message::Close(_))) => return Ending::ClientGone,
-                Some(Ok(_)) => last_heard = Instant::now(),
-                Some(Err(error)) => return read_error_ending(error),
+            event = std::future::poll_fn(|cx| poll_socket(socket, flushing, cx)) => match event {
+                SocketEvent::Flushed(Ok(())) => outbox.flushed(app),
+                SocketEvent::Flushed(Err(_)) => return Ending::ClientGone,
+                SocketEvent::Inbound(None | Some(Ok(Message::Close(_)))) => return Ending::ClientGone,
+                SocketEvent::Inbound(Some(Ok(_))) => last_heard = Instant::now(),
+                SocketEvent::Inbound(Some(Err(error))) => return read_error_ending(error),
             },
-            delivery = subscription.recv() => match delivery {
+            () = outbox.write_deadline(), if flushing => {
+                app.metrics.slow_disconnects.increment(1);
+                return Ending::Drop("write timed out");
+            }
+            delivery = subscription.recv(), if !flushing => match delivery {
                 Ok(first) => {
-                    if sent_through.is_some() && already_sent(&first, sent_through) {
-                        continue;
-                    }
-                    if let Err(ending) = write_batch(socket, subscription, first, sent_through, app).await {
+                    let queued = queue_batch(socket, subscription, first, sent_through, &mut outbox)
+                        .and_then(|lagged| {
+                            outbox.flush_now(socket, app)?;
+                            lagged.map_or(Ok(()), |error| Err(subscription_ending(error, app)))
+                        });
+                    if let Err(ending) = queued {
                         return ending;
                     }
                 }
@@ -236,16 +358,11 @@ async fn pump(
                 if last_heard.elapsed() > settings.idle_timeout {
                     return Ending::Drop("idle timeout");
                 }
-                let sent = tokio::time::timeout(
-                    settings.write_timeout,
-                    socket.send(Message::Ping(Default::default())),
-                ).await;
-                match sent {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Ending::ClientGone,
-                    Err(_) => {
-                        app.metrics.slow_disconnects.increment(1);
-                        return Ending::Drop("ping write timed out");
+                if !flushing {
+                    let pinged = queue(socket, Message::Ping(Default::default()))
+                        .and_then(|()| outbox.flush_now(socket, app));
+                    if let Err(ending) = pinged {
+                        return ending;
                     }
                 }
             }
@@ -253,55 +370,33 @@ async fn pump(
     }
 }
 
-/// Writes `first` and whatever else is already queued, then flushes once.
-async fn write_batch(
+/// Queues `first` and whatever else is already waiting (up to [`MAX_BATCH`] frames, and only
+/// while the socket's buffer takes them). Returns a lag found while draining, to act on after
+/// the queued frames are flushed.
+fn queue_batch(
     socket: &mut WebSocket,
     subscription: &mut Subscription<Utf8Bytes>,
     first: Envelope<Utf8Bytes>,
     sent_through: &mut Option<StreamId>,
-    app: &App,
-) -> Result<(), Ending> {
-    let oldest = first.received_at;
-    let mut lagged = None;
-    let write = async {
-        socket.feed(Message::Text(first.frame)).await?;
-        let mut written = 1u64;
-        while written < MAX_BATCH as u64 {
-            match subscription.try_recv() {
-                Ok(Some(next)) => {
-                    if sent_through.is_some() && already_sent(&next, sent_through) {
-                        continue;
-                    }
-                    socket.feed(Message::Text(next.frame)).await?;
-                    written += 1;
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    lagged = Some(error);
-                    break;
-                }
-            }
+    outbox: &mut Outbox,
+) -> Result<Option<SubscriptionError>, Ending> {
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some(envelope) = next.take() {
+        taken += 1;
+        if !(sent_through.is_some() && already_sent(&envelope, sent_through)) {
+            queue(socket, Message::Text(envelope.frame))?;
+            outbox.queued(envelope.received_at);
         }
-        socket.flush().await?;
-        Ok::<u64, axum::Error>(written)
-    };
-    match tokio::time::timeout(app.settings.write_timeout, write).await {
-        Ok(Ok(written)) => {
-            app.metrics.delivered.increment(written);
-            app.metrics
-                .fanout_latency
-                .record(oldest.elapsed().as_secs_f64());
+        if taken == MAX_BATCH || !ready_to_queue(socket)? {
+            break;
         }
-        Ok(Err(_)) => return Err(Ending::ClientGone),
-        Err(_) => {
-            app.metrics.slow_disconnects.increment(1);
-            return Err(Ending::Drop("write timed out"));
+        match subscription.try_recv() {
+            Ok(envelope) => next = envelope,
+            Err(error) => return Ok(Some(error)),
         }
     }
-    match lagged {
-        Some(error) => Err(subscription_ending(error, app)),
-        None => Ok(()),
-    }
+    Ok(None)
 }
 
 fn subscription_ending(error: SubscriptionError, app: &App) -> Ending {
