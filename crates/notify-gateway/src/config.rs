@@ -71,6 +71,17 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_MAX_CLIENT_FRAME_BYTES", default_value_t = 4096)]
     pub max_client_frame_bytes: usize,
 
+    /// Per-connection WebSocket read buffer, in bytes. Clients only send pongs and close
+    /// frames; a small buffer keeps idle connections cheap.
+    #[arg(long, env = "NOTIFY_WS_READ_BUFFER_BYTES", default_value_t = 128)]
+    pub ws_read_buffer_bytes: usize,
+
+    /// Per-connection WebSocket write buffer, in bytes: queued frames are written once a batch
+    /// is complete or this much is buffered. Larger means fewer syscalls per delivery under
+    /// bursts, and more memory kept by busy connections (up to about twice this).
+    #[arg(long, env = "NOTIFY_WS_WRITE_BUFFER_BYTES", default_value_t = 4096)]
+    pub ws_write_buffer_bytes: usize,
+
     /// Time a new connection has to send its complete HTTP request head.
     #[arg(long, env = "NOTIFY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,

@@ -42,18 +42,6 @@ use crate::telemetry::{self, ConnectionMetrics};
 /// The region a WebSocket gets when the URL names none (the seed's default).
 const DEFAULT_REGION: Region = notify_proto::SEED_REGIONS[7];
 
-/// Read buffer of each WebSocket. Clients only send pongs and close frames, so a small buffer
-/// keeps idle connections cheap (tungstenite's default is 128 KiB, about 94 KB per idle
-/// connection in published measurements; ours is under 3 KiB in all).
-const WS_READ_BUFFER_BYTES: usize = 128;
-
-/// Queued frames are written when a batch is complete or this much is buffered. The buffer
-/// keeps its capacity after a burst, so this trades memory of busy connections (up to about
-/// twice this) against syscalls per delivery: 64 KiB gave 0.38 µs of CPU per delivery but
-/// 20 KiB kept per busy client; 4 KiB gives 0.7 µs and about 8 KiB; 2 KiB gives 1.1 µs and
-/// about 4 KiB (docs/BENCHMARKS.md).
-const WS_WRITE_BUFFER_BYTES: usize = 4 * 1024;
-
 /// Settings the per-connection tasks read.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -67,6 +55,12 @@ pub struct Settings {
     pub max_client_frame_bytes: usize,
     /// Largest payload on `/api/publish`.
     pub max_payload_bytes: usize,
+    /// WebSocket read buffer (tungstenite's default is 128 KiB, about 94 KB per idle
+    /// connection in published measurements; ours defaults to 128 B).
+    pub ws_read_buffer_bytes: usize,
+    /// WebSocket write buffer: the batch size in bytes before a write, and what a busy
+    /// connection keeps after a burst (measured trade-off in docs/BENCHMARKS.md).
+    pub ws_write_buffer_bytes: usize,
 }
 
 /// Who may use `POST /api/publish`.
@@ -182,6 +176,8 @@ pub async fn run(
             write_timeout: config.write_timeout,
             max_client_frame_bytes: config.max_client_frame_bytes,
             max_payload_bytes: config.max_payload_bytes,
+            ws_read_buffer_bytes: config.ws_read_buffer_bytes,
+            ws_write_buffer_bytes: config.ws_write_buffer_bytes,
         },
         publish_access,
         closing: CancellationToken::new(),
@@ -450,8 +446,8 @@ async fn root(
     let frame_limit = app.settings.max_client_frame_bytes;
     let tracker = state.tracker.clone();
     upgrade
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .read_buffer_size(app.settings.ws_read_buffer_bytes)
+        .write_buffer_size(app.settings.ws_write_buffer_bytes)
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)
         .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))
