@@ -187,6 +187,14 @@ impl Gateway {
         Self::start_on(free_port(), args).await
     }
 
+    /// Starts a gateway listening on all IPv4 interfaces (`0.0.0.0`, a non-loopback listen
+    /// address) on a free port; tests still talk to it over 127.0.0.1.
+    pub async fn start_on_all_interfaces(args: &[&str]) -> Result<Self> {
+        let mut args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        args.insert(0, "all-interfaces".into());
+        Self::start_on(free_port(), args).await
+    }
+
     /// Starts a gateway whose hard open-files limit is `limit` (through the shell's `ulimit`),
     /// to exercise descriptor exhaustion.
     pub async fn start_with_open_files_limit(limit: u32, args: &[&str]) -> Result<Self> {
@@ -197,6 +205,12 @@ impl Gateway {
 
     async fn start_on(port: u16, args: Vec<String>) -> Result<Self> {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let all_interfaces = args.first().is_some_and(|first| first == "all-interfaces");
+        let args = if all_interfaces {
+            args[1..].to_vec()
+        } else {
+            args
+        };
         let (limit, args): (Option<String>, Vec<String>) = match args.first() {
             Some(first) if first.starts_with("ulimit:") => (
                 Some(first.trim_start_matches("ulimit:").to_owned()),
@@ -220,9 +234,14 @@ impl Gateway {
                 command.env_remove(&key);
             }
         }
+        let listen = if all_interfaces {
+            format!("0.0.0.0:{port}")
+        } else {
+            addr.to_string()
+        };
         let child = command
             .arg("--listen")
-            .arg(addr.to_string())
+            .arg(listen)
             .args(&args)
             .env("RUST_LOG", "notify=debug,info")
             .stdout(Stdio::null())
@@ -236,6 +255,9 @@ impl Gateway {
         let mut args = args;
         if let Some(limit) = limit {
             args.insert(0, format!("ulimit:{limit}"));
+        }
+        if all_interfaces {
+            args.insert(0, "all-interfaces".into());
         }
         let gateway = Gateway {
             child: Some(child),

@@ -562,3 +562,34 @@ async fn a_connection_that_never_sends_its_request_is_closed() {
     );
     assert!(gateway.get("/healthz").await.is_ok());
 }
+
+#[tokio::test]
+async fn publishing_over_http_needs_a_key_on_a_non_loopback_address() {
+    let open = Gateway::start_on_all_interfaces(&[]).await.unwrap();
+    let (_, info) = open.get("/api/info").await.unwrap();
+    assert!(info.contains("\"publish\":\"disabled\""), "{info}");
+    let response = http_client()
+        .post(format!("{}/api/publish", open.http_url()))
+        .body(seed_payload("AE", "v", "t"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("--api-key"),
+        "{error}"
+    );
+
+    let keyed = Gateway::start_on_all_interfaces(&["--api-key", "k"])
+        .await
+        .unwrap();
+    let response = http_client()
+        .post(format!("{}/api/publish", keyed.http_url()))
+        .bearer_auth("k")
+        .body(seed_payload("AE", "v", "t"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
