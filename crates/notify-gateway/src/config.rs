@@ -116,20 +116,6 @@ fn parse_region(input: &str) -> Result<Region, String> {
     Region::parse(input.trim()).map_err(|error| error.to_string())
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`, for logs.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,11 +135,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("\"XX\""), "{error}");
-    }
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact_url("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
-        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
     }
 }

@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
+use notify_core::broker::redis::redact_url;
 use notify_core::broker::{EmbeddedBroker, RedisBroker, RedisBrokerConfig};
 use notify_core::{Broker, BrokerState, Hub, Ingest};
 use notify_proto::{ChannelNames, Notification, Region, StreamId};
@@ -35,7 +36,7 @@ use tower::Service;
 
 use crate::assets;
 use crate::capacity::{self, ConnectionSlots};
-use crate::config::{redact_url, GatewayConfig};
+use crate::config::GatewayConfig;
 use crate::socket::{self, Connection};
 use crate::telemetry::{self, ConnectionMetrics};
 

@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
+use notify_core::broker::redis::redact_url;
 use notify_core::broker::redis::{publish_command, publish_script};
 use notify_proto::{ChannelNames, Notification};
 use redis::aio::MultiplexedConnection;
@@ -307,27 +308,6 @@ fn classify_redis(target: &str, timeout: Duration, error: &redis::RedisError) ->
     }
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`, for messages.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                "***".to_owned()
-            };
-            format!("{scheme}://{masked}{}", &rest[at..])
-        }
-        None => url.to_owned(),
-    }
-}
-
 /// A notify gateway's `POST /api/publish`.
 #[derive(Debug)]
 pub struct GatewaySink {
@@ -515,21 +495,6 @@ impl GatewaySink {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
-        assert_eq!(
-            redact_url("redis://default:s3cret@10.0.0.1:6379/0"),
-            "redis://default:***@10.0.0.1:6379/0"
-        );
-        assert_eq!(redact_url("redis://:s3cret@h/0"), "redis://:***@h/0");
-        assert_eq!(redact_url("redis://token@h"), "redis://***@h");
-        assert_eq!(redact_url("unix:/tmp/redis.sock"), "unix:/tmp/redis.sock");
-    }
 
     #[test]
     fn publish_reply_is_the_stream_id_and_subscriber_count() {

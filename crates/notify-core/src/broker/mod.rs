@@ -70,7 +70,7 @@ pub enum BrokerError {
     /// The Redis URL does not parse.
     #[error("invalid Redis URL {url:?}: {source}")]
     InvalidUrl {
-        /// The URL as given (credentials included; callers should not log it verbatim).
+        /// The URL as given, password masked.
         url: String,
         /// The parser's complaint.
         source: ::redis::RedisError,

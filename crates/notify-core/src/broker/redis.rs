@@ -71,6 +71,28 @@ end
 return {last, deleted, first, entries}
 "#;
 
+/// `redis://user:secret@host` → `redis://user:***@host`: a Redis URL fit for logs and error
+/// messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
+            format!("{scheme}://{masked}{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// Default retention of each region's stream, in messages.
 pub const DEFAULT_RETENTION: usize = 10_000;
 
@@ -151,7 +173,7 @@ where
     ) -> Result<(Self, JoinHandle<()>), BrokerError> {
         let client =
             redis::Client::open(config.url.as_str()).map_err(|source| BrokerError::InvalidUrl {
-                url: config.url.clone(),
+                url: redact_url(&config.url),
                 source,
             })?;
         let (state_sender, state) = watch::channel(BrokerState::Connecting);
@@ -555,6 +577,21 @@ mod tests {
             first_entry: first.map(|ms| StreamId::new(ms, 0)),
             entries: Vec::new(),
         }
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_url("redis://default:s3cret@10.0.0.1:6379/0"),
+            "redis://default:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(redact_url("redis://:s3cret@h/0"), "redis://:***@h/0");
+        assert_eq!(redact_url("redis://token@h"), "redis://***@h");
+        assert_eq!(redact_url("unix:/tmp/redis.sock"), "unix:/tmp/redis.sock");
     }
 
     #[test]
