@@ -168,3 +168,83 @@ async fn idle_reports_memory_and_refuses_non_loopback_targets() -> Result<()> {
     assert!(stderr.contains("not a loopback address"), "{stderr}");
     Ok(())
 }
+
+/// `chaos` starts two gateways of its own and, while messages flow, drops clients, cuts the
+/// gateways' Redis subscriptions and restarts gateways; every client resumes with `?since=`
+/// and must still get every message of its region exactly once, in order.
+#[tokio::test]
+async fn chaos_resumes_deliver_everything_exactly_once() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let gateway_bin = binary("notify-gateway");
+    let args: Vec<String> = [
+        "chaos",
+        "--gateway-bin",
+        &gateway_bin.display().to_string(),
+        "--redis-url",
+        &redis.url(),
+        "--gateways",
+        "2",
+        "--clients",
+        "50",
+        "--rate",
+        "40",
+        "--duration",
+        "6s",
+        "--restart-interval",
+        "2s",
+        "--restart-delay",
+        "300ms",
+        "--link-cut-interval",
+        "1s",
+        "--drop-rate",
+        "5",
+        "--catch-up-timeout",
+        "15s",
+        "--timeout",
+        "50s",
+    ]
+    .map(String::from)
+    .to_vec();
+    let output = run_bench(&args).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
+    let report = report(&output);
+    assert_eq!(report["scenario"], "chaos");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["exactly_once_pct"], 100.0, "{report}");
+    let totals = &report["totals"];
+    // 240 messages over the 8 seed regions: 30 per region; 50 clients.
+    assert_eq!(totals["published"], 240, "{report}");
+    assert_eq!(totals["clients"], 50, "{report}");
+    assert_eq!(totals["expected_deliveries"], 50 * 30, "{report}");
+    assert_eq!(totals["delivered"], 50 * 30, "{report}");
+    assert_eq!(totals["exactly_once"], 50 * 30, "{report}");
+    for counter in [
+        "duplicates",
+        "gaps",
+        "lost",
+        "out_of_order",
+        "resyncs",
+        "corrupt",
+        "wrong_region",
+        "missing_id",
+    ] {
+        assert_eq!(totals[counter], 0, "{counter} in {report}");
+    }
+    let chaos = &report["chaos"];
+    assert!(chaos["gateway_restarts"].as_u64() >= Some(1), "{report}");
+    assert_eq!(chaos["restart_failures"], 0, "{report}");
+    assert!(chaos["link_cuts"].as_u64() >= Some(2), "{report}");
+    assert!(chaos["client_drops"].as_u64() >= Some(5), "{report}");
+    assert!(
+        report["clients"]["reconnects"].as_u64() >= Some(5),
+        "{report}"
+    );
+    assert_eq!(report["clients"]["gave_up"], 0, "{report}");
+    // Every chaos action is logged with a timestamp.
+    assert!(stderr.contains("s] chaos: restart gateway"), "{stderr}");
+    assert!(stderr.contains("s] chaos: link cut"), "{stderr}");
+    assert!(stderr.contains("s] chaos: drop client"), "{stderr}");
+    assert!(stderr.contains("(100.000%)"), "{stderr}");
+    Ok(())
+}

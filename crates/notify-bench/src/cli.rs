@@ -2,6 +2,7 @@
 //! generator talks to.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -19,6 +20,12 @@ pub const MAX_RATE: f64 = 100_000.0;
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
 /// Highest churn rate, client replacements per second.
 pub const MAX_CHURN_RATE: f64 = 5_000.0;
+/// Most gateways `chaos` starts.
+pub const MAX_GATEWAYS: usize = 16;
+/// Highest `chaos` client drop rate, per second.
+pub const MAX_DROP_RATE: f64 = 1_000.0;
+/// Shortest interval between link cuts or between gateway restarts.
+pub const MIN_CHAOS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -32,6 +39,10 @@ pub enum Scenario {
     Latency,
     /// Clients connect and leave continuously while messages flow at a steady rate.
     Churn,
+    /// Starts its own gateways and, while messages flow at a steady rate, drops clients, cuts
+    /// the gateways' Redis subscriptions and restarts gateways; every client resumes with
+    /// `?since=` and must get every message of its region exactly once, in order.
+    Chaos,
 }
 
 /// Where messages are published.
@@ -151,6 +162,63 @@ pub struct Args {
     /// Exit 0 even when messages were lost, duplicated or reordered.
     #[arg(long, env = "NOTIFY_BENCH_ALLOW_LOSS")]
     pub allow_loss: bool,
+
+    /// `chaos`: the notify-gateway binary to start (`--gateways` copies, on free loopback
+    /// ports, each with `--redis-url`).
+    #[arg(long, env = "NOTIFY_BENCH_GATEWAY_BIN")]
+    pub gateway_bin: Option<PathBuf>,
+
+    /// `chaos`: gateways to start.
+    #[arg(long, env = "NOTIFY_BENCH_GATEWAYS", default_value_t = 2)]
+    pub gateways: usize,
+
+    /// `chaos`: one more argument for every gateway started (repeat the flag for several,
+    /// e.g. `--gateway-arg=--drain-timeout=2s`).
+    #[arg(long, env = "NOTIFY_BENCH_GATEWAY_ARG", allow_hyphen_values = true)]
+    pub gateway_arg: Vec<String>,
+
+    /// `chaos`: directory for the gateways' logs (`gateway-<n>.log`, appended across
+    /// restarts); discarded when absent.
+    #[arg(long, env = "NOTIFY_BENCH_GATEWAY_LOG_DIR")]
+    pub gateway_log_dir: Option<PathBuf>,
+
+    /// `chaos`: clients dropped per second (the client closes its socket and resumes); 0 for
+    /// none.
+    #[arg(long, env = "NOTIFY_BENCH_DROP_RATE", default_value_t = 5.0)]
+    pub drop_rate: f64,
+
+    /// `chaos`: mean interval between link cuts (`CLIENT KILL TYPE pubsub` on Redis: every
+    /// gateway loses its subscription); each wait is drawn from 0.5x..1.5x of it. 0 for none.
+    #[arg(long, env = "NOTIFY_BENCH_LINK_CUT_INTERVAL", value_parser = parse_duration, default_value = "3s")]
+    pub link_cut_interval: Duration,
+
+    /// `chaos`: mean interval between gateway restarts (SIGTERM a random gateway, start it
+    /// again on the same port); each wait is drawn from 0.75x..1.25x of it. 0 for none.
+    #[arg(long, env = "NOTIFY_BENCH_RESTART_INTERVAL", value_parser = parse_duration, default_value = "10s")]
+    pub restart_interval: Duration,
+
+    /// `chaos`: pause between a gateway's exit and its restart.
+    #[arg(long, env = "NOTIFY_BENCH_RESTART_DELAY", value_parser = parse_duration, default_value = "500ms")]
+    pub restart_delay: Duration,
+
+    /// `chaos`: longest jittered pause before a client reconnects (doubling, up to 2 s, after
+    /// failed attempts).
+    #[arg(long, env = "NOTIFY_BENCH_RECONNECT_DELAY", value_parser = parse_duration, default_value = "250ms")]
+    pub reconnect_delay: Duration,
+
+    /// `chaos`: failed connection attempts in a row after which a client gives up (a
+    /// failure).
+    #[arg(long, env = "NOTIFY_BENCH_RECONNECT_ATTEMPTS", default_value_t = 30)]
+    pub reconnect_attempts: u32,
+
+    /// `chaos`: after publishing stops, how long every client has to catch up.
+    #[arg(long, env = "NOTIFY_BENCH_CATCH_UP_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub catch_up_timeout: Duration,
+
+    /// `chaos`: approximate length each region's stream is trimmed to on publish (the
+    /// history script's `MAXLEN ~`).
+    #[arg(long, env = "NOTIFY_BENCH_RETENTION", default_value_t = 10_000)]
+    pub retention: usize,
 }
 
 impl Args {
@@ -166,7 +234,10 @@ impl Args {
         {
             bail!("--messages must be 1..={MAX_MESSAGES}");
         }
-        if matches!(self.scenario, Scenario::Latency | Scenario::Churn) {
+        if matches!(
+            self.scenario,
+            Scenario::Latency | Scenario::Churn | Scenario::Chaos
+        ) {
             if !(self.rate > 0.0 && self.rate <= MAX_RATE) {
                 bail!("--rate must be in (0, {MAX_RATE}]");
             }
@@ -182,8 +253,12 @@ impl Args {
         {
             bail!("--churn-rate must be in (0, {MAX_CHURN_RATE}]");
         }
-        if self.timeout.is_zero() || self.timeout > MAX_DURATION {
-            bail!("--timeout must be in (0, {}s]", MAX_DURATION.as_secs());
+        let max_timeout = self.max_timeout();
+        if self.timeout.is_zero() || self.timeout > max_timeout {
+            bail!("--timeout must be in (0, {}s]", max_timeout.as_secs());
+        }
+        if self.scenario == Scenario::Chaos {
+            self.validate_chaos()?;
         }
         if self.connect_concurrency == 0 || self.connect_concurrency > 4096 {
             bail!("--connect-concurrency must be 1..=4096");
@@ -196,6 +271,78 @@ impl Args {
         }
         if self.threads == 0 || self.threads > 64 {
             bail!("--threads must be 1..=64");
+        }
+        Ok(())
+    }
+
+    /// Longest `--timeout`: [`MAX_DURATION`], twice that for `chaos` (its steady phase is
+    /// followed by a catch-up phase).
+    pub fn max_timeout(&self) -> Duration {
+        if self.scenario == Scenario::Chaos {
+            MAX_DURATION * 2
+        } else {
+            MAX_DURATION
+        }
+    }
+
+    /// The `--timeout` of a `chaos` run when none is given: start-up, the steady phase, the
+    /// catch-up phase and shutdown.
+    pub fn chaos_default_timeout(&self) -> Duration {
+        (self.duration + self.catch_up_timeout + Duration::from_secs(60)).min(self.max_timeout())
+    }
+
+    fn validate_chaos(&self) -> Result<()> {
+        let Some(bin) = &self.gateway_bin else {
+            bail!("chaos needs --gateway-bin (the notify-gateway binary to start)");
+        };
+        if !bin.is_file() {
+            bail!("--gateway-bin {}: no such file", bin.display());
+        }
+        if self.via != Via::Redis {
+            bail!("chaos publishes through Redis only (--via redis)");
+        }
+        if self.gateways == 0 || self.gateways > MAX_GATEWAYS {
+            bail!("--gateways must be 1..={MAX_GATEWAYS}");
+        }
+        if !(self.drop_rate >= 0.0 && self.drop_rate <= MAX_DROP_RATE) {
+            bail!("--drop-rate must be in [0, {MAX_DROP_RATE}]");
+        }
+        for (flag, interval) in [
+            ("--link-cut-interval", self.link_cut_interval),
+            ("--restart-interval", self.restart_interval),
+        ] {
+            if !interval.is_zero() && interval < MIN_CHAOS_INTERVAL {
+                bail!(
+                    "{flag} must be 0 (off) or at least {}ms",
+                    MIN_CHAOS_INTERVAL.as_millis()
+                );
+            }
+        }
+        if self.restart_delay > Duration::from_secs(60) {
+            bail!("--restart-delay must be at most 60s");
+        }
+        if self.reconnect_delay > Duration::from_secs(10) {
+            bail!("--reconnect-delay must be at most 10s");
+        }
+        if self.reconnect_attempts == 0 || self.reconnect_attempts > 1000 {
+            bail!("--reconnect-attempts must be 1..=1000");
+        }
+        if self.catch_up_timeout.is_zero() || self.catch_up_timeout > MAX_DURATION {
+            bail!(
+                "--catch-up-timeout must be in (0, {}s]",
+                MAX_DURATION.as_secs()
+            );
+        }
+        if self.retention == 0 {
+            bail!("--retention must be at least 1");
+        }
+        let needed = self.duration + Duration::from_secs(20);
+        if self.timeout < needed {
+            bail!(
+                "--timeout ({}s) must be at least --duration plus 20s ({}s) for chaos",
+                self.timeout.as_secs_f64(),
+                needed.as_secs_f64()
+            );
         }
         Ok(())
     }

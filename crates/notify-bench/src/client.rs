@@ -67,6 +67,14 @@ impl Connector {
     /// TCP connect from the next source address, then the WebSocket handshake for
     /// `/?region={region}`, within 10 s.
     pub async fn connect(&self, region: &str) -> Result<Socket> {
+        self.connect_to(self.gateway, &format!("/?region={region}"))
+            .await
+    }
+
+    /// TCP connect from the next source address to `gateway` (any node, not only the one
+    /// given to [`new`](Self::new)), then the WebSocket handshake for `path_and_query`, within
+    /// 10 s.
+    pub async fn connect_to(&self, gateway: SocketAddr, path_and_query: &str) -> Result<Socket> {
         let _permit = self.permits.acquire().await.context("connector closed")?;
         let turn = self.next_source.fetch_add(1, Ordering::Relaxed);
         let source = self.sources[turn % self.sources.len()];
@@ -78,12 +86,12 @@ impl Connector {
         socket
             .bind(SocketAddr::new(source, 0))
             .with_context(|| format!("binding to {source}"))?;
-        let url = format!("ws://{}/?region={region}", self.gateway);
+        let url = format!("ws://{gateway}{path_and_query}");
         let handshake = async {
             let stream = socket
-                .connect(self.gateway)
+                .connect(gateway)
                 .await
-                .with_context(|| format!("TCP connect {source} -> {}", self.gateway))?;
+                .with_context(|| format!("TCP connect {source} -> {gateway}"))?;
             stream.set_nodelay(true)?;
             match tokio_tungstenite::client_async_with_config(url, stream, Some(self.config)).await
             {

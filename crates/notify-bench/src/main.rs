@@ -13,8 +13,10 @@
 //! - [`publish`]: Redis and HTTP publishing, burst and steady.
 //! - [`latency`]: HDR histograms of publish-to-client latency.
 //! - [`procstat`]: RSS and CPU of the gateway and of this process from /proc.
-//! - [`scenario`]: idle, fanout, latency and churn.
+//! - [`scenario`]: idle, fanout, latency and churn, against a running gateway.
+//! - [`chaos`]: starts its own gateways and breaks things while verifying resumes.
 
+mod chaos;
 mod cli;
 mod client;
 mod latency;
@@ -27,12 +29,21 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 
-use crate::cli::Args;
+use crate::cli::{Args, Scenario};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    // `chaos` runs a steady phase and then a catch-up phase: without an explicit --timeout
+    // its bound follows from --duration and --catch-up-timeout.
+    if args.scenario == Scenario::Chaos
+        && matches.value_source("timeout") == Some(ValueSource::DefaultValue)
+    {
+        args.timeout = args.chaos_default_timeout();
+    }
     match run(args) {
         Ok(code) => code,
         Err(error) => {
@@ -45,6 +56,9 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<ExitCode> {
     messages::now_ns();
     args.validate()?;
+    if args.scenario == Scenario::Chaos {
+        return run_chaos(args);
+    }
     let gateway = cli::gateway_addr(&args.gateway)?;
     if args.via == cli::Via::Redis {
         cli::check_redis_url(&args.redis_url)?;
@@ -75,6 +89,40 @@ fn run(args: Args) -> Result<ExitCode> {
     runtime.shutdown_timeout(Duration::from_secs(1));
     if failed && !allow_loss {
         eprintln!("notify-bench: FAILED (see totals; --allow-loss to accept)");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_chaos(args: Args) -> Result<ExitCode> {
+    cli::check_redis_url(&args.redis_url)?;
+    let limit = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
+    let needed = args.clients as u64 + 64;
+    if limit < needed {
+        anyhow::bail!(
+            "--clients {} needs about {needed} open files, but the limit is {limit}",
+            args.clients
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let allow_loss = args.allow_loss;
+    // Everything inside is bounded by --timeout; this is the backstop.
+    let hard_limit = args.timeout + Duration::from_secs(30);
+    let outcome = runtime.block_on(async move {
+        tokio::time::timeout(hard_limit, chaos::run(args))
+            .await
+            .context("the run overran its --timeout")?
+    });
+    // Gateways are killed when their handles drop, also on errors.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let (report, failed) = outcome?;
+    println!("{report}");
+    if failed && !allow_loss {
+        eprintln!("notify-bench: FAILED: not every message was delivered exactly once");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

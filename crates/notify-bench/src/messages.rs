@@ -38,22 +38,27 @@ impl Slot {
     /// `POST /api/publish`, stamps each message with its stream id). No JSON parsing.
     #[inline]
     pub fn matches(&self, received: &[u8]) -> bool {
+        self.id_in(received).is_some()
+    }
+
+    /// Like [`matches`](Self::matches), and says which `id` the frame carried: `None` when it
+    /// is not this message, `Some(None)` for the bare frame, `Some(Some(id))` for the frame
+    /// with `"id":"<id>"` inserted after `ts`.
+    #[inline]
+    pub fn id_in<'a>(&self, received: &'a [u8]) -> Option<Option<&'a str>> {
         let frame = self.frame.as_bytes();
         if received == frame {
-            return true;
+            return Some(None);
         }
         const ID: &[u8] = b",\"id\":\"";
         let (head, tail) = frame.split_at(self.id_at);
-        let Some(rest) = received
-            .strip_prefix(head)
-            .and_then(|rest| rest.strip_prefix(ID))
-        else {
-            return false;
-        };
-        match rest.iter().position(|byte| *byte == b'"') {
-            Some(end) => end > 0 && &rest[end + 1..] == tail && !rest[..end].contains(&b'\\'),
-            None => false,
+        let rest = received.strip_prefix(head)?.strip_prefix(ID)?;
+        let end = rest.iter().position(|byte| *byte == b'"')?;
+        let id = &rest[..end];
+        if end == 0 || &rest[end + 1..] != tail || id.contains(&b'\\') {
+            return None;
         }
+        std::str::from_utf8(id).ok().map(Some)
     }
 }
 
@@ -135,10 +140,17 @@ impl MessageLog {
     /// Builds message `seq` of region `index`, stamps it with the current time, stores it and
     /// returns the payload to publish. `None` when the log is full or the slot already used.
     pub fn prepare(&self, index: usize, seq: u64) -> Option<String> {
+        self.prepare_message(index, seq).map(|(_, frame)| frame)
+    }
+
+    /// Like [`prepare`](Self::prepare), also returning the notification itself (for
+    /// publishers that encode it themselves, such as the history script's command).
+    pub fn prepare_message(&self, index: usize, seq: u64) -> Option<(Notification, String)> {
         let log = self.regions.get(index)?;
         let cell = log.slots.get(usize::try_from(seq).ok()?)?;
         let sent_ns = now_ns();
-        let frame = notification(log.region, seq, sent_ns, self.unix_ts).to_json();
+        let message = notification(log.region, seq, sent_ns, self.unix_ts);
+        let frame = message.to_json();
         let id_at = frame.find(",\"seq\":")?;
         cell.set(Slot {
             frame: frame.clone().into_boxed_str(),
@@ -146,7 +158,7 @@ impl MessageLog {
             id_at,
         })
         .ok()?;
-        Some(frame)
+        Some((message, frame))
     }
 }
 
@@ -203,6 +215,12 @@ mod tests {
         let mut with_id = Notification::from_slice(frame.as_bytes(), 1 << 16).unwrap();
         with_id.id = Some("1795833245949-0".parse().unwrap());
         assert!(slot.matches(with_id.to_json().as_bytes()));
+        let with_id_text = with_id.to_json();
+        assert_eq!(
+            slot.id_in(with_id_text.as_bytes()),
+            Some(Some("1795833245949-0"))
+        );
+        assert_eq!(slot.id_in(frame.as_bytes()), Some(None));
         with_id.video_id.push('x');
         assert!(!slot.matches(with_id.to_json().as_bytes()));
         assert!(!slot.matches(frame.replace(",\"seq\"", ",\"id\":\"\",\"seq\"").as_bytes()));

@@ -158,20 +158,20 @@ async fn post(client: &reqwest::Client, url: &str, key: Option<&str>, body: &str
 
 /// Round-robin over regions with a sequence number per region.
 #[derive(Debug)]
-struct Sequencer {
+pub(crate) struct Sequencer {
     next: Vec<u64>,
     turn: usize,
 }
 
 impl Sequencer {
-    fn new(regions: usize) -> Self {
+    pub(crate) fn new(regions: usize) -> Self {
         Sequencer {
             next: vec![0; regions],
             turn: 0,
         }
     }
 
-    fn next(&mut self) -> (usize, u64) {
+    pub(crate) fn next(&mut self) -> (usize, u64) {
         let region = self.turn % self.next.len();
         self.turn += 1;
         let seq = self.next[region];
