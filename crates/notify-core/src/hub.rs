@@ -57,7 +57,6 @@ pub enum SubscriptionError {
 #[derive(Debug)]
 pub struct Hub<T> {
     regions: HashMap<Region, broadcast::Sender<Envelope<T>>>,
-    queue_limit: usize,
 }
 
 impl<T: Clone + Send + Sync + 'static> Hub<T> {
@@ -69,10 +68,7 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
             .into_iter()
             .map(|region| (region, broadcast::channel(queue_limit).0))
             .collect();
-        Hub {
-            regions,
-            queue_limit,
-        }
+        Hub { regions }
     }
 
     /// Whether this hub serves `region`.
@@ -85,11 +81,6 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
         let mut regions: Vec<Region> = self.regions.keys().copied().collect();
         regions.sort();
         regions
-    }
-
-    /// The per-client queue limit this hub was built with.
-    pub fn queue_limit(&self) -> usize {
-        self.queue_limit
     }
 
     /// Subscribes a new client to `region`; it receives messages published from now on.

@@ -12,7 +12,6 @@ pub mod embedded;
 pub mod redis;
 
 use notify_proto::{Notification, StreamId};
-use tokio::sync::watch;
 
 pub use self::embedded::EmbeddedBroker;
 pub use self::redis::{RedisBroker, RedisBrokerConfig};
@@ -121,14 +120,6 @@ where
         match self {
             Broker::Embedded(_) => BrokerState::Ready,
             Broker::Redis(broker) => broker.state(),
-        }
-    }
-
-    /// A receiver that sees every state change (for tests and readiness waits).
-    pub fn watch_state(&self) -> watch::Receiver<BrokerState> {
-        match self {
-            Broker::Embedded(_) => watch::channel(BrokerState::Ready).1,
-            Broker::Redis(broker) => broker.watch_state(),
         }
     }
 

@@ -105,17 +105,24 @@ pub fn publish_command(
     notification: &Notification,
     retention: usize,
 ) -> redis::Cmd {
-    let mut without_id = notification.clone();
-    without_id.id = None;
+    let (payload, retention) = publish_arguments(notification, retention);
     let mut command = redis::cmd("EVALSHA");
     command
         .arg(script.get_hash())
         .arg(1)
         .arg(stream_key)
         .arg(channel)
-        .arg(without_id.to_json())
-        .arg(retention.max(1));
+        .arg(payload)
+        .arg(retention);
     command
+}
+
+/// The script's payload (the notification without `id`: the script adds the new one) and its
+/// retention argument (at least 1).
+fn publish_arguments(notification: &Notification, retention: usize) -> (String, usize) {
+    let mut without_id = notification.clone();
+    without_id.id = None;
+    (without_id.to_json(), retention.max(1))
 }
 
 /// [`PUBLISH_SCRIPT`] as a [`redis::Script`].
@@ -206,11 +213,6 @@ where
         *self.state.borrow()
     }
 
-    /// A receiver that sees every state change.
-    pub fn watch_state(&self) -> watch::Receiver<BrokerState> {
-        self.state.clone()
-    }
-
     /// Records and publishes with [`PUBLISH_SCRIPT`]; the receipt carries the new id and
     /// Redis's subscriber count (gateway nodes).
     pub async fn publish(
@@ -219,13 +221,12 @@ where
     ) -> Result<PublishReceipt, BrokerError> {
         let channels = self.streams.ingest.channels();
         let region = notification.region;
-        let mut without_id = notification.clone();
-        without_id.id = None;
+        let (payload, retention) = publish_arguments(notification, self.streams.config.retention);
         let mut invocation = self.publish_script.key(channels.stream_key(region));
         invocation
             .arg(channels.channel(region))
-            .arg(without_id.to_json())
-            .arg(self.streams.config.retention.max(1));
+            .arg(payload)
+            .arg(retention);
         let (id, subscribers): (String, u64) = self
             .streams
             .command(|mut connection| async move { invocation.invoke_async(&mut connection).await })
