@@ -347,3 +347,74 @@ async fn malformed_since_is_a_400() {
     }
     assert!(wait_until(WAIT, || async { gateway.get("/healthz").await.is_ok() }).await);
 }
+
+/// A Redis that stops answering without closing its connections (SIGSTOP: like a partition)
+/// must not leave the gateway "ready" and silently delivering nothing.
+#[tokio::test]
+async fn a_frozen_redis_is_noticed_and_nothing_published_after_it_is_lost() {
+    let redis = RedisServer::start().await.unwrap();
+    let url = redis.url();
+    let gateway = Gateway::start(&["--redis-url", &url, "--redis-ping-interval", "300ms"])
+        .await
+        .unwrap();
+    assert!(gateway.wait_ready_status(200, WAIT).await);
+    let mut client = gateway.connect_counted("/?region=BE", "BE").await.unwrap();
+    let first = publish_api(&gateway, "BE", "v0").await;
+    assert_eq!(
+        next_json(&mut client, WAIT).await.unwrap()["id"],
+        first.as_str()
+    );
+
+    redis.freeze();
+    assert!(
+        gateway.wait_ready_status(503, WAIT).await,
+        "a frozen Redis must turn /readyz to 503"
+    );
+    redis.thaw();
+    // Published the moment Redis is back, possibly before the gateway has resubscribed:
+    // delivered live or caught up from the stream, exactly once.
+    let output = tokio::task::spawn_blocking(move || {
+        notify_tests::run_publish(
+            &[
+                "--redis-url",
+                &url,
+                "--region",
+                "BE",
+                "--video-id",
+                "v1",
+                "--title",
+                "Terug",
+                "--thumbnail",
+                "https://example.com/v1.jpg",
+                "--channel",
+                "Kanaal",
+            ],
+            None,
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        gateway
+            .wait_ready_status(200, Duration::from_secs(20))
+            .await
+    );
+    let value = next_json(&mut client, Duration::from_secs(20))
+        .await
+        .expect("the message published after the freeze arrives");
+    assert_eq!(value["video_id"], "v1");
+    let second = publish_api(&gateway, "BE", "v2").await;
+    assert_eq!(
+        next_json(&mut client, WAIT).await.unwrap()["id"],
+        second.as_str()
+    );
+    assert!(
+        gateway
+            .metric("notify_broker_reconnects_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+}

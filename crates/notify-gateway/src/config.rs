@@ -29,6 +29,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// How often the Redis subscription is checked with PING; a link that stops answering is
+    /// dropped and re-established (and /readyz says 503 meanwhile).
+    #[arg(long, env = "NOTIFY_REDIS_PING_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub redis_ping_interval: Duration,
+
     /// Regions served, comma-separated ISO 3166-1 alpha-2 codes.
     #[arg(
         long,

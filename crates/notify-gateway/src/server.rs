@@ -145,6 +145,7 @@ pub async fn run(
         Some(url) => {
             let mut redis_config = RedisBrokerConfig::new(url.clone());
             redis_config.retention = config.history_retention;
+            redis_config.ping_interval = config.redis_ping_interval;
             let (broker, _task) =
                 RedisBroker::start(redis_config, Arc::clone(&ingest), broker_shutdown.clone())
                     .context("starting the Redis broker")?;

@@ -17,7 +17,9 @@
 //! [`Ingest`]. On loss: [`BrokerState::Down`], a capped, jittered backoff, and over again. Each
 //! transition is logged once and counted in `notify_broker_reconnects_total`; `/readyz` reads
 //! the state, so a gateway that lost Redis stops reporting ready instead of silently
-//! delivering nothing.
+//! delivering nothing. The subscription connection is also checked with `PING` every
+//! `ping_interval`: a link that died without closing (a partition, a frozen server) is noticed
+//! within `ping_interval + command_timeout` instead of never.
 //!
 //! When the outage outlasted the retained history, the region's clients get an explicit
 //! `resync` control message: never a silent gap.
@@ -143,10 +145,13 @@ pub struct RedisBrokerConfig {
     pub backoff_cap: Duration,
     /// Approximate length each region's stream is trimmed to on publish.
     pub retention: usize,
+    /// How often the subscription connection is checked with `PING`.
+    pub ping_interval: Duration,
 }
 
 impl RedisBrokerConfig {
-    /// Defaults: 2 s command timeout, backoff from 100 ms to 5 s, [`DEFAULT_RETENTION`].
+    /// Defaults: 2 s command timeout, backoff from 100 ms to 5 s, [`DEFAULT_RETENTION`], a
+    /// `PING` on the subscription every 5 s.
     pub fn new(url: impl Into<String>) -> Self {
         RedisBrokerConfig {
             url: url.into(),
@@ -154,6 +159,7 @@ impl RedisBrokerConfig {
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(5),
             retention: DEFAULT_RETENTION,
+            ping_interval: Duration::from_secs(5),
         }
     }
 }
@@ -458,8 +464,11 @@ where
                     backoff.reset();
                     self.set_state(BrokerState::Ready);
                     tracing::info!(channels = channels.len(), "subscribed to Redis");
-                    let mut messages = pubsub.into_on_message();
-                    loop {
+                    let (mut sink, mut messages) = pubsub.split();
+                    let mut health = tokio::time::interval(self.config.ping_interval);
+                    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    health.reset();
+                    let lost = loop {
                         tokio::select! {
                             () = shutdown.cancelled() => return,
                             message = messages.next() => match message {
@@ -470,11 +479,20 @@ where
                                         message.get_payload_bytes(),
                                     );
                                 }
-                                None => break,
+                                None => break "connection closed",
                             },
+                            _ = health.tick() => {
+                                // A link that died without a FIN (a partition, a frozen
+                                // server) would otherwise look subscribed forever.
+                                let ping = sink.ping::<String>();
+                                match tokio::time::timeout(self.config.command_timeout, ping).await {
+                                    Ok(Ok(_)) => {}
+                                    Ok(Err(_)) | Err(_) => break "no answer to PING",
+                                }
+                            }
                         }
-                    }
-                    tracing::warn!("Redis subscription lost; reconnecting");
+                    };
+                    tracing::warn!(reason = lost, "Redis subscription lost; reconnecting");
                 }
                 Err(error) => {
                     tracing::warn!(%error, attempt = backoff.attempts() + 1, "cannot subscribe to Redis");
