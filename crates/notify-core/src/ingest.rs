@@ -46,6 +46,8 @@ pub struct Ingest<T> {
     max_payload_bytes: usize,
     bad_payload_log: RateLimitedLog,
     histories: HashMap<Region, Mutex<RegionHistory<T>>>,
+    /// `notify_messages_received_total{region}`, resolved once instead of per message.
+    received: HashMap<Region, metrics::Counter>,
 }
 
 impl<T> Ingest<T>
@@ -65,12 +67,24 @@ where
             .into_iter()
             .map(|region| (region, Mutex::new(RegionHistory::new(history_capacity))))
             .collect();
+        let received = hub
+            .regions()
+            .into_iter()
+            .map(|region| {
+                let counter = metrics::counter!(
+                    "notify_messages_received_total",
+                    "region" => region.as_str().to_owned()
+                );
+                (region, counter)
+            })
+            .collect();
         Ingest {
             hub,
             channels,
             max_payload_bytes,
             bad_payload_log: RateLimitedLog::default(),
             histories,
+            received,
         }
     }
 
@@ -157,7 +171,7 @@ where
         notification: &Notification,
     ) -> usize {
         let frame = T::from(notification.to_json());
-        Self::count_received(notification.region);
+        self.count_received(notification.region);
         if let Some(id) = notification.id {
             history.record(id, frame.clone());
         }
@@ -175,15 +189,16 @@ where
             metrics::counter!("notify_duplicates_dropped_total").increment(1);
             return false;
         }
-        Self::count_received(region);
+        self.count_received(region);
         history.record(id, frame.clone());
         self.hub.publish(region, Some(id), frame);
         true
     }
 
-    fn count_received(region: Region) {
-        metrics::counter!("notify_messages_received_total", "region" => region.as_str().to_owned())
-            .increment(1);
+    fn count_received(&self, region: Region) {
+        if let Some(counter) = self.received.get(&region) {
+            counter.increment(1);
+        }
     }
 
     /// Sends a control message to every client of `region` (e.g. a resync after an outage
