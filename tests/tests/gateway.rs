@@ -593,3 +593,53 @@ async fn publishing_over_http_needs_a_key_on_a_non_loopback_address() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn json_logs_for_production() {
+    use std::io::{BufRead, BufReader};
+    let port = notify_tests::free_port();
+    let mut child = std::process::Command::new(notify_tests::binary("notify-gateway"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_REDIS_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|line| !line.contains("listening on"))
+            .chain(std::iter::once(String::new()))
+            .collect::<Vec<String>>()
+    });
+    let lines = tokio::time::timeout(WAIT, lines)
+        .await
+        .expect("the gateway logs its listen address")
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let logged: Vec<Value> = lines
+        .iter()
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert!(logged.len() >= 2, "{lines:?}");
+    assert!(logged
+        .iter()
+        .all(|entry| entry["level"].is_string() && entry["timestamp"].is_string()));
+    assert!(
+        logged.iter().any(|entry| entry["fields"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("embedded")),
+        "the startup log says which broker runs: {lines:?}"
+    );
+}
