@@ -121,6 +121,20 @@ impl Sink {
     }
 }
 
+/// Reports one message's result; a fatal error is returned too, to stop the run.
+fn report_result(
+    report: &mut impl FnMut(usize, Result<Delivery, PublishError>),
+    index: usize,
+    result: Result<Delivery, PublishError>,
+) -> Result<(), PublishError> {
+    let fatal = match &result {
+        Err(error) if error.is_fatal() => Some(error.clone()),
+        _ => None,
+    };
+    report(index, result);
+    fatal.map_or(Ok(()), Err)
+}
+
 /// Where one message was published.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -222,14 +236,11 @@ impl RedisSink {
                     Ok(value) => read_redis_reply(value).map_err(PublishError::Failed),
                     Err(error) => Err(classify_redis(&self.target, self.timeout, &error)),
                 };
-                let fatal = match &result {
-                    Err(error) if error.is_fatal() => Some(error.clone()),
-                    _ => None,
-                };
-                report(chunk_index * REDIS_PIPELINE_CHUNK + offset, result);
-                if let Some(fatal) = fatal {
-                    return Err(fatal);
-                }
+                report_result(
+                    &mut report,
+                    chunk_index * REDIS_PIPELINE_CHUNK + offset,
+                    result,
+                )?;
             }
         }
         Ok(())
@@ -406,14 +417,7 @@ impl GatewaySink {
         }
         for (index, result) in results.into_iter().enumerate() {
             let Some(result) = result else { continue };
-            let fatal = match &result {
-                Err(error) if error.is_fatal() => Some(error.clone()),
-                _ => None,
-            };
-            report(index, result);
-            if let Some(fatal) = fatal {
-                return Err(fatal);
-            }
+            report_result(&mut report, index, result)?;
         }
         Ok(())
     }
