@@ -61,6 +61,18 @@ fn assert_clean(output: &Output, expected_deliveries: u64) {
     assert_eq!(report["ok"], true, "{report}");
 }
 
+/// A redis-server and a gateway subscribed through it, ready.
+async fn redis_and_ready_gateway() -> Result<(RedisServer, Gateway)> {
+    let redis = RedisServer::start().await?;
+    let gateway = Gateway::start(&["--redis-url", &redis.url()]).await?;
+    assert!(
+        gateway
+            .wait_ready_status(200, Duration::from_secs(10))
+            .await
+    );
+    Ok((redis, gateway))
+}
+
 fn base_args(scenario: &str, gateway: &Gateway, redis: &RedisServer) -> Vec<String> {
     let mut args: Vec<String> = [scenario, "--gateway", &gateway.http_url(), "--redis-url"]
         .iter()
@@ -81,13 +93,7 @@ fn base_args(scenario: &str, gateway: &Gateway, redis: &RedisServer) -> Vec<Stri
 
 #[tokio::test]
 async fn fanout_through_redis_delivers_everything_once_in_order() -> Result<()> {
-    let redis = RedisServer::start().await?;
-    let gateway = Gateway::start(&["--redis-url", &redis.url()]).await?;
-    assert!(
-        gateway
-            .wait_ready_status(200, Duration::from_secs(10))
-            .await
-    );
+    let (redis, gateway) = redis_and_ready_gateway().await?;
     let mut args = base_args("fanout", &gateway, &redis);
     args.extend(["--clients", "40", "--messages", "200"].map(String::from));
     let output = run_bench(&args).await?;
@@ -110,13 +116,7 @@ async fn fanout_through_redis_delivers_everything_once_in_order() -> Result<()> 
 
 #[tokio::test]
 async fn fanout_through_the_http_api_delivers_everything_once_in_order() -> Result<()> {
-    let redis = RedisServer::start().await?;
-    let gateway = Gateway::start(&["--redis-url", &redis.url()]).await?;
-    assert!(
-        gateway
-            .wait_ready_status(200, Duration::from_secs(10))
-            .await
-    );
+    let (redis, gateway) = redis_and_ready_gateway().await?;
     let mut args = base_args("fanout", &gateway, &redis);
     args.extend(
         [
@@ -138,13 +138,7 @@ async fn fanout_through_the_http_api_delivers_everything_once_in_order() -> Resu
 
 #[tokio::test]
 async fn idle_reports_memory_and_refuses_non_loopback_targets() -> Result<()> {
-    let redis = RedisServer::start().await?;
-    let gateway = Gateway::start(&["--redis-url", &redis.url()]).await?;
-    assert!(
-        gateway
-            .wait_ready_status(200, Duration::from_secs(10))
-            .await
-    );
+    let (redis, gateway) = redis_and_ready_gateway().await?;
     let mut args = base_args("idle", &gateway, &redis);
     args.extend(["--clients", "20"].map(String::from));
     let output = run_bench(&args).await?;

@@ -62,7 +62,7 @@ use crate::cli::Args;
 use crate::client::{Connector, Socket};
 use crate::messages::MessageLog;
 use crate::procstat;
-use crate::publish::{per_region, PublishOutcome, Sequencer};
+use crate::publish::{self, per_region, SendLogged};
 
 /// Time a (re)started gateway has to answer `/readyz` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -195,7 +195,7 @@ async fn run_with(
         let pipeline = args.pipeline;
         let publish_deadline = deadline.min(phase_end + Duration::from_secs(10));
         tokio::spawn(async move {
-            let outcome = publish_steady(
+            let outcome = publish::steady(
                 &mut publisher,
                 &log,
                 rate,
@@ -483,9 +483,15 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_micros(rand::rng().random_range(0..=max_us))
 }
 
-/// `mean` scaled by a random factor in `low..high`.
-fn spread(mean: Duration, low: f64, high: f64) -> Duration {
-    mean.mul_f64(rand::rng().random_range(low..high))
+/// Sleeps `mean` scaled by a random factor in `low..high`; false (without sleeping) when that
+/// would reach `until`.
+async fn sleep_spread(mean: Duration, low: f64, high: f64, until: Instant) -> bool {
+    let at = Instant::now() + mean.mul_f64(rand::rng().random_range(low..high));
+    if at >= until {
+        return false;
+    }
+    tokio::time::sleep_until(at).await;
+    true
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -847,6 +853,24 @@ impl HistoryPublisher {
     }
 }
 
+impl SendLogged for HistoryPublisher {
+    async fn send_logged(&mut self, log: &MessageLog, ids: &[(usize, u64)]) -> Result<Vec<i64>> {
+        let batch: Vec<(usize, Notification)> = ids
+            .iter()
+            .map(|&(region, seq)| {
+                log.prepare_message(region, seq)
+                    .map(|(message, _)| (region, message))
+                    .context("message log full")
+            })
+            .collect::<Result<_>>()?;
+        let replies = self.send(&batch).await?;
+        Ok(replies
+            .into_iter()
+            .map(|(_, subscribers)| subscribers)
+            .collect())
+    }
+}
+
 async fn load_script(
     script: &redis::Script,
     connection: &mut redis::aio::MultiplexedConnection,
@@ -856,55 +880,6 @@ async fn load_script(
         .context("SCRIPT LOAD timed out")?
         .context("SCRIPT LOAD of the history publish script")?;
     Ok(())
-}
-
-/// Publishes `total` messages at `rate` per second (message `i` is due at `i / rate`),
-/// round-robin over regions, until `deadline`.
-async fn publish_steady(
-    publisher: &mut HistoryPublisher,
-    log: &MessageLog,
-    rate: f64,
-    total: u64,
-    pipeline: usize,
-    deadline: Instant,
-) -> Result<PublishOutcome> {
-    let started = Instant::now();
-    let mut outcome = PublishOutcome::default();
-    let mut sequencer = Sequencer::new(log.regions.len());
-    let due = |index: u64| started + Duration::from_secs_f64(index as f64 / rate);
-    let mut sent = 0;
-    while sent < total {
-        let next = due(sent);
-        if next >= deadline {
-            outcome.cut_short = true;
-            break;
-        }
-        tokio::time::sleep_until(next).await;
-        let now = Instant::now();
-        let mut ids = Vec::new();
-        while sent < total && ids.len() < pipeline && due(sent) <= now {
-            ids.push(sequencer.next());
-            sent += 1;
-        }
-        let batch: Vec<(usize, Notification)> = ids
-            .iter()
-            .map(|&(region, seq)| {
-                log.prepare_message(region, seq)
-                    .map(|(message, _)| (region, message))
-                    .context("message log full")
-            })
-            .collect::<Result<_>>()?;
-        let replies = publisher.send(&batch).await?;
-        for (&(region, seq), (_, subscribers)) in ids.iter().zip(replies) {
-            log.regions[region].set_published(seq + 1);
-            if subscribers <= 0 {
-                outcome.unheard += 1;
-            }
-        }
-        outcome.published += ids.len() as u64;
-    }
-    outcome.secs = round3(started.elapsed().as_secs_f64());
-    Ok(outcome)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -988,12 +963,7 @@ async fn cut_links(
     started: Instant,
     counts: Arc<ChaosCounts>,
 ) {
-    loop {
-        let at = Instant::now() + spread(mean, 0.5, 1.5);
-        if at >= until {
-            return;
-        }
-        tokio::time::sleep_until(at).await;
+    while sleep_spread(mean, 0.5, 1.5, until).await {
         match redis_kill_pubsub(&mut connection).await {
             Ok(killed) => {
                 counts.link_cuts.fetch_add(1, Ordering::Relaxed);
@@ -1022,12 +992,7 @@ async fn restart_gateways(
     started: Instant,
     counts: Arc<ChaosCounts>,
 ) {
-    loop {
-        let at = Instant::now() + spread(mean, 0.75, 1.25);
-        if at >= until {
-            return;
-        }
-        tokio::time::sleep_until(at).await;
+    while sleep_spread(mean, 0.75, 1.25, until).await {
         let live: Vec<&Node> = fleet
             .nodes
             .iter()

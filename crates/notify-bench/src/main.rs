@@ -63,22 +63,8 @@ fn run(args: Args) -> Result<ExitCode> {
     if args.via == cli::Via::Redis {
         cli::check_redis_url(&args.redis_url)?;
     }
-    let limit = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
-    let needed = args.clients as u64 + 64;
-    if limit < needed {
-        anyhow::bail!(
-            "--clients {} needs about {needed} open files, but the limit is {limit}",
-            args.clients
-        );
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let (runtime, hard_limit) = runtime_for(&args)?;
     let allow_loss = args.allow_loss;
-    // Everything inside is bounded by --timeout; this is the backstop.
-    let hard_limit = args.timeout + Duration::from_secs(30);
     let (report, failed) = runtime.block_on(async move {
         let bench = scenario::Bench::new(args, gateway).await?;
         tokio::time::timeout(hard_limit, bench.run())
@@ -96,22 +82,8 @@ fn run(args: Args) -> Result<ExitCode> {
 
 fn run_chaos(args: Args) -> Result<ExitCode> {
     cli::check_redis_url(&args.redis_url)?;
-    let limit = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
-    let needed = args.clients as u64 + 64;
-    if limit < needed {
-        anyhow::bail!(
-            "--clients {} needs about {needed} open files, but the limit is {limit}",
-            args.clients
-        );
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let (runtime, hard_limit) = runtime_for(&args)?;
     let allow_loss = args.allow_loss;
-    // Everything inside is bounded by --timeout; this is the backstop.
-    let hard_limit = args.timeout + Duration::from_secs(30);
     let outcome = runtime.block_on(async move {
         tokio::time::timeout(hard_limit, chaos::run(args))
             .await
@@ -126,4 +98,23 @@ fn run_chaos(args: Args) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the open-files limit for `--clients`, builds the runtime, and returns it with the
+/// backstop for the whole run (everything inside is bounded by --timeout).
+fn runtime_for(args: &Args) -> Result<(tokio::runtime::Runtime, Duration)> {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
+    let needed = args.clients as u64 + 64;
+    if limit < needed {
+        anyhow::bail!(
+            "--clients {} needs about {needed} open files, but the limit is {limit}",
+            args.clients
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    Ok((runtime, args.timeout + Duration::from_secs(30)))
 }

@@ -180,22 +180,35 @@ impl Sequencer {
     }
 }
 
-/// Fills a batch from the log and sends it; advances the published counts.
+/// A publisher of logged messages: the pacing in [`burst`] and [`steady`] drives any of them.
+pub(crate) trait SendLogged {
+    /// Fills the log's slots for `ids` (region index, seq) and sends those messages, in order
+    /// per region; returns each message's subscriber count.
+    async fn send_logged(&mut self, log: &MessageLog, ids: &[(usize, u64)]) -> Result<Vec<i64>>;
+}
+
+impl SendLogged for Publisher {
+    async fn send_logged(&mut self, log: &MessageLog, ids: &[(usize, u64)]) -> Result<Vec<i64>> {
+        let batch: Vec<(usize, String)> = ids
+            .iter()
+            .map(|&(region, seq)| {
+                log.prepare(region, seq)
+                    .map(|payload| (region, payload))
+                    .context("message log full")
+            })
+            .collect::<Result<_>>()?;
+        self.send(&batch).await
+    }
+}
+
+/// Sends a batch; advances the published counts.
 async fn send_batch(
-    publisher: &mut Publisher,
+    publisher: &mut impl SendLogged,
     log: &MessageLog,
     ids: &[(usize, u64)],
     outcome: &mut PublishOutcome,
 ) -> Result<()> {
-    let batch: Vec<(usize, String)> = ids
-        .iter()
-        .map(|&(region, seq)| {
-            log.prepare(region, seq)
-                .map(|payload| (region, payload))
-                .context("message log full")
-        })
-        .collect::<Result<_>>()?;
-    let counts = publisher.send(&batch).await?;
+    let counts = publisher.send_logged(log, ids).await?;
     for (&(region, seq), count) in ids.iter().zip(counts) {
         log.regions[region].set_published(seq + 1);
         if count <= 0 {
@@ -208,7 +221,7 @@ async fn send_batch(
 
 /// Publishes `total` messages as fast as the pipeline allows, until `deadline`.
 pub async fn burst(
-    publisher: &mut Publisher,
+    publisher: &mut impl SendLogged,
     log: &MessageLog,
     total: u64,
     pipeline: usize,
@@ -235,7 +248,7 @@ pub async fn burst(
 /// Publishes `total` messages at `rate` per second (message `i` is due at `i / rate`), sending
 /// whatever is due together, until `deadline`.
 pub async fn steady(
-    publisher: &mut Publisher,
+    publisher: &mut impl SendLogged,
     log: &MessageLog,
     rate: f64,
     total: u64,

@@ -299,9 +299,13 @@ impl Bench {
         totals
     }
 
-    /// Waits until the clients have `expected` deliveries between them, the deadline passes,
-    /// or nothing arrives for 5 s. Returns when the last delivery was seen.
-    async fn await_deliveries(&self, clients: &[Running], expected: u64) -> (u64, Instant) {
+    /// Waits until every client has all its region's published messages, the deadline passes,
+    /// or nothing arrives for 5 s. Returns the deliveries and when the last one was seen.
+    async fn await_deliveries(&self, clients: &[Running]) -> (u64, Instant) {
+        let expected: u64 = clients
+            .iter()
+            .map(|client| self.log.regions[client.stats.region].published())
+            .sum();
         let mut last_total = 0;
         let mut last_progress = Instant::now();
         loop {
@@ -438,12 +442,7 @@ impl Bench {
             self.deadline,
         )
         .await?;
-        let expected: u64 = connected
-            .clients
-            .iter()
-            .map(|client| self.log.regions[client.stats.region].published())
-            .sum();
-        let (delivered, last_delivery) = self.await_deliveries(&connected.clients, expected).await;
+        let (delivered, last_delivery) = self.await_deliveries(&connected.clients).await;
         let after = self.gateway_sample();
         let me_after = procstat::sample("self").ok();
         let window = (last_delivery.max(started) - started)
@@ -518,12 +517,7 @@ impl Bench {
             self.deadline,
         )
         .await?;
-        let expected: u64 = connected
-            .clients
-            .iter()
-            .map(|client| self.log.regions[client.stats.region].published())
-            .sum();
-        let (delivered, _) = self.await_deliveries(&connected.clients, expected).await;
+        let (delivered, _) = self.await_deliveries(&connected.clients).await;
         let after = self.gateway_sample();
         let me_after = procstat::sample("self").ok();
         let clients = connected.clients.len();
