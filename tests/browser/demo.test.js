@@ -4,20 +4,16 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Gateway, launchBrowser, newPage, toasts } from './harness.js';
+import { newPage, toasts, startGatewayAndBrowser, stopGatewayAndBrowser } from './harness.js';
 
 let gateway;
 let browser;
 
 before(async () => {
-  gateway = await Gateway.start({ regions: ['AE', 'FI', 'CZ'] });
-  browser = await launchBrowser();
+  ({ gateway, browser } = await startGatewayAndBrowser({ regions: ['AE', 'FI', 'CZ'] }));
 });
 
-after(async () => {
-  await browser?.close();
-  await gateway?.stop();
-});
+after(() => stopGatewayAndBrowser({ gateway, browser }));
 
 /** Console errors other than the sample thumbnail the gateway does not serve (hidden on error). */
 function unexpectedErrors(page) {

@@ -322,6 +322,19 @@ export async function launchBrowser() {
   return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
 }
 
+/** A gateway (embedded broker unless `options.args` say otherwise) and a browser, for a test
+ * file's `before`; `stopGatewayAndBrowser` is its `after`. */
+export async function startGatewayAndBrowser(options) {
+  const gateway = await Gateway.start(options);
+  const browser = await launchBrowser();
+  return { gateway, browser };
+}
+
+export async function stopGatewayAndBrowser({ gateway, browser }) {
+  await browser?.close();
+  await gateway?.stop();
+}
+
 /**
  * A new page in its own context that records console errors, uncaught page errors and every
  * WebSocket the page opens.

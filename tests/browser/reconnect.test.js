@@ -5,20 +5,16 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Gateway, launchBrowser, newPage, notification, fakeThumbnails, toasts } from './harness.js';
+import { newPage, notification, fakeThumbnails, toasts, startGatewayAndBrowser, stopGatewayAndBrowser } from './harness.js';
 
 let gateway;
 let browser;
 
 before(async () => {
-  gateway = await Gateway.start({ regions: ['AE', 'FI'] });
-  browser = await launchBrowser();
+  ({ gateway, browser } = await startGatewayAndBrowser({ regions: ['AE', 'FI'] }));
 });
 
-after(async () => {
-  await browser?.close();
-  await gateway?.stop();
-});
+after(() => stopGatewayAndBrowser({ gateway, browser }));
 
 test('the demo page reconnects after a gateway restart and shows the next notification', async (t) => {
   const page = await newPage(browser);

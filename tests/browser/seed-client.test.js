@@ -3,20 +3,16 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Gateway, launchBrowser, newPage } from './harness.js';
+import { newPage, startGatewayAndBrowser, stopGatewayAndBrowser } from './harness.js';
 
 let gateway;
 let browser;
 
 before(async () => {
-  gateway = await Gateway.start({ regions: ['AE', 'FI'] });
-  browser = await launchBrowser();
+  ({ gateway, browser } = await startGatewayAndBrowser({ regions: ['AE', 'FI'] }));
 });
 
-after(async () => {
-  await browser?.close();
-  await gateway?.stop();
-});
+after(() => stopGatewayAndBrowser({ gateway, browser }));
 
 test('a seed-style client receives the seed payload unchanged', async (t) => {
   const page = await newPage(browser);

@@ -4,22 +4,16 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import {
-  Gateway, launchBrowser, newPage, notification, fakeThumbnails, toasts, screenshotToast,
-} from './harness.js';
+import { newPage, notification, fakeThumbnails, toasts, screenshotToast, startGatewayAndBrowser, stopGatewayAndBrowser } from './harness.js';
 
 let gateway;
 let browser;
 
 before(async () => {
-  gateway = await Gateway.start({ regions: ['AE', 'FI', 'CZ', 'US'] });
-  browser = await launchBrowser();
+  ({ gateway, browser } = await startGatewayAndBrowser({ regions: ['AE', 'FI', 'CZ', 'US'] }));
 });
 
-after(async () => {
-  await browser?.close();
-  await gateway?.stop();
-});
+after(() => stopGatewayAndBrowser({ gateway, browser }));
 
 /** A page running the client from /client.js for `region`, connected before it returns. */
 async function clientPage(region, contextOptions = {}, clientOptions = {}) {
