@@ -186,6 +186,18 @@ const CSS = `
 }
 `;
 
+/** A paragraph holding server text as text, direction-isolated (`<bdi>`) so mixed scripts stay
+ * readable. */
+function isolatedLine(doc, className, value) {
+  const line = doc.createElement('p');
+  line.className = className;
+  const isolated = doc.createElement('bdi');
+  isolated.className = 'tvs-toast__text';
+  isolated.textContent = value;
+  line.appendChild(isolated);
+  return line;
+}
+
 function injectStyles(doc) {
   if (doc.getElementById(STYLE_ID)) return;
   const style = doc.createElement('style');
@@ -470,18 +482,8 @@ export class TrendingNotifier {
     // The heading and the dismiss button are in the page's language, not the video's.
     const pageLang = document.documentElement.lang;
     if (toast.hasAttribute('lang') && pageLang) label.setAttribute('lang', pageLang);
-    const title = document.createElement('p');
-    title.className = 'tvs-toast__title';
-    const titleText = document.createElement('bdi');
-    titleText.className = 'tvs-toast__text';
-    titleText.textContent = text(notification.title);
-    title.appendChild(titleText);
-    const channel = document.createElement('p');
-    channel.className = 'tvs-toast__channel';
-    const channelText = document.createElement('bdi');
-    channelText.className = 'tvs-toast__text';
-    channelText.textContent = text(notification.channel);
-    channel.appendChild(channelText);
+    const title = isolatedLine(document, 'tvs-toast__title', text(notification.title));
+    const channel = isolatedLine(document, 'tvs-toast__channel', text(notification.channel));
     body.append(label, title, channel);
     toast.appendChild(body);
 
