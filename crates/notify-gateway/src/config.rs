@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::publish_access::{parse_api_key, read_key_file};
 use clap::{Parser, ValueEnum};
 use notify_proto::{Region, DEFAULT_CHANNEL_PREFIX, DEFAULT_MAX_PAYLOAD_BYTES};
 
@@ -107,14 +108,42 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Bearer key required by POST /api/publish. Without it the API is open on a loopback
-    /// listen address and disabled on any other.
-    #[arg(long, env = "NOTIFY_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    /// Bearer key required by POST /api/publish; repeat the flag (or separate with commas) to
+    /// accept several during a rotation. Without any key the API is open on a loopback listen
+    /// address and disabled on any other. An empty key is refused.
+    #[arg(long, env = "NOTIFY_API_KEY", hide_env_values = true, value_delimiter = ',', value_parser = parse_api_key)]
+    pub api_key: Vec<String>,
+
+    /// File holding the API keys, one per line (blank lines and # comments ignored), so the
+    /// key is neither on the command line nor in the environment. Adds to --api-key.
+    #[arg(long, env = "NOTIFY_API_KEY_FILE", value_parser = parse_key_file)]
+    pub api_key_file: Option<KeyFile>,
 
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "NOTIFY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// The keys read from `--api-key-file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFile(pub Vec<String>);
+
+fn parse_key_file(path: &str) -> Result<KeyFile, String> {
+    read_key_file(path)
+        .map(KeyFile)
+        .map_err(|error| error.to_string())
+}
+
+impl GatewayConfig {
+    /// Every configured API key: `--api-key` values, then the key file's.
+    pub fn api_keys(&self) -> Vec<&str> {
+        let from_file = self.api_key_file.iter().flat_map(|file| &file.0);
+        self.api_key
+            .iter()
+            .chain(from_file)
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 fn parse_region(input: &str) -> Result<Region, String> {
@@ -132,6 +161,25 @@ mod tests {
         let regions: Vec<&str> = config.regions.iter().map(Region::as_str).collect();
         assert_eq!(regions, ["AE", "FI", "CZ", "DK", "BE", "GB", "CH", "US"]);
         assert!(config.redis_url.is_none());
+    }
+
+    #[test]
+    fn empty_api_keys_are_usage_errors() {
+        for value in ["", "   "] {
+            let error =
+                GatewayConfig::try_parse_from(["notify-gateway", "--api-key", value]).unwrap_err();
+            assert_eq!(error.exit_code(), 2);
+            assert!(error.to_string().contains("must not be empty"), "{error}");
+        }
+        let config = GatewayConfig::try_parse_from([
+            "notify-gateway",
+            "--api-key",
+            "old,new",
+            "--api-key",
+            "third",
+        ])
+        .unwrap();
+        assert_eq!(config.api_keys(), ["old", "new", "third"]);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 pub mod assets;
 pub mod capacity;
 pub mod config;
+pub mod publish_access;
 pub mod server;
 pub mod socket;
 pub mod telemetry;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,11 +24,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use notify_core::broker::redis::redact_url;
 use notify_core::broker::{EmbeddedBroker, RedisBroker, RedisBrokerConfig};
+use notify_core::log_limit::RateLimitedLog;
 use notify_core::{Broker, BrokerState, Hub, Ingest};
 use notify_proto::{ChannelNames, Notification, Region, StreamId};
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,6 +37,7 @@ use tower::Service;
 use crate::assets;
 use crate::capacity::{self, ConnectionSlots};
 use crate::config::GatewayConfig;
+use crate::publish_access::{ApiKeys, PublishAccess, Rejection};
 use crate::socket::{self, Connection};
 use crate::telemetry::{self, ConnectionMetrics};
 
@@ -64,27 +65,6 @@ pub struct Settings {
     pub ws_write_buffer_bytes: usize,
 }
 
-/// Who may use `POST /api/publish`.
-#[derive(Debug, Clone)]
-pub enum PublishAccess {
-    /// Anyone (loopback listen address, no key configured).
-    Open,
-    /// Requests with `Authorization: Bearer <key>`.
-    Key(String),
-    /// Nobody: non-loopback listen address and no key.
-    Disabled,
-}
-
-impl PublishAccess {
-    fn name(&self) -> &'static str {
-        match self {
-            PublishAccess::Open => "open",
-            PublishAccess::Key(_) => "key",
-            PublishAccess::Disabled => "disabled",
-        }
-    }
-}
-
 /// State shared by every route and connection.
 #[derive(Debug)]
 pub struct App {
@@ -102,6 +82,8 @@ pub struct App {
     pub settings: Settings,
     /// Who may publish over HTTP.
     pub publish_access: PublishAccess,
+    /// Refused publishes are logged at most once a second.
+    pub rejection_log: RateLimitedLog,
     /// Cancelled at shutdown: every WebSocket sends 1001 and ends.
     pub closing: CancellationToken,
     /// True once shutdown began; `/readyz` answers 503.
@@ -157,14 +139,18 @@ pub async fn run(
             Broker::Embedded(EmbeddedBroker::new(Arc::clone(&ingest)))
         }
     };
-    let publish_access = match (&config.api_key, local_addr.ip().is_loopback()) {
-        (Some(key), _) => PublishAccess::Key(key.clone()),
-        (None, true) => PublishAccess::Open,
-        (None, false) => {
-            tracing::warn!("POST /api/publish is disabled: set --api-key to publish over HTTP on a non-loopback address");
-            PublishAccess::Disabled
-        }
-    };
+    let publish_access = PublishAccess::from_keys(ApiKeys::new(config.api_keys()), local_addr.ip());
+    match &publish_access {
+        PublishAccess::Disabled => tracing::warn!(
+            "POST /api/publish is disabled: set --api-key or --api-key-file to publish over HTTP on a non-loopback address"
+        ),
+        PublishAccess::Keys(keys) => tracing::info!(keys = keys.len(), "POST /api/publish needs a bearer key"),
+        PublishAccess::Open => tracing::info!("POST /api/publish is open to local requests (loopback listen address, no key)"),
+    }
+    for rejection in Rejection::ALL {
+        metrics::counter!("notify_api_rejections_total", "reason" => rejection.reason())
+            .absolute(0);
+    }
     let regions = hub.regions();
     let app = Arc::new(App {
         metrics: ConnectionMetrics::new(&regions),
@@ -182,6 +168,7 @@ pub async fn run(
             ws_write_buffer_bytes: config.ws_write_buffer_bytes,
         },
         publish_access,
+        rejection_log: RateLimitedLog::default(),
         closing: CancellationToken::new(),
         draining: AtomicBool::new(false),
     });
@@ -294,7 +281,10 @@ async fn serve_connection(
     closing: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let service = hyper::service::service_fn(move |request| router.clone().call(request));
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().call(request)
+    });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)
@@ -503,29 +493,25 @@ async fn info(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn publish(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let app = &state.app;
-    match &app.publish_access {
-        PublishAccess::Open => {}
-        PublishAccess::Disabled => {
-            return json_error(
-                StatusCode::FORBIDDEN,
-                "publishing over HTTP is disabled on a non-loopback address without --api-key",
-            );
+    if let Err(rejection) = app.publish_access.check(&headers) {
+        metrics::counter!("notify_api_rejections_total", "reason" => rejection.reason())
+            .increment(1);
+        if let Some(suppressed) = app.rejection_log.allow() {
+            tracing::warn!(%peer, reason = rejection.reason(), suppressed, "refused a publish request");
         }
-        PublishAccess::Key(key) => {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
-                return json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "missing or wrong API key: send Authorization: Bearer <key>",
-                );
-            }
-        }
+        let status = if rejection.is_unauthenticated() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        return json_error(status, rejection);
     }
     let notification = match Notification::from_slice(&body, app.settings.max_payload_bytes) {
         Ok(notification) => notification,
