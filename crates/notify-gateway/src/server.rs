@@ -3,14 +3,17 @@
 //! One port serves everything. `GET /?region=XX` with an `Upgrade: websocket` header becomes a
 //! WebSocket ([`crate::socket`]); the same path without it is the demo page. The accept loop is
 //! our own (hyper's HTTP/1 connection builder) so that we control what ops need and
-//! `axum::serve` does not expose: the handshake (request head) timeout, `TCP_NODELAY`, and
-//! accept errors such as EMFILE, which pause the loop briefly instead of killing or spinning it.
+//! `axum::serve` does not expose: the handshake (request head) timeout, `TCP_NODELAY`, a socket
+//! slot for every accepted connection ([`crate::capacity`]; past the cap a minimal 503 and an
+//! immediate close), and accept errors such as EMFILE, which pause the loop briefly instead of
+//! killing or spinning it.
 
 use std::future::Future;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::body::Bytes;
@@ -29,13 +32,14 @@ use notify_proto::{ChannelNames, Notification, Region, StreamId};
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::assets;
-use crate::capacity::{self, ConnectionSlots};
+use crate::capacity::{self, ConnectionSlots, CountedStream};
 use crate::config::GatewayConfig;
 use crate::socket::{self, Connection};
 use crate::telemetry::{self, ConnectionMetrics};
@@ -92,8 +96,10 @@ pub struct App {
     pub hub: Arc<Hub<Utf8Bytes>>,
     /// Redis or embedded.
     pub broker: Broker<Utf8Bytes>,
-    /// Connection cap.
+    /// WebSocket cap.
     pub slots: Arc<ConnectionSlots>,
+    /// Socket cap: every accepted TCP connection, upgraded or not.
+    pub sockets: Arc<ConnectionSlots>,
     /// Hot-path metric handles.
     pub metrics: ConnectionMetrics,
     /// Renders `/metrics`.
@@ -122,8 +128,10 @@ pub async fn run(
     let prometheus = telemetry::install_metrics()?;
     let open_files = capacity::raise_open_files_limit();
     let capacity = capacity::connection_capacity(config.max_connections, open_files);
+    let socket_capacity = capacity::socket_capacity(open_files);
     tracing::info!(
         capacity,
+        socket_capacity,
         open_files_limit = open_files,
         max_connections = config.max_connections,
         "connection capacity"
@@ -171,6 +179,7 @@ pub async fn run(
         hub,
         broker,
         slots: ConnectionSlots::new(capacity),
+        sockets: ConnectionSlots::new(socket_capacity),
         prometheus,
         settings: Settings {
             ping_interval: config.ping_interval,
@@ -187,6 +196,7 @@ pub async fn run(
     });
     let region_list: Vec<&str> = regions.iter().map(Region::as_str).collect();
     tracing::info!(
+        listen = %local_addr,
         "listening on http://{local_addr}/ (WebSocket: ws://{local_addr}/?region=XX; regions {})",
         region_list.join(",")
     );
@@ -201,6 +211,7 @@ pub async fn run(
         tracker.clone(),
         accept_stop.clone(),
         app.closing.clone(),
+        Arc::clone(&app.sockets),
     );
     tokio::pin!(accept);
     tokio::select! {
@@ -208,9 +219,9 @@ pub async fn run(
         () = shutdown => {}
     }
 
-    let open = app.slots.open();
     tracing::info!(
-        connections = open,
+        connections = app.slots.open(),
+        sockets = app.sockets.open(),
         "shutting down: closing every connection (1001)"
     );
     app.draining.store(true, Ordering::Release);
@@ -233,7 +244,15 @@ pub async fn run(
     Ok(())
 }
 
-/// Accepts connections until `stop`, serving each with hyper's HTTP/1 and upgrades.
+/// Shortest time between two warnings about refused sockets.
+const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What a socket past the socket cap is told before it is closed.
+const REFUSED_RESPONSE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// Accepts connections until `stop`, serving each with hyper's HTTP/1 and upgrades. Each
+/// connection holds a slot of `sockets` for its life; past the cap it is refused at once.
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
@@ -241,8 +260,12 @@ async fn accept_loop(
     tracker: TaskTracker,
     stop: CancellationToken,
     closing: CancellationToken,
+    sockets: Arc<ConnectionSlots>,
 ) {
     let mut pause = Duration::from_millis(10);
+    let refused = metrics::counter!("notify_sockets_refused_total");
+    let mut refused_since_warning = 0u64;
+    let mut last_warning: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -251,10 +274,28 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 pause = Duration::from_millis(10);
+                let Some(slot) = sockets.try_take() else {
+                    refuse(stream, peer);
+                    refused.increment(1);
+                    refused_since_warning += 1;
+                    if last_warning.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
+                        tracing::warn!(
+                            refused = refused_since_warning,
+                            capacity = sockets.capacity(),
+                            "socket capacity reached: refusing new connections (503)"
+                        );
+                        refused_since_warning = 0;
+                        last_warning = Some(Instant::now());
+                    }
+                    continue;
+                };
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+                }
                 let service = router.clone();
                 let closing = closing.clone();
                 tracker.spawn(serve_connection(
-                    stream,
+                    CountedStream::new(stream, slot),
                     peer,
                     service,
                     handshake_timeout,
@@ -286,14 +327,38 @@ fn is_per_connection_error(error: &std::io::Error) -> bool {
     )
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// Answers a socket past the socket cap with a minimal 503 and closes it at once. Bytes the
+/// client already sent are read first (without waiting) so the close is a FIN the client can
+/// read the answer before, not a reset.
+fn refuse(stream: TcpStream, peer: SocketAddr) {
+    let mut stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "refused socket closed without an answer");
+            return;
+        }
+    };
+    let mut discard = [0u8; 1024];
+    for _ in 0..8 {
+        match stream.read(&mut discard) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    if let Err(error) = stream.write_all(REFUSED_RESPONSE) {
+        tracing::debug!(%peer, %error, "refused socket closed without an answer");
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     router: Router,
     handshake_timeout: Duration,
     closing: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |request| router.clone().call(request));
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
