@@ -838,6 +838,195 @@ async fn idle_sockets_cannot_eat_the_descriptor_reserve_redis_needs() {
     );
 }
 
+/// Resident memory of a process, from `/proc/PID/status`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Samples a process's RSS every 20 ms until `done`; returns the peak in KiB.
+async fn peak_rss_kib_until(pid: u32, done: impl std::future::Future<Output = ()>) -> u64 {
+    tokio::pin!(done);
+    let mut peak = rss_kib(pid);
+    loop {
+        tokio::select! {
+            () = &mut done => return peak.max(rss_kib(pid)),
+            () = tokio::time::sleep(Duration::from_millis(20)) => peak = peak.max(rss_kib(pid)),
+        }
+    }
+}
+
+/// A WebSocket upgrade request, written by hand for clients that misbehave at the byte level.
+const RAW_UPGRADE: &[u8] = b"GET /?region=AE HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// Bound on the gateway's RSS growth while one client floods pings (stated in the README).
+const PING_FLOOD_RSS_BOUND_KIB: u64 = 32 * 1024;
+
+/// A client that sends pings as fast as it can and never reads the pongs: the pongs back up
+/// to `--ws-max-write-buffer-bytes` at most, the client is cut as a slow consumer within the
+/// write timeout, and the others keep receiving.
+#[tokio::test]
+async fn a_ping_flood_that_never_reads_is_cut_with_bounded_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gateway = Gateway::start(&["--write-timeout", "1s"]).await.unwrap();
+    let pid = gateway.pid().unwrap();
+    let mut live = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut flooder = socket.connect(gateway.addr()).await.unwrap();
+    flooder.write_all(RAW_UPGRADE).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(flooder.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    assert!(
+        wait_until(WAIT, || async {
+            gateway.connections("AE").await.unwrap_or(0.0) >= 2.0
+        })
+        .await
+    );
+    let baseline = rss_kib(pid);
+    // Masked pings (mask key 0) with the largest control payload, 125 bytes.
+    let mut pings = Vec::new();
+    for _ in 0..512 {
+        pings.extend_from_slice(&[0x89, 0x80 | 125, 0, 0, 0, 0]);
+        pings.extend_from_slice(&[b'p'; 125]);
+    }
+    let flood = async {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut sent = 0usize;
+        loop {
+            match tokio::time::timeout_at(deadline, flooder.write_all(&pings)).await {
+                Ok(Ok(())) => sent += pings.len(),
+                Ok(Err(_)) => return (true, started.elapsed(), sent),
+                Err(_) => return (false, started.elapsed(), sent),
+            }
+        }
+    };
+    let outcome = std::sync::Mutex::new(None);
+    let peak = peak_rss_kib_until(pid, async {
+        *outcome.lock().unwrap() = Some(flood.await);
+    })
+    .await;
+    let (cut, after, sent) = outcome.into_inner().unwrap().unwrap();
+    let growth = peak.saturating_sub(baseline);
+    eprintln!(
+        "ping flood: {} MB of pings, cut={cut} after {after:?}, RSS {baseline} KiB → peak {peak} KiB",
+        sent / 1_000_000
+    );
+    assert!(cut, "the flooding client was not cut within 10 s");
+    assert!(
+        growth < PING_FLOOD_RSS_BOUND_KIB,
+        "RSS grew {growth} KiB (bound {PING_FLOOD_RSS_BOUND_KIB} KiB)"
+    );
+    assert!(
+        gateway
+            .metric("notify_slow_client_disconnects_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    let response = http_client()
+        .post(format!("{}/api/publish", gateway.http_url()))
+        .body(seed_payload("AE", "after-flood", "t"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        next_json(&mut live, WAIT).await.unwrap()["video_id"],
+        "after-flood"
+    );
+}
+
+/// Bound on the gateway's RSS growth while 1,000 connections send endless request heads.
+const ENDLESS_HEADS_RSS_BOUND_KIB: u64 = 48 * 1024;
+
+/// Request heads are capped at a few KiB: a 100 KB header is refused with 431 (or a close),
+/// and 1,000 connections each sending 96 KB of a header that never ends cost a bounded
+/// amount of memory that is given back.
+#[tokio::test]
+async fn request_heads_are_capped_and_endless_ones_cost_bounded_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gateway = Gateway::start(&[]).await.unwrap();
+    let pid = gateway.pid().unwrap();
+    let mut client = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+
+    let mut big = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    let mut request = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Big: ".to_vec();
+    request.extend(std::iter::repeat_n(b'a', 100_000));
+    request.extend_from_slice(b"\r\n\r\n");
+    // The gateway may close before taking it all: a failed write is part of the answer.
+    let _ = big.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, big.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "a 100 KB header got: {answer}"
+    );
+
+    let baseline = rss_kib(pid);
+    let endless = async {
+        let mut sockets = Vec::new();
+        let chunk = vec![b'a'; 96 * 1024];
+        for _ in 0..1000 {
+            let mut socket = tokio::net::TcpStream::connect(gateway.addr())
+                .await
+                .unwrap();
+            let _ = socket.write_all(b"GET / HTTP/1.1\r\nX-Endless: ").await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), socket.write_all(&chunk)).await;
+            sockets.push(socket);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sockets
+    };
+    let sockets = std::sync::Mutex::new(Vec::new());
+    let peak = peak_rss_kib_until(pid, async {
+        *sockets.lock().unwrap() = endless.await;
+    })
+    .await;
+    drop(sockets);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid);
+    let growth = peak.saturating_sub(baseline);
+    eprintln!("1,000 endless heads: RSS {baseline} KiB → peak {peak} KiB → after {after} KiB");
+    assert!(
+        growth < ENDLESS_HEADS_RSS_BOUND_KIB,
+        "RSS grew {growth} KiB (bound {ENDLESS_HEADS_RSS_BOUND_KIB} KiB)"
+    );
+    assert!(
+        after < baseline + ENDLESS_HEADS_RSS_BOUND_KIB / 2,
+        "RSS stayed at {after} KiB after the connections ended (baseline {baseline} KiB)"
+    );
+    assert_eq!(gateway.get("/healthz").await.unwrap().0, 200);
+    let response = http_client()
+        .post(format!("{}/api/publish", gateway.http_url()))
+        .body(seed_payload("AE", "after-heads", "t"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        next_json(&mut client, WAIT).await.unwrap()["video_id"],
+        "after-heads"
+    );
+}
+
 #[tokio::test]
 async fn a_connection_that_never_sends_its_request_is_closed() {
     use tokio::io::AsyncReadExt;

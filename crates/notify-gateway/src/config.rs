@@ -90,6 +90,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_WS_WRITE_BUFFER_BYTES", default_value_t = 4096, value_parser = count_within::<1, { 16 << 20 }>)]
     pub ws_write_buffer_bytes: usize,
 
+    /// Most bytes a WebSocket's unsent frames (messages, pongs, close) may take. A client
+    /// whose socket backs up past it is cut as a slow consumer; pongs to a ping flood stop
+    /// being queued. Must hold the largest notification on top of the write batch.
+    #[arg(long, env = "NOTIFY_WS_MAX_WRITE_BUFFER_BYTES", default_value_t = 131_072, value_parser = count_within::<1, { 64 << 20 }>)]
+    pub ws_max_write_buffer_bytes: usize,
+
     /// Time a new connection has to send its complete HTTP request head.
     #[arg(long, env = "NOTIFY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_period)]
     pub handshake_timeout: Duration,
@@ -141,7 +147,22 @@ pub enum ConfigError {
         /// `--ping-interval`.
         ping: Duration,
     },
+    /// The write-buffer cap must leave room for one full write batch plus the largest
+    /// notification, or every large message would cut its clients.
+    #[error(
+        "--ws-max-write-buffer-bytes ({cap}) must be more than --ws-write-buffer-bytes + \
+         --max-payload-bytes + {WRITE_BUFFER_HEADROOM} ({needed})"
+    )]
+    WriteBufferCapTooSmall {
+        /// `--ws-max-write-buffer-bytes`.
+        cap: usize,
+        /// The least value that works with the other two flags.
+        needed: usize,
+    },
 }
+
+/// Room in the write-buffer cap for a frame header and the `id` a notification gains.
+pub const WRITE_BUFFER_HEADROOM: usize = 1024;
 
 impl GatewayConfig {
     /// Parses the command line and environment and checks the rules between flags; on any
@@ -162,6 +183,13 @@ impl GatewayConfig {
             return Err(ConfigError::IdleTimeoutNotAbovePing {
                 idle: self.idle_timeout,
                 ping: self.ping_interval,
+            });
+        }
+        let needed = self.ws_write_buffer_bytes + self.max_payload_bytes + WRITE_BUFFER_HEADROOM;
+        if self.ws_max_write_buffer_bytes <= needed {
+            return Err(ConfigError::WriteBufferCapTooSmall {
+                cap: self.ws_max_write_buffer_bytes,
+                needed: needed + 1,
             });
         }
         Ok(())
@@ -257,6 +285,10 @@ mod tests {
             (
                 &["--ping-interval", "30s", "--idle-timeout", "30s"],
                 "--idle-timeout",
+            ),
+            (
+                &["--ws-max-write-buffer-bytes", "4096"],
+                "--ws-max-write-buffer-bytes",
             ),
         ];
         for (args, flag) in cases {

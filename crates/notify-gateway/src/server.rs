@@ -66,6 +66,8 @@ pub struct Settings {
     /// WebSocket write buffer: the batch size in bytes before a write, and what a busy
     /// connection keeps after a burst (measured trade-off in docs/BENCHMARKS.md).
     pub ws_write_buffer_bytes: usize,
+    /// Cap on a WebSocket's unsent bytes; past it the client is a slow consumer.
+    pub ws_max_write_buffer_bytes: usize,
 }
 
 /// Who may use `POST /api/publish`.
@@ -189,6 +191,7 @@ pub async fn run(
             max_payload_bytes: config.max_payload_bytes,
             ws_read_buffer_bytes: config.ws_read_buffer_bytes,
             ws_write_buffer_bytes: config.ws_write_buffer_bytes,
+            ws_max_write_buffer_bytes: config.ws_max_write_buffer_bytes,
         },
         publish_access,
         closing: CancellationToken::new(),
@@ -243,6 +246,11 @@ pub async fn run(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Most bytes of a request head buffered per connection (hyper's minimum). This protocol's
+/// requests are a few hundred bytes; a longer head is answered 431 and the connection closed,
+/// so slow or endless heads cost a bounded amount per socket, and sockets are capped.
+const MAX_REQUEST_HEAD_BYTES: usize = 8192;
 
 /// Shortest time between two warnings about refused sockets.
 const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
@@ -363,6 +371,7 @@ async fn serve_connection<S>(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
@@ -515,6 +524,7 @@ async fn root(
     upgrade
         .read_buffer_size(app.settings.ws_read_buffer_bytes)
         .write_buffer_size(app.settings.ws_write_buffer_bytes)
+        .max_write_buffer_size(app.settings.ws_max_write_buffer_bytes)
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)
         .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))

@@ -17,8 +17,10 @@
 //!
 //! Endings and their close codes:
 //! - fell behind the queue limit → 1008 (policy violation), `slow consumer: …`, counted;
-//! - a write that does not finish within `--write-timeout` → dropped without a close frame
-//!   (the socket is not draining), counted as a slow consumer;
+//! - a write that does not finish within `--write-timeout`, or unsent frames past
+//!   `--ws-max-write-buffer-bytes` → dropped without a close frame (the socket is not
+//!   draining), counted as a slow consumer. Pongs count too: a client that floods pings and
+//!   does not read its pongs is cut the same way, and at most one pong waits beyond the cap;
 //! - nothing heard for `--idle-timeout` → dropped;
 //! - a client frame over `--max-client-frame-bytes` → 1009 (message too big);
 //! - gateway shutdown → 1001 (going away), also in the middle of a resume's replay;
@@ -219,7 +221,7 @@ async fn send_frames(
         };
         match tokio::time::timeout(app.settings.write_timeout, batch).await {
             Ok(Ok(written)) => app.metrics.delivered.increment(written),
-            Ok(Err(error)) => return Err(Ending::Failed(error)),
+            Ok(Err(error)) => return Err(write_error_ending(error, app)),
             Err(_) => {
                 app.metrics.slow_disconnects.increment(1);
                 return Err(Ending::Drop("write timed out"));
@@ -332,10 +334,23 @@ fn ready_to_queue(socket: &mut WebSocket) -> Result<bool, Ending> {
     }
 }
 
-fn queue(socket: &mut WebSocket, message: Message) -> Result<(), Ending> {
+fn queue(socket: &mut WebSocket, message: Message, app: &App) -> Result<(), Ending> {
     Pin::new(&mut *socket)
         .start_send(message)
-        .map_err(Ending::Failed)
+        .map_err(|error| write_error_ending(error, app))
+}
+
+/// A write that failed because the socket's unsent bytes reached `--ws-max-write-buffer-bytes`
+/// is a slow consumer; any other write error ends the connection as failed.
+fn write_error_ending(error: axum::Error, app: &App) -> Ending {
+    let inner = error.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::WriteBufferFull(_)) => {
+            app.metrics.slow_disconnects.increment(1);
+            Ending::Drop("write buffer full")
+        }
+        _ => Ending::Failed(axum::Error::new(inner)),
+    }
 }
 
 /// Moves frames from the subscription to the socket until the connection ends.
@@ -368,6 +383,16 @@ async fn pump(
                 SocketEvent::Flushed(Err(error)) => return Ending::Failed(error),
                 SocketEvent::Inbound(None) => return Ending::ClientGone,
                 SocketEvent::Inbound(Some(Ok(Message::Close(_)))) => return Ending::ClientClosed,
+                SocketEvent::Inbound(Some(Ok(Message::Ping(_)))) => {
+                    last_heard = Instant::now();
+                    // tungstenite queued a pong; if the socket does not take it, the write
+                    // timer runs, so a client that pings without reading is cut.
+                    if !flushing {
+                        if let Err(ending) = outbox.flush_now(socket, app) {
+                            return ending;
+                        }
+                    }
+                }
                 SocketEvent::Inbound(Some(Ok(_))) => last_heard = Instant::now(),
                 SocketEvent::Inbound(Some(Err(error))) => return read_error_ending(error),
             },
@@ -377,7 +402,7 @@ async fn pump(
             }
             delivery = subscription.recv(), if !flushing => match delivery {
                 Ok(first) => {
-                    let queued = queue_batch(socket, subscription, first, sent_through, &mut outbox)
+                    let queued = queue_batch(socket, subscription, first, sent_through, &mut outbox, app)
                         .and_then(|lagged| {
                             outbox.flush_now(socket, app)?;
                             lagged.map_or(Ok(()), |error| Err(subscription_ending(error, app)))
@@ -393,7 +418,7 @@ async fn pump(
                     return Ending::Drop("idle timeout");
                 }
                 if !flushing {
-                    let pinged = queue(socket, Message::Ping(Default::default()))
+                    let pinged = queue(socket, Message::Ping(Default::default()), app)
                         .and_then(|()| outbox.flush_now(socket, app));
                     if let Err(ending) = pinged {
                         return ending;
@@ -413,13 +438,14 @@ fn queue_batch(
     first: Envelope<Utf8Bytes>,
     sent_through: &mut Option<StreamId>,
     outbox: &mut Outbox,
+    app: &App,
 ) -> Result<Option<SubscriptionError>, Ending> {
     let mut next = Some(first);
     let mut taken = 0;
     while let Some(envelope) = next.take() {
         taken += 1;
         if !(sent_through.is_some() && already_sent(&envelope, sent_through)) {
-            queue(socket, Message::Text(envelope.frame))?;
+            queue(socket, Message::Text(envelope.frame), app)?;
             outbox.queued(envelope.received_at);
         }
         if taken == MAX_BATCH || !ready_to_queue(socket)? {
