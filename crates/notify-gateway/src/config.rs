@@ -92,9 +92,10 @@ pub struct GatewayConfig {
 
     /// Most bytes a WebSocket's unsent frames (messages, pongs, close) may take. A client
     /// whose socket backs up past it is cut as a slow consumer; pongs to a ping flood stop
-    /// being queued. Must hold the largest notification on top of the write batch.
-    #[arg(long, env = "NOTIFY_WS_MAX_WRITE_BUFFER_BYTES", default_value_t = 131_072, value_parser = count_within::<1, { 64 << 20 }>)]
-    pub ws_max_write_buffer_bytes: usize,
+    /// being queued. Must hold the largest notification on top of the write batch; default
+    /// twice (write buffer + max payload), 136 KiB with the other defaults.
+    #[arg(long, env = "NOTIFY_WS_MAX_WRITE_BUFFER_BYTES", value_parser = count_within::<1, { 64 << 20 }>)]
+    pub ws_max_write_buffer_bytes: Option<usize>,
 
     /// Time a new connection has to send its complete HTTP request head.
     #[arg(long, env = "NOTIFY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_period)]
@@ -186,13 +187,20 @@ impl GatewayConfig {
             });
         }
         let needed = self.ws_write_buffer_bytes + self.max_payload_bytes + WRITE_BUFFER_HEADROOM;
-        if self.ws_max_write_buffer_bytes <= needed {
+        if self.ws_max_write_buffer_bytes() <= needed {
             return Err(ConfigError::WriteBufferCapTooSmall {
-                cap: self.ws_max_write_buffer_bytes,
+                cap: self.ws_max_write_buffer_bytes(),
                 needed: needed + 1,
             });
         }
         Ok(())
+    }
+
+    /// `--ws-max-write-buffer-bytes`, or its default: twice one write batch plus the largest
+    /// notification.
+    pub fn ws_max_write_buffer_bytes(&self) -> usize {
+        self.ws_max_write_buffer_bytes
+            .unwrap_or(2 * (self.ws_write_buffer_bytes + self.max_payload_bytes))
     }
 }
 
@@ -295,11 +303,15 @@ mod tests {
             let error = parse_error(args);
             assert!(error.contains(flag), "{args:?}: {error}");
         }
-        assert!(
-            GatewayConfig::try_parse_from(["notify-gateway", "--queue-limit", "65536"])
-                .unwrap()
-                .validate()
-                .is_ok()
-        );
+        for accepted in [
+            &["--queue-limit", "65536"][..],
+            &["--ws-write-buffer-bytes", "65536"],
+            &["--max-payload-bytes", "16777216"],
+        ] {
+            let mut argv = vec!["notify-gateway"];
+            argv.extend_from_slice(accepted);
+            let config = GatewayConfig::try_parse_from(argv).unwrap();
+            assert!(config.validate().is_ok(), "{accepted:?}");
+        }
     }
 }

@@ -191,7 +191,7 @@ pub async fn run(
             max_payload_bytes: config.max_payload_bytes,
             ws_read_buffer_bytes: config.ws_read_buffer_bytes,
             ws_write_buffer_bytes: config.ws_write_buffer_bytes,
-            ws_max_write_buffer_bytes: config.ws_max_write_buffer_bytes,
+            ws_max_write_buffer_bytes: config.ws_max_write_buffer_bytes(),
         },
         publish_access,
         closing: CancellationToken::new(),
