@@ -761,7 +761,7 @@ async fn idle_sockets_cannot_eat_the_descriptor_reserve_redis_needs() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // A fresh connection is answered at once, not left hanging.
+    // A fresh connection is answered at once (503), not left hanging.
     let asked = Instant::now();
     let fresh = gateway.get("/healthz").await;
     assert!(
@@ -769,9 +769,11 @@ async fn idle_sockets_cannot_eat_the_descriptor_reserve_redis_needs() {
         "a refused connection waited {:?}",
         asked.elapsed()
     );
+    // A bare 503, or a reset when the request arrived after the gateway read what was there
+    // and closed: either way refused at once, never served.
     assert!(
-        !matches!(fresh, Ok((200, _))),
-        "every socket slot is taken, yet a new connection was served: {fresh:?}"
+        matches!(fresh, Ok((503, _)) | Err(_)),
+        "every socket slot is taken, yet a new connection got {fresh:?}"
     );
 
     let before = cpu_seconds(pid);
