@@ -410,11 +410,29 @@ async fn a_frozen_redis_is_noticed_and_nothing_published_after_it_is_lost() {
         next_json(&mut client, WAIT).await.unwrap()["id"],
         second.as_str()
     );
-    assert!(
+    let reconnects = gateway
+        .metric("notify_broker_reconnects_total")
+        .await
+        .unwrap();
+    assert!(reconnects >= 1.0);
+    // Recovered for good: ready at every poll across several ping intervals (2 s ≈ 6), and
+    // the thawed link is never rebuilt again. A health check that fails on healthy replies
+    // would pass the part above and fail here.
+    let started = std::time::Instant::now();
+    let mut polls = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let (status, body) = gateway.get("/readyz").await.unwrap();
+        assert_eq!(status, 200, "readiness flapped after recovery: {body}");
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(polls >= 20, "{polls} polls");
+    assert_eq!(
         gateway
             .metric("notify_broker_reconnects_total")
             .await
-            .unwrap()
-            >= 1.0
+            .unwrap(),
+        reconnects,
+        "no reconnect after the link recovered"
     );
 }

@@ -3,14 +3,17 @@
 //! One port serves everything. `GET /?region=XX` with an `Upgrade: websocket` header becomes a
 //! WebSocket ([`crate::socket`]); the same path without it is the demo page. The accept loop is
 //! our own (hyper's HTTP/1 connection builder) so that we control what ops need and
-//! `axum::serve` does not expose: the handshake (request head) timeout, `TCP_NODELAY`, and
-//! accept errors such as EMFILE, which pause the loop briefly instead of killing or spinning it.
+//! `axum::serve` does not expose: the handshake (request head) timeout, `TCP_NODELAY`, a socket
+//! slot for every accepted connection ([`crate::capacity`]; past the cap a minimal 503 and an
+//! immediate close), and accept errors such as EMFILE, which pause the loop briefly instead of
+//! killing or spinning it.
 
 use std::future::Future;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::body::Bytes;
@@ -29,13 +32,14 @@ use notify_core::{Broker, BrokerState, Hub, Ingest};
 use notify_proto::{ChannelNames, Notification, Region, StreamId};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::assets;
-use crate::capacity::{self, ConnectionSlots};
+use crate::capacity::{self, ConnectionSlots, CountedStream};
 use crate::config::GatewayConfig;
 use crate::publish_access::{ApiKeys, PublishAccess, Rejection};
 use crate::socket::{self, Connection};
@@ -63,6 +67,8 @@ pub struct Settings {
     /// WebSocket write buffer: the batch size in bytes before a write, and what a busy
     /// connection keeps after a burst (measured trade-off in docs/BENCHMARKS.md).
     pub ws_write_buffer_bytes: usize,
+    /// Cap on a WebSocket's unsent bytes; past it the client is a slow consumer.
+    pub ws_max_write_buffer_bytes: usize,
 }
 
 /// State shared by every route and connection.
@@ -72,8 +78,10 @@ pub struct App {
     pub hub: Arc<Hub<Utf8Bytes>>,
     /// Redis or embedded.
     pub broker: Broker<Utf8Bytes>,
-    /// Connection cap.
+    /// WebSocket cap.
     pub slots: Arc<ConnectionSlots>,
+    /// Socket cap: every accepted TCP connection, upgraded or not.
+    pub sockets: Arc<ConnectionSlots>,
     /// Hot-path metric handles.
     pub metrics: ConnectionMetrics,
     /// Renders `/metrics`.
@@ -104,8 +112,10 @@ pub async fn run(
     let prometheus = telemetry::install_metrics()?;
     let open_files = capacity::raise_open_files_limit();
     let capacity = capacity::connection_capacity(config.max_connections, open_files);
+    let socket_capacity = capacity::socket_capacity(open_files);
     tracing::info!(
         capacity,
+        socket_capacity,
         open_files_limit = open_files,
         max_connections = config.max_connections,
         "connection capacity"
@@ -157,6 +167,7 @@ pub async fn run(
         hub,
         broker,
         slots: ConnectionSlots::new(capacity),
+        sockets: ConnectionSlots::new(socket_capacity),
         prometheus,
         settings: Settings {
             ping_interval: config.ping_interval,
@@ -166,6 +177,7 @@ pub async fn run(
             max_payload_bytes: config.max_payload_bytes,
             ws_read_buffer_bytes: config.ws_read_buffer_bytes,
             ws_write_buffer_bytes: config.ws_write_buffer_bytes,
+            ws_max_write_buffer_bytes: config.ws_max_write_buffer_bytes(),
         },
         publish_access,
         rejection_log: RateLimitedLog::default(),
@@ -174,6 +186,7 @@ pub async fn run(
     });
     let region_list: Vec<&str> = regions.iter().map(Region::as_str).collect();
     tracing::info!(
+        listen = %local_addr,
         "listening on http://{local_addr}/ (WebSocket: ws://{local_addr}/?region=XX; regions {})",
         region_list.join(",")
     );
@@ -188,6 +201,7 @@ pub async fn run(
         tracker.clone(),
         accept_stop.clone(),
         app.closing.clone(),
+        Arc::clone(&app.sockets),
     );
     tokio::pin!(accept);
     tokio::select! {
@@ -195,9 +209,9 @@ pub async fn run(
         () = shutdown => {}
     }
 
-    let open = app.slots.open();
     tracing::info!(
-        connections = open,
+        connections = app.slots.open(),
+        sockets = app.sockets.open(),
         "shutting down: closing every connection (1001)"
     );
     app.draining.store(true, Ordering::Release);
@@ -220,7 +234,20 @@ pub async fn run(
     Ok(())
 }
 
-/// Accepts connections until `stop`, serving each with hyper's HTTP/1 and upgrades.
+/// Most bytes of a request head buffered per connection (hyper's minimum). This protocol's
+/// requests are a few hundred bytes; a longer head is answered 431 and the connection closed,
+/// so slow or endless heads cost a bounded amount per socket, and sockets are capped.
+const MAX_REQUEST_HEAD_BYTES: usize = 8192;
+
+/// Shortest time between two warnings about refused sockets.
+const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What a socket past the socket cap is told before it is closed.
+const REFUSED_RESPONSE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// Accepts connections until `stop`, serving each with hyper's HTTP/1 and upgrades. Each
+/// connection holds a slot of `sockets` for its life; past the cap it is refused at once.
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
@@ -228,8 +255,12 @@ async fn accept_loop(
     tracker: TaskTracker,
     stop: CancellationToken,
     closing: CancellationToken,
+    sockets: Arc<ConnectionSlots>,
 ) {
     let mut pause = Duration::from_millis(10);
+    let refused = metrics::counter!("notify_sockets_refused_total");
+    let mut refused_since_warning = 0u64;
+    let mut last_warning: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -238,10 +269,28 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 pause = Duration::from_millis(10);
+                let Some(slot) = sockets.try_take() else {
+                    refuse(stream, peer);
+                    refused.increment(1);
+                    refused_since_warning += 1;
+                    if last_warning.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
+                        tracing::warn!(
+                            refused = refused_since_warning,
+                            capacity = sockets.capacity(),
+                            "socket capacity reached: refusing new connections (503)"
+                        );
+                        refused_since_warning = 0;
+                        last_warning = Some(Instant::now());
+                    }
+                    continue;
+                };
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+                }
                 let service = router.clone();
                 let closing = closing.clone();
                 tracker.spawn(serve_connection(
-                    stream,
+                    CountedStream::new(stream, slot),
                     peer,
                     service,
                     handshake_timeout,
@@ -273,14 +322,38 @@ fn is_per_connection_error(error: &std::io::Error) -> bool {
     )
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// Answers a socket past the socket cap with a minimal 503 and closes it at once. Bytes the
+/// client already sent are read first (without waiting) so the close is a FIN the client can
+/// read the answer before, not a reset.
+fn refuse(stream: TcpStream, peer: SocketAddr) {
+    let mut stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "refused socket closed without an answer");
+            return;
+        }
+    };
+    let mut discard = [0u8; 1024];
+    for _ in 0..8 {
+        match stream.read(&mut discard) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    if let Err(error) = stream.write_all(REFUSED_RESPONSE) {
+        tracing::debug!(%peer, %error, "refused socket closed without an answer");
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     router: Router,
     handshake_timeout: Duration,
     closing: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         router.clone().call(request)
@@ -288,6 +361,7 @@ async fn serve_connection(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
@@ -440,6 +514,7 @@ async fn root(
     upgrade
         .read_buffer_size(app.settings.ws_read_buffer_bytes)
         .write_buffer_size(app.settings.ws_write_buffer_bytes)
+        .max_write_buffer_size(app.settings.ws_max_write_buffer_bytes)
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)
         .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))

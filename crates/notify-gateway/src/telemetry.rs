@@ -92,6 +92,10 @@ fn describe() {
         "WebSocket handshakes refused, by reason."
     );
     describe_counter!(
+        "notify_sockets_refused_total",
+        "TCP connections refused (503, closed at once) because the socket cap was reached."
+    );
+    describe_counter!(
         "notify_accept_errors_total",
         "Errors accepting TCP connections (e.g. out of file descriptors)."
     );
