@@ -15,15 +15,25 @@
 //! - [`procstat`]: RSS and CPU of the gateway and of this process from /proc.
 //! - [`scenario`]: idle, fanout, latency and churn, against a running gateway.
 //! - [`chaos`]: starts its own gateways and breaks things while verifying resumes.
+//! - [`fleet`]: the gateway processes `chaos` starts, stops and restarts.
+//! - [`history_publisher`]: publishing id-carrying messages with the project's script.
+//! - [`resuming`]: clients that reconnect with `?since=` whenever their connection ends.
+//! - [`tracker`]: exactly-once verification of a resuming client.
+//! - [`report`]: verdicts, totals, the JSON line and the exit status, for every scenario.
 
 mod chaos;
 mod cli;
 mod client;
+mod fleet;
+mod history_publisher;
 mod latency;
 mod messages;
 mod procstat;
 mod publish;
+mod report;
+mod resuming;
 mod scenario;
+mod tracker;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -65,19 +75,14 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     let (runtime, hard_limit) = runtime_for(&args)?;
     let allow_loss = args.allow_loss;
-    let (report, failed) = runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let bench = scenario::Bench::new(args, gateway).await?;
         tokio::time::timeout(hard_limit, bench.run())
             .await
             .context("the run overran its --timeout")?
     })?;
-    println!("{report}");
     runtime.shutdown_timeout(Duration::from_secs(1));
-    if failed && !allow_loss {
-        eprintln!("notify-bench: FAILED (see totals; --allow-loss to accept)");
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(outcome.finish(allow_loss))
 }
 
 fn run_chaos(args: Args) -> Result<ExitCode> {
@@ -91,13 +96,7 @@ fn run_chaos(args: Args) -> Result<ExitCode> {
     });
     // Gateways are killed when their handles drop, also on errors.
     runtime.shutdown_timeout(Duration::from_secs(2));
-    let (report, failed) = outcome?;
-    println!("{report}");
-    if failed && !allow_loss {
-        eprintln!("notify-bench: FAILED: not every message was delivered exactly once");
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(outcome?.finish(allow_loss))
 }
 
 /// Raises the open-files limit for `--clients`, builds the runtime, and returns it with the
