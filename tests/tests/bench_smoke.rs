@@ -235,6 +235,16 @@ async fn chaos_resumes_deliver_everything_exactly_once() -> Result<()> {
         "{report}"
     );
     assert_eq!(report["clients"]["gave_up"], 0, "{report}");
+    // Each gateway's own reconnect counter (summed over its processes) equals the link cuts
+    // made while it was subscribed: no reconnect without a cut, no cut unnoticed.
+    let reconnects = report["reconnects"]
+        .as_array()
+        .expect("reconnects per gateway");
+    assert_eq!(reconnects.len(), 2, "{report}");
+    for gateway in reconnects {
+        assert!(gateway["cuts"].as_u64() >= Some(1), "{report}");
+        assert_eq!(gateway["reconnects"], gateway["cuts"], "{report}");
+    }
     // Every chaos action is logged with a timestamp.
     assert!(stderr.contains("s] chaos: restart gateway"), "{stderr}");
     assert!(stderr.contains("s] chaos: link cut"), "{stderr}");

@@ -1,6 +1,8 @@
 //! The gateways a scenario runs itself: `--gateways` copies of `--gateway-bin`, each on a
 //! fixed free loopback port with `--redis-url`, started, waited for (`/readyz`), stopped with
-//! SIGTERM and started again on the same port; their CPU time across restarts.
+//! SIGTERM and started again on the same port; their CPU time across restarts; and their own
+//! count of lost Redis subscriptions (`notify_broker_reconnects_total`, which restarts at 0
+//! with every process) against the link cuts the run made.
 
 use std::fs::OpenOptions;
 use std::net::{SocketAddr, TcpListener};
@@ -14,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use futures_util::future::join_all;
 use notify_proto::Region;
 use rand::Rng;
+use serde::Serialize;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
@@ -42,6 +45,23 @@ pub struct Node {
     pub starts: AtomicU64,
     /// CPU seconds of the processes that already exited.
     cpu_secs_exited: Mutex<f64>,
+    /// `notify_broker_reconnects_total` of the processes that already exited, as last read
+    /// just before their SIGTERM.
+    reconnects_exited: AtomicU64,
+    /// Link cuts made while this gateway was up and subscribed: each must show as one
+    /// reconnect in its counter.
+    pub cuts: AtomicU64,
+}
+
+/// One gateway's reconnect counter against the cuts made.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconnectCount {
+    /// The gateway's index.
+    pub gateway: usize,
+    /// Sum of `notify_broker_reconnects_total` over its processes; `None` when unreadable.
+    pub reconnects: Option<u64>,
+    /// Link cuts made while it was subscribed.
+    pub cuts: u64,
 }
 
 /// The gateways this run started. Every child is killed when its handle drops.
@@ -49,6 +69,10 @@ pub struct Node {
 pub struct Fleet {
     /// The gateways, in start order.
     pub nodes: Vec<Node>,
+    /// Held by every fault for its whole course (a link cut until every gateway is ready
+    /// again, a restart from SIGTERM until ready): faults never overlap, so each cut lands on
+    /// gateways that are all subscribed and the cuts each one must count are known exactly.
+    pub fault_lock: tokio::sync::Mutex<()>,
     bin: PathBuf,
     redis_url: String,
     extra: Vec<String>,
@@ -78,6 +102,8 @@ impl Fleet {
                     pid: AtomicU32::new(0),
                     starts: AtomicU64::new(0),
                     cpu_secs_exited: Mutex::new(0.0),
+                    reconnects_exited: AtomicU64::new(0),
+                    cuts: AtomicU64::new(0),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -88,6 +114,7 @@ impl Fleet {
         }
         Ok(Fleet {
             nodes,
+            fault_lock: tokio::sync::Mutex::new(()),
             bin,
             redis_url: args.redis_url.clone(),
             extra: args.gateway_arg.clone(),
@@ -137,6 +164,27 @@ impl Fleet {
         node.starts.fetch_add(1, Ordering::Relaxed);
         *lock(&node.child) = Some(child);
         Ok(())
+    }
+
+    /// Starts every gateway, waits until all are ready, and refuses regions they do not
+    /// serve.
+    pub async fn start_all(&self, regions: &[Region]) -> Result<()> {
+        for node in &self.nodes {
+            self.spawn(node)?;
+        }
+        for result in join_all(self.nodes.iter().map(|node| self.wait_ready(node))).await {
+            result?;
+        }
+        for node in &self.nodes {
+            node.up.store(true, Ordering::Release);
+        }
+        self.check_regions(regions).await
+    }
+
+    /// Whether `node` answers `/readyz` with 200 now.
+    pub async fn is_ready(&self, node: &Node) -> bool {
+        let url = format!("http://{}/readyz", node.addr);
+        matches!(self.http.get(&url).send().await, Ok(response) if response.status().is_success())
     }
 
     /// Waits until `node` answers `/readyz` with 200 (subscribed to Redis).
@@ -202,6 +250,20 @@ impl Fleet {
         let cpu = child
             .id()
             .and_then(|pid| procstat::sample(&pid.to_string()).ok());
+        match self.metric(node, "notify_broker_reconnects_total").await {
+            Ok(count) => {
+                node.reconnects_exited
+                    .fetch_add(count as u64, Ordering::Relaxed);
+            }
+            Err(error) => {
+                eprintln!(
+                    "notify-bench: warning: gateway {} reconnect counter unreadable before SIGTERM: {error:#}",
+                    node.index
+                );
+                node.reconnects_exited
+                    .store(u64::MAX / 2, Ordering::Relaxed);
+            }
+        }
         if let Some(pid) = child.id() {
             let _ = Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -223,6 +285,74 @@ impl Fleet {
             *lock(&node.cpu_secs_exited) += sample.cpu_secs;
         }
         ending
+    }
+
+    /// The value of metric `name` (the sum of its series) on `node`'s `/metrics`; 0 when
+    /// the gateway exports no series of it yet.
+    pub async fn metric(&self, node: &Node, name: &str) -> Result<f64> {
+        let url = format!("http://{}/metrics", node.addr);
+        let body = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .error_for_status()
+            .with_context(|| format!("GET {url}"))?
+            .text()
+            .await
+            .with_context(|| format!("reading {url}"))?;
+        Ok(metric_sum(&body, name))
+    }
+
+    /// Waits until every gateway that is up answers `/readyz` with 200 (bounded by
+    /// the ready timeout per gateway).
+    pub async fn wait_all_ready(&self) -> Result<()> {
+        for result in join_all(
+            self.nodes
+                .iter()
+                .filter(|node| node.up.load(Ordering::Acquire))
+                .map(|node| self.wait_ready(node)),
+        )
+        .await
+        {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Notes one link cut for every gateway that is up (and so subscribed: callers cut only
+    /// when every gateway is ready).
+    pub fn record_cut(&self) {
+        for node in &self.nodes {
+            if node.up.load(Ordering::Acquire) {
+                node.cuts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Every gateway's reconnect counter (over all its processes) next to the cuts made.
+    pub async fn reconnect_counts(&self) -> Vec<ReconnectCount> {
+        let mut counts = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let current = if lock(&node.child).is_some() {
+                self.metric(node, "notify_broker_reconnects_total")
+                    .await
+                    .ok()
+                    .map(|value| value as u64)
+            } else {
+                Some(0)
+            };
+            let exited = node.reconnects_exited.load(Ordering::Relaxed);
+            counts.push(ReconnectCount {
+                gateway: node.index,
+                reconnects: current
+                    .filter(|_| exited < u64::MAX / 2)
+                    .map(|current| current + exited),
+                cuts: node.cuts.load(Ordering::Relaxed),
+            });
+        }
+        counts
     }
 
     /// Address of a random gateway that is up.
@@ -257,9 +387,77 @@ impl Fleet {
     }
 }
 
+/// The checks that failed among `counts`: a gateway whose counter is not exactly the cuts
+/// made (more: it dropped its subscription on its own; fewer: a cut went unnoticed).
+pub fn reconnect_failures(counts: &[ReconnectCount]) -> Vec<String> {
+    counts
+        .iter()
+        .filter(|count| count.reconnects != Some(count.cuts))
+        .map(|count| {
+            format!(
+                "gateway {} reconnects: {} for {} link cuts",
+                count.gateway,
+                crate::report::show(count.reconnects),
+                count.cuts
+            )
+        })
+        .collect()
+}
+
+/// Sum of the samples of metric `name` in a Prometheus text body.
+pub fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Locks `mutex`, also when a panicking holder poisoned it.
 pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sums_every_series_of_one_name_only() {
+        let body = "# TYPE notify_broker_reconnects_total counter\n\
+                    notify_broker_reconnects_total 3\n\
+                    notify_broker_reconnects_total_extra 9\n\
+                    notify_connections{region=\"AE\"} 2\n\
+                    notify_connections{region=\"FI\"} 5\n";
+        assert_eq!(metric_sum(body, "notify_broker_reconnects_total"), 3.0);
+        assert_eq!(metric_sum(body, "notify_connections"), 7.0);
+        assert_eq!(metric_sum(body, "notify_missing"), 0.0);
+        let counts = [
+            ReconnectCount {
+                gateway: 0,
+                reconnects: Some(2),
+                cuts: 2,
+            },
+            ReconnectCount {
+                gateway: 1,
+                reconnects: Some(5),
+                cuts: 2,
+            },
+            ReconnectCount {
+                gateway: 2,
+                reconnects: None,
+                cuts: 0,
+            },
+        ];
+        let failures = reconnect_failures(&counts);
+        assert_eq!(failures.len(), 2, "{failures:?}");
+        assert!(
+            failures[0].contains("gateway 1 reconnects: 5 for 2"),
+            "{failures:?}"
+        );
+    }
 }

@@ -19,15 +19,32 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(10);
 /// A multiplexed connection to `url`, within [`REDIS_TIMEOUT`].
 pub async fn redis_connection(url: &str) -> Result<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(url).with_context(|| format!("--redis-url {url}"))?;
-    tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection())
-        .await
-        .context("connecting to Redis timed out")?
-        .with_context(|| format!("connecting to Redis at {url}"))
+    let mut connection =
+        tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection())
+            .await
+            .context("connecting to Redis timed out")?
+            .with_context(|| format!("connecting to Redis at {url}"))?;
+    // Named, so that a fault that cuts "the gateways' connections" can tell ours apart.
+    tokio::time::timeout(
+        REDIS_TIMEOUT,
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(CONNECTION_NAME)
+            .query_async::<()>(&mut connection),
+    )
+    .await
+    .context("CLIENT SETNAME timed out")?
+    .context("CLIENT SETNAME")?;
+    Ok(connection)
 }
+
+/// The name of every Redis connection of the generator (`CLIENT SETNAME`).
+pub const CONNECTION_NAME: &str = "notify-bench";
 
 /// Publishes with the project's history script, pipelined on one connection (so each
 /// region's order is kept).
 pub struct HistoryPublisher {
+    url: String,
     connection: redis::aio::MultiplexedConnection,
     script: redis::Script,
     streams: Vec<String>,
@@ -43,6 +60,7 @@ impl HistoryPublisher {
         load_script(&script, &mut connection).await?;
         let names = ChannelNames::new(args.channel_prefix.as_str());
         Ok(HistoryPublisher {
+            url: args.redis_url.clone(),
             connection,
             script,
             streams: args
@@ -60,9 +78,10 @@ impl HistoryPublisher {
     }
 
     /// `EVALSHA` for each `(region index, notification)`, in order; returns each message's
-    /// id and Redis's subscriber count. Reloads the script once if Redis lost it.
+    /// id and Redis's subscriber count. Reloads the script once if Redis lost it, and
+    /// connects again once if the connection dropped (a restarted redis-server).
     async fn send(&mut self, batch: &[(usize, Notification)]) -> Result<Vec<(String, i64)>> {
-        let mut reloaded = false;
+        let (mut reloaded, mut reconnected) = (false, false);
         loop {
             let mut pipe = redis::pipe();
             for (region, notification) in batch {
@@ -85,6 +104,17 @@ impl HistoryPublisher {
                 Err(error) if !reloaded && error.to_string().contains("NOSCRIPT") => {
                     load_script(&self.script, &mut self.connection).await?;
                     reloaded = true;
+                }
+                Err(error)
+                    if !reconnected
+                        && (error.is_io_error()
+                            || error.is_connection_dropped()
+                            || error.is_unrecoverable_error()) =>
+                {
+                    eprintln!("notify-bench: publishing: {error}; connecting again");
+                    self.connection = redis_connection(&self.url).await?;
+                    load_script(&self.script, &mut self.connection).await?;
+                    reconnected = true;
                 }
                 Err(error) => return Err(anyhow!(error).context("EVALSHA pipeline")),
             }

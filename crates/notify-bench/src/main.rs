@@ -15,9 +15,13 @@
 //! - [`procstat`]: RSS and CPU of the gateway and of this process from /proc.
 //! - [`scenario`]: idle, fanout, latency and churn, against a running gateway.
 //! - [`chaos`]: starts its own gateways and breaks things while verifying resumes.
-//! - [`fleet`]: the gateway processes `chaos` starts, stops and restarts.
+//! - [`soak`]: runs for hours: churn, plain and id-carrying messages, every kind of fault on
+//!   a schedule, progress lines, and a verdict on delivery, memory, descriptors, reconnects
+//!   and readiness.
+//! - [`fleet`]: the gateway processes `chaos` and `soak` start, stops and restarts.
 //! - [`history_publisher`]: publishing id-carrying messages with the project's script.
 //! - [`resuming`]: clients that reconnect with `?since=` whenever their connection ends.
+//! - [`plain`]: id-less live messages and which of them each client was owed.
 //! - [`tracker`]: exactly-once verification of a resuming client.
 //! - [`report`]: verdicts, totals, the JSON line and the exit status, for every scenario.
 
@@ -28,11 +32,13 @@ mod fleet;
 mod history_publisher;
 mod latency;
 mod messages;
+mod plain;
 mod procstat;
 mod publish;
 mod report;
 mod resuming;
 mod scenario;
+mod soak;
 mod tracker;
 
 use std::process::ExitCode;
@@ -69,6 +75,9 @@ fn run(args: Args) -> Result<ExitCode> {
     if args.scenario == Scenario::Chaos {
         return run_chaos(args);
     }
+    if args.scenario == Scenario::Soak {
+        return run_soak(args);
+    }
     let gateway = cli::gateway_addr(&args.gateway)?;
     if args.via == cli::Via::Redis {
         cli::check_redis_url(&args.redis_url)?;
@@ -95,6 +104,19 @@ fn run_chaos(args: Args) -> Result<ExitCode> {
             .context("the run overran its --timeout")?
     });
     // Gateways are killed when their handles drop, also on errors.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    Ok(outcome?.finish(allow_loss))
+}
+
+fn run_soak(args: Args) -> Result<ExitCode> {
+    let (runtime, hard_limit) = runtime_for(&args)?;
+    let allow_loss = args.allow_loss;
+    let outcome = runtime.block_on(async move {
+        tokio::time::timeout(hard_limit, soak::run(args))
+            .await
+            .context("the run overran its --timeout")?
+    });
+    // Gateways and redis-server are killed when their handles drop, also on errors.
     runtime.shutdown_timeout(Duration::from_secs(2));
     Ok(outcome?.finish(allow_loss))
 }

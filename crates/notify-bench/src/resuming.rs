@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -18,9 +18,15 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{Connector, Socket};
-use crate::fleet::Fleet;
-use crate::messages::MessageLog;
+use crate::fleet::{lock, Fleet};
+use crate::messages::{now_ns, MessageLog};
+use crate::plain::{self, PlainSeen};
 use crate::tracker::Tracker;
+use tokio::task::JoinHandle;
+
+/// During catch-up: when every client that is behind is connected and none has received
+/// anything for this long, the rest is lost and waiting longer is pointless.
+const CATCH_UP_STALL: Duration = Duration::from_secs(10);
 
 /// Longest pause between two connection attempts of one client.
 const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(2);
@@ -63,6 +69,16 @@ pub struct ClientShared {
     pub finished: AtomicBool,
     /// Makes the client close its socket and resume.
     pub drop_now: Notify,
+    /// Id-carrying messages received (distinct), for progress lines.
+    pub delivered: AtomicU64,
+    /// Frames of an id-carrying message already received.
+    pub duplicates: AtomicU64,
+    /// `resync` control messages received.
+    pub resyncs: AtomicU64,
+    /// Foreign-id messages (see [`plain::is_foreign`]) received.
+    pub foreign: AtomicU64,
+    /// Connections and plain messages received.
+    pub plain: Mutex<PlainSeen>,
 }
 
 impl ClientShared {
@@ -75,6 +91,11 @@ impl ClientShared {
             ever_connected: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             drop_now: Notify::new(),
+            delivered: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+            foreign: AtomicU64::new(0),
+            plain: Mutex::new(PlainSeen::default()),
         }
     }
 }
@@ -193,6 +214,7 @@ pub async fn client_task(
                 .push(ended.elapsed().as_millis().min(u128::from(u32::MAX)) as u32);
         }
         report.connections += 1;
+        lock(&shared.plain).opened(now_ns());
         shared.connected.store(true, Ordering::Release);
         shared.ever_connected.store(true, Ordering::Release);
         let ending = read_session(
@@ -204,6 +226,7 @@ pub async fn client_task(
         )
         .await;
         shared.connected.store(false, Ordering::Release);
+        lock(&shared.plain).closed(now_ns());
         if matches!(ending, Ending::Stop) {
             break;
         }
@@ -239,8 +262,19 @@ async fn read_session(
             }
             frame = socket.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
-                    tracker.on_frame(log, shared.region, text.as_bytes());
-                    shared.next_seq.store(tracker.next_seq, Ordering::Release);
+                    let bytes = text.as_bytes();
+                    if let Some(pseq) = plain::seq_in(bytes) {
+                        lock(&shared.plain).received(pseq);
+                    } else if plain::is_foreign(bytes) {
+                        shared.foreign.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        tracker.on_frame(log, shared.region, bytes);
+                        shared.next_seq.store(tracker.next_seq, Ordering::Release);
+                        let (delivered, duplicates, resyncs) = tracker.progress();
+                        shared.delivered.store(delivered, Ordering::Relaxed);
+                        shared.duplicates.store(duplicates, Ordering::Relaxed);
+                        shared.resyncs.store(resyncs, Ordering::Relaxed);
+                    }
                 }
                 // The contract is text frames only.
                 Some(Ok(Message::Binary(_))) => tracker.corrupt += 1,
@@ -320,5 +354,117 @@ impl Population {
         .filter(|(_, count)| *count > 0)
         .map(|(name, count)| format!("{name}: {count}"))
         .collect()
+    }
+}
+
+/// Every resuming client of a run: their shared state and their tasks.
+#[derive(Debug)]
+pub struct Crowd {
+    /// Each client's shared state, by index.
+    pub clients: Vec<Arc<ClientShared>>,
+    tasks: Vec<JoinHandle<ClientReport>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Crowd {
+    /// Starts `count` clients, round-robin over the log's regions and the fleet's gateways.
+    pub fn spawn(ctx: &Arc<ClientContext>, count: usize) -> Self {
+        let (stop, stop_seen) = watch::channel(false);
+        let regions = ctx.log.regions.len();
+        let gateways = ctx.fleet.nodes.len();
+        let mut clients = Vec::with_capacity(count);
+        let mut tasks = Vec::with_capacity(count);
+        for index in 0..count {
+            let shared = Arc::new(ClientShared::new(index % regions));
+            clients.push(Arc::clone(&shared));
+            tasks.push(tokio::spawn(client_task(
+                Arc::clone(ctx),
+                shared,
+                index % gateways,
+                stop_seen.clone(),
+            )));
+        }
+        Crowd {
+            clients,
+            tasks,
+            stop,
+        }
+    }
+
+    /// Waits (until `until`) for every client to connect once or give up; returns how many
+    /// connected.
+    pub async fn await_connected(&self, until: Instant) -> usize {
+        while Instant::now() < until
+            && !self.clients.iter().all(|client| {
+                client.ever_connected.load(Ordering::Acquire)
+                    || client.finished.load(Ordering::Acquire)
+            })
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.clients
+            .iter()
+            .filter(|client| client.ever_connected.load(Ordering::Acquire))
+            .count()
+    }
+
+    /// Waits until every client has its region's last message (`targets[region]` messages),
+    /// `until` passes, or nothing has moved for [`CATCH_UP_STALL`] while every client that is
+    /// behind is connected. Returns how many clients are still behind.
+    pub async fn await_catch_up(&self, targets: &[u64], until: Instant) -> usize {
+        let caught_up = |client: &ClientShared| {
+            client.finished.load(Ordering::Acquire)
+                || client.next_seq.load(Ordering::Acquire) >= targets[client.region]
+        };
+        let progress = || -> u64 {
+            self.clients
+                .iter()
+                .map(|client| client.next_seq.load(Ordering::Acquire))
+                .sum()
+        };
+        let (mut last_progress, mut last_total) = (Instant::now(), progress());
+        while Instant::now() < until && !self.clients.iter().all(|client| caught_up(client)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let total = progress();
+            if total != last_total {
+                (last_progress, last_total) = (Instant::now(), total);
+            } else if last_progress.elapsed() >= CATCH_UP_STALL
+                && self
+                    .clients
+                    .iter()
+                    .all(|client| caught_up(client) || client.connected.load(Ordering::Acquire))
+            {
+                // Everyone behind is connected and nothing has moved: what is missing is lost.
+                break;
+            }
+        }
+        self.clients
+            .iter()
+            .filter(|client| !caught_up(client))
+            .count()
+    }
+
+    /// Stops every client (no more reconnects) and collects their reports within 10 s;
+    /// returns them with the number of tasks that had to be aborted.
+    pub async fn stop(self) -> (Vec<ClientReport>, u64) {
+        let _ = self.stop.send(true);
+        let join_until = Instant::now() + Duration::from_secs(10);
+        let mut reports = Vec::with_capacity(self.tasks.len());
+        let mut unjoined = 0u64;
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            match tokio::time::timeout_at(join_until, task).await {
+                Ok(Ok(report)) => reports.push(report),
+                Ok(Err(error)) => {
+                    eprintln!("notify-bench: a client task failed: {error}");
+                    unjoined += 1;
+                }
+                Err(_) => {
+                    abort.abort();
+                    unjoined += 1;
+                }
+            }
+        }
+        (reports, unjoined)
     }
 }

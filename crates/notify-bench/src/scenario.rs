@@ -97,7 +97,9 @@ impl Bench {
             Scenario::Latency | Scenario::Churn => {
                 per_region(args.steady_messages(), args.regions.len(), 0)
             }
-            Scenario::Chaos => bail!("chaos starts its own gateways; see crate::chaos"),
+            Scenario::Chaos | Scenario::Soak => {
+                bail!("chaos and soak start their own gateways; see crate::chaos")
+            }
         };
         let log = Arc::new(MessageLog::new(&args.regions, capacity));
         let sources = crate::cli::source_ips(
@@ -129,7 +131,9 @@ impl Bench {
             Scenario::Fanout => self.fanout().await,
             Scenario::Latency => self.latency().await,
             Scenario::Churn => self.churn().await,
-            Scenario::Chaos => bail!("chaos starts its own gateways; see crate::chaos"),
+            Scenario::Chaos | Scenario::Soak => {
+                bail!("chaos and soak start their own gateways; see crate::chaos")
+            }
         }
     }
 

@@ -40,6 +40,10 @@ pub struct Tracker {
     unclean: HashSet<u64>,
     /// `resync` control messages.
     resyncs: u64,
+    /// Messages skipped right after a `resync`: the gateway said they were gone.
+    resynced: u64,
+    /// A `resync` came and no message since: the next jump ahead is what it announced.
+    resync_pending: bool,
     /// Frames that were not exactly a published message.
     pub corrupt: u64,
     /// Messages of another region.
@@ -57,6 +61,11 @@ impl Tracker {
             last_id: since,
             ..Tracker::default()
         }
+    }
+
+    /// Distinct messages, repeated frames and `resync`s so far.
+    pub fn progress(&self) -> (u64, u64, u64) {
+        (self.delivered, self.duplicates, self.resyncs)
     }
 
     /// Takes one text frame of region `region`.
@@ -80,6 +89,7 @@ impl Tracker {
         self.last_id = id;
         self.clean += 1;
         self.delivered += 1;
+        self.resync_pending = false;
     }
 
     /// The slow path: everything that is not the next message with a rising id.
@@ -87,6 +97,7 @@ impl Tracker {
     fn classify(&mut self, log: &MessageLog, region: usize, bytes: &[u8]) {
         if bytes.starts_with(br#"{"event":"resync""#) {
             self.resyncs += 1;
+            self.resync_pending = true;
             // As a browser would: continue from the newest id the gateway knows.
             if let Ok(ControlMessage::Resync {
                 latest: Some(latest),
@@ -129,8 +140,12 @@ impl Tracker {
         let expected = self.next_seq;
         if seq >= expected {
             if seq > expected {
-                self.gaps += 1;
-                self.missing.push(expected..seq);
+                if std::mem::take(&mut self.resync_pending) {
+                    self.resynced += seq - expected;
+                } else {
+                    self.gaps += 1;
+                    self.missing.push(expected..seq);
+                }
             }
             match id {
                 Some(id) if id > self.last_id => self.accept(seq, id),
@@ -191,6 +206,7 @@ impl Tracker {
             lost: skipped + tail,
             out_of_order: self.out_of_order,
             resyncs: self.resyncs,
+            resynced: self.resynced,
             corrupt: self.corrupt,
             wrong_region: self.wrong_region,
             unexpected: self.unexpected,
@@ -276,6 +292,26 @@ mod tests {
         assert_eq!(verdict.corrupt, 1);
         // 0 came twice, 1 late, 4 with a stale id: only 3 was exactly once.
         assert_eq!(verdict.exactly_once, Some(1));
+    }
+
+    #[test]
+    fn messages_skipped_after_a_resync_are_resynced_not_lost() {
+        let log = log();
+        let mut tracker = Tracker::new(StreamId::new(99, 0));
+        tracker.on_frame(&log, AE, &frame(&log, 0));
+        let resync = ControlMessage::Resync {
+            region: Region::parse("AE").unwrap(),
+            since: StreamId::new(100, 0),
+            latest: Some(StreamId::new(102, 0)),
+            reason: "test".into(),
+        };
+        tracker.on_frame(&log, AE, resync.to_json().as_bytes());
+        tracker.on_frame(&log, AE, &frame(&log, 3)); // 1 and 2 announced as gone
+        tracker.on_frame(&log, AE, &frame(&log, 5)); // 4 skipped without a resync: lost
+        let verdict = tracker.verdict(6);
+        assert_eq!((verdict.resyncs, verdict.resynced), (1, 2));
+        assert_eq!((verdict.gaps, verdict.lost), (1, 1));
+        assert_eq!(verdict.exactly_once, Some(3));
     }
 
     #[test]

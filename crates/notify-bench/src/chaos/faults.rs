@@ -119,8 +119,9 @@ pub async fn drop_clients(
 }
 
 /// At random intervals (0.5x..1.5x `mean`) until `until`, kills every pub/sub connection on
-/// Redis.
+/// Redis, then waits until every gateway is subscribed again.
 pub async fn cut_links(
+    fleet: Arc<Fleet>,
     mut connection: redis::aio::MultiplexedConnection,
     mean: Duration,
     until: Instant,
@@ -128,7 +129,16 @@ pub async fn cut_links(
     counts: Arc<ChaosCounts>,
 ) {
     while sleep_spread(mean, 0.5, 1.5, until).await {
-        match redis_kill_pubsub(&mut connection).await {
+        let _fault = fleet.fault_lock.lock().await;
+        fleet.record_cut();
+        let cut = redis_kill_pubsub(&mut connection).await;
+        if let Err(error) = fleet.wait_all_ready().await {
+            chaos_log(
+                started,
+                format_args!("chaos: a gateway did not subscribe again: {error:#}"),
+            );
+        }
+        match cut {
             Ok(killed) => {
                 counts.link_cuts.fetch_add(1, Ordering::Relaxed);
                 counts
@@ -157,6 +167,7 @@ pub async fn restart_gateways(
     counts: Arc<ChaosCounts>,
 ) {
     while sleep_spread(mean, 0.75, 1.25, until).await {
+        let _fault = fleet.fault_lock.lock().await;
         let live: Vec<&Node> = fleet
             .nodes
             .iter()

@@ -15,7 +15,9 @@
 //! 4. meanwhile breaks things: random clients close their socket (`--drop-rate`), every
 //!    gateway loses its Redis subscription (`CLIENT KILL TYPE pubsub`, `--link-cut-interval`),
 //!    a random gateway gets SIGTERM and is started again on the same port
-//!    (`--restart-interval`, `--restart-delay`). Each action is logged to stderr with the time
+//!    (`--restart-interval`, `--restart-delay`). Link cuts and restarts never overlap (each
+//!    holds the fleet's fault lock until every gateway is ready again), so every cut reaches
+//!    every gateway while it is subscribed. Each action is logged to stderr with the time
 //!    since the start of the run, and counted;
 //! 5. whenever a client's connection ends (close frame, error, EOF, or its own drop), the
 //!    client waits a short jittered pause and reconnects to a random live gateway with
@@ -33,7 +35,9 @@
 //! message is counted (it means history did not reach back: a failure here). A message is
 //! delivered *exactly once* when it arrived once, in order, with a rising id. The run passes
 //! only when every expected delivery was exactly once (100.000 %), no client gave up or never
-//! connected, no gateway failed to restart and publishing was not cut short.
+//! connected, no gateway failed to restart, publishing was not cut short, and each gateway's
+//! own `notify_broker_reconnects_total` (summed over its processes) equals the link cuts made
+//! while it was subscribed: a gateway that drops its subscription on its own fails the run.
 
 //!
 //! # Layout
@@ -43,34 +47,29 @@
 //! The gateways ([`crate::fleet`]), the resuming clients ([`crate::resuming`]), their
 //! verification ([`crate::tracker`]) and the report ([`crate::report`]) are shared with `soak`.
 
-mod faults;
+pub(crate) mod faults;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures_util::future::join_all;
 use serde_json::{json, Value};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::cli::Args;
 use crate::client::Connector;
-use crate::fleet::Fleet;
+use crate::fleet::{reconnect_failures, Fleet};
 use crate::history_publisher::{redis_connection, HistoryPublisher};
 use crate::messages::MessageLog;
 use crate::procstat;
 use crate::publish::{self, per_region};
 use crate::report::{quantile, round3, show, Outcome, Totals};
-use crate::resuming::{client_task, ClientContext, ClientShared, Population};
+use crate::resuming::{ClientContext, Crowd, Population};
 use faults::{cut_links, drop_clients, restart_gateways, ChaosCounts};
 
 /// Time to wait for late frames (duplicates) once every client has caught up.
 const QUIET_AFTER_CATCH_UP: Duration = Duration::from_secs(1);
-/// During catch-up: when every client that is behind is connected and none has received
-/// anything for this long, the rest is lost and waiting longer is pointless.
-const CATCH_UP_STALL: Duration = Duration::from_secs(10);
 
 /// Runs the scenario; returns its report.
 pub async fn run(args: Args) -> Result<Outcome> {
@@ -90,17 +89,7 @@ async fn run_with(
 ) -> Result<Outcome> {
     let mut publisher = HistoryPublisher::connect(args).await?;
     let control = redis_connection(&args.redis_url).await?;
-    for node in &fleet.nodes {
-        fleet.spawn(node)?;
-    }
-    let ready = join_all(fleet.nodes.iter().map(|node| fleet.wait_ready(node))).await;
-    for result in ready {
-        result?;
-    }
-    for node in &fleet.nodes {
-        node.up.store(true, Ordering::Release);
-    }
-    fleet.check_regions(&args.regions).await?;
+    fleet.start_all(&args.regions).await?;
     chaos_log(
         started,
         format!(
@@ -140,33 +129,12 @@ async fn run_with(
     });
 
     // Clients, round-robin over regions and gateways.
-    let (stop, stop_seen) = watch::channel(false);
-    let mut clients = Vec::with_capacity(args.clients);
-    let mut tasks = Vec::with_capacity(args.clients);
-    for index in 0..args.clients {
-        let shared = Arc::new(ClientShared::new(index % args.regions.len()));
-        clients.push(Arc::clone(&shared));
-        tasks.push(tokio::spawn(client_task(
-            Arc::clone(&ctx),
-            shared,
-            index % fleet.nodes.len(),
-            stop_seen.clone(),
-        )));
-    }
-    drop(stop_seen);
+    let crowd = Crowd::spawn(&ctx, args.clients);
+    let clients = crowd.clients.clone();
     let connect_started = Instant::now();
-    let connect_until = (connect_started + Duration::from_secs(60)).min(deadline);
-    while Instant::now() < connect_until
-        && !clients.iter().all(|client| {
-            client.ever_connected.load(Ordering::Acquire) || client.finished.load(Ordering::Acquire)
-        })
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let connected = clients
-        .iter()
-        .filter(|client| client.ever_connected.load(Ordering::Acquire))
-        .count();
+    let connected = crowd
+        .await_connected((connect_started + Duration::from_secs(60)).min(deadline))
+        .await;
     let connect_secs = connect_started.elapsed().as_secs_f64();
     chaos_log(
         started,
@@ -213,6 +181,7 @@ async fn run_with(
     }
     if !args.link_cut_interval.is_zero() {
         chaos.spawn(cut_links(
+            Arc::clone(fleet),
             control.clone(),
             args.link_cut_interval,
             phase_end,
@@ -255,32 +224,7 @@ async fn run_with(
         .iter()
         .map(|region| region.published())
         .collect();
-    let caught_up = |client: &ClientShared| {
-        client.finished.load(Ordering::Acquire)
-            || client.next_seq.load(Ordering::Acquire) >= targets[client.region]
-    };
-    let progress = || -> u64 {
-        clients
-            .iter()
-            .map(|client| client.next_seq.load(Ordering::Acquire))
-            .sum()
-    };
-    let (mut last_progress, mut last_total) = (Instant::now(), progress());
-    while Instant::now() < catch_up_until && !clients.iter().all(|client| caught_up(client)) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let total = progress();
-        if total != last_total {
-            (last_progress, last_total) = (Instant::now(), total);
-        } else if last_progress.elapsed() >= CATCH_UP_STALL
-            && clients
-                .iter()
-                .all(|client| caught_up(client) || client.connected.load(Ordering::Acquire))
-        {
-            // Everyone behind is connected and nothing has moved: what is missing is lost.
-            break;
-        }
-    }
-    let behind = clients.iter().filter(|client| !caught_up(client)).count();
+    let behind = crowd.await_catch_up(&targets, catch_up_until).await;
     let catch_up_secs = catch_up_started.elapsed().as_secs_f64();
     chaos_log(
         started,
@@ -295,20 +239,7 @@ async fn run_with(
     let me_after = procstat::sample("self").ok();
 
     // Stop the clients (no more reconnects), then judge.
-    let _ = stop.send(true);
-    let join_until = Instant::now() + Duration::from_secs(10);
-    let mut reports = Vec::with_capacity(tasks.len());
-    let mut unjoined = 0u64;
-    for task in tasks {
-        let abort = task.abort_handle();
-        match tokio::time::timeout_at(join_until, task).await {
-            Ok(Ok(report)) => reports.push(report),
-            _ => {
-                abort.abort();
-                unjoined += 1;
-            }
-        }
-    }
+    let (reports, unjoined) = crowd.stop().await;
 
     let mut totals = Totals {
         published: Some(publish.published),
@@ -329,7 +260,9 @@ async fn run_with(
     resume_ms.sort_unstable();
     let exactly_once_pct = totals.exactly_once_pct();
     let counts = counts.snapshot();
+    let reconnects = fleet.reconnect_counts().await;
     let mut failures = totals.failures(false);
+    failures.extend(reconnect_failures(&reconnects));
     if totals.expected_deliveries == 0 {
         failures.push("no delivery was expected: nothing was checked".into());
     }
@@ -362,6 +295,7 @@ async fn run_with(
             .collect::<Vec<_>>()),
     );
     report.insert("chaos".into(), json!(counts));
+    report.insert("reconnects".into(), json!(reconnects));
     report.insert(
         "publish".into(),
         json!({
