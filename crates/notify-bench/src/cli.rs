@@ -238,6 +238,17 @@ pub struct Args {
     #[arg(long, env = "NOTIFY_BENCH_FAULT_INTERVAL", value_parser = parse_duration, default_value = "10s")]
     pub fault_interval: Duration,
 
+    /// `soak`: the faults that take turns (all by default; e.g. without `foreign-id` to
+    /// check everything else).
+    #[arg(
+        long,
+        env = "NOTIFY_BENCH_FAULTS",
+        value_enum,
+        value_delimiter = ',',
+        default_values_t = crate::soak::faults::SCHEDULE
+    )]
+    pub faults: Vec<crate::soak::faults::Fault>,
+
     /// `soak`: plain (id-less, seed-style) publishes per second, besides `--rate` id-carrying
     /// ones.
     #[arg(long, env = "NOTIFY_BENCH_PLAIN_RATE", default_value_t = 10.0)]

@@ -179,7 +179,10 @@ pub async fn client_task(
             if *stop.borrow() {
                 break 'life;
             }
-            let path = format!("/?region={region_name}&since={}", report.tracker.last_id);
+            let path = format!(
+                "/?region={region_name}&since={}",
+                report.tracker.resume_since()
+            );
             let attempt = match target.take().or_else(|| ctx.fleet.pick_live()) {
                 Some(addr) => ctx.connector.connect_to(addr, &path).await,
                 None => Err(anyhow!("no gateway is up")),

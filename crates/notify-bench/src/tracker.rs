@@ -44,6 +44,10 @@ pub struct Tracker {
     resynced: u64,
     /// A `resync` came and no message since: the next jump ahead is what it announced.
     resync_pending: bool,
+    /// The newest `latest` of a `resync`: a browser resumes from it (see
+    /// [`resume_since`](Self::resume_since)); the order of ids is still checked against the
+    /// messages actually received.
+    resync_latest: StreamId,
     /// Frames that were not exactly a published message.
     pub corrupt: u64,
     /// Messages of another region.
@@ -61,6 +65,12 @@ impl Tracker {
             last_id: since,
             ..Tracker::default()
         }
+    }
+
+    /// The `since` of the next connection: the last id received, or a `resync`'s newer
+    /// `latest` (as the browser client does).
+    pub fn resume_since(&self) -> StreamId {
+        self.last_id.max(self.resync_latest)
     }
 
     /// Distinct messages, repeated frames and `resync`s so far.
@@ -98,13 +108,13 @@ impl Tracker {
         if bytes.starts_with(br#"{"event":"resync""#) {
             self.resyncs += 1;
             self.resync_pending = true;
-            // As a browser would: continue from the newest id the gateway knows.
+            // As a browser would: resume from the newest id the gateway knows.
             if let Ok(ControlMessage::Resync {
                 latest: Some(latest),
                 ..
             }) = serde_json::from_slice::<ControlMessage>(bytes)
             {
-                self.last_id = self.last_id.max(latest);
+                self.resync_latest = self.resync_latest.max(latest);
             }
             return;
         }
@@ -276,22 +286,25 @@ mod tests {
             reason: "test".into(),
         };
         tracker.on_frame(&log, AE, resync.to_json().as_bytes());
-        assert_eq!(tracker.last_id, StreamId::new(200, 0));
-        // After the resync, id 104 is not above the last id: out of order.
+        // The next connection resumes from the resync's latest, as a browser would.
+        assert_eq!(tracker.resume_since(), StreamId::new(200, 0));
+        // Ids are still ordered against what was received: 104 follows 103.
         tracker.on_frame(&log, AE, &frame(&log, 4));
+        // 50 is not above 104: out of order.
+        tracker.on_frame(&log, AE, &frame_with_id(&log, AE, 5, 50));
         let verdict = tracker.verdict(6);
         assert_eq!(verdict.expected, 6);
-        // 0, 3, 1, 4 received; 2 and 5 lost.
-        assert_eq!(verdict.delivered, 4);
-        assert_eq!(verdict.lost, 2);
+        // 0, 3, 1, 4, 5 received; 2 lost.
+        assert_eq!(verdict.delivered, 5);
+        assert_eq!(verdict.lost, 1);
         assert_eq!(verdict.gaps, 1);
         assert_eq!(verdict.duplicates, 1);
         assert_eq!(verdict.out_of_order, 2);
         assert_eq!(verdict.resyncs, 1);
         assert_eq!(verdict.wrong_region, 1);
         assert_eq!(verdict.corrupt, 1);
-        // 0 came twice, 1 late, 4 with a stale id: only 3 was exactly once.
-        assert_eq!(verdict.exactly_once, Some(1));
+        // 0 came twice, 1 late, 5 with a stale id: 3 and 4 were exactly once.
+        assert_eq!(verdict.exactly_once, Some(2));
     }
 
     #[test]

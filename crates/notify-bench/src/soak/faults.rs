@@ -23,7 +23,7 @@ use crate::messages::now_ns;
 use crate::plain::{FaultWindows, FOREIGN_MARK};
 
 /// The faults, in the order they take turns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
     /// `CLIENT KILL TYPE pubsub`: every gateway loses its subscription.
     SubscriptionCut,
@@ -40,7 +40,8 @@ pub enum Fault {
     RedisRestartEmpty,
 }
 
-const SCHEDULE: [Fault; 6] = [
+/// Every fault, in the order they take turns.
+pub const SCHEDULE: [Fault; 6] = [
     Fault::SubscriptionCut,
     Fault::ConnectionCut,
     Fault::ForeignId,
@@ -129,6 +130,8 @@ pub struct FaultPlan {
     pub restart_delay: Duration,
     /// When the run started (log stamps).
     pub started: Instant,
+    /// The faults that take turns (`--faults`).
+    pub schedule: Vec<Fault>,
 }
 
 impl FaultPlan {
@@ -141,7 +144,9 @@ impl FaultPlan {
                 return;
             }
             tokio::time::sleep_until(at).await;
-            let fault = SCHEDULE[turn % SCHEDULE.len()];
+            let Some(&fault) = self.schedule.get(turn % self.schedule.len().max(1)) else {
+                return;
+            };
             if let Err(error) = self.inflict(fault, turn).await {
                 self.counts.errors.fetch_add(1, Ordering::Relaxed);
                 chaos_log(

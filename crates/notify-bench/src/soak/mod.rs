@@ -28,7 +28,7 @@
 //! - [`monitor`]: readiness, memory, descriptors, progress lines.
 //! - [`redis_server`]: the soak's own redis-server.
 
-mod faults;
+pub mod faults;
 mod monitor;
 mod redis_server;
 
@@ -195,6 +195,7 @@ async fn run_with(
             channels: ChannelNames::new(args.channel_prefix.as_str()),
             restart_delay: args.restart_delay,
             started,
+            schedule: args.faults.clone(),
         }
         .run(args.fault_interval, phase_end),
     );
@@ -307,6 +308,7 @@ async fn run_with(
             "plain_rate": args.plain_rate,
             "drop_rate": args.drop_rate,
             "fault_interval_secs": args.fault_interval.as_secs_f64(),
+            "faults": args.faults.iter().map(|fault| format!("{fault:?}")).collect::<Vec<_>>(),
             "redis_ping_interval_ms": args.redis_ping_interval.as_millis() as u64,
             "warm_up_secs": args.warm_up.as_secs_f64(),
             "gateway_args": args.gateway_arg,

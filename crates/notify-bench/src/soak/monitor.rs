@@ -21,6 +21,8 @@ use crate::resuming::ClientShared;
 
 /// How often each gateway's `/readyz` is polled.
 pub const READY_POLL: Duration = Duration::from_millis(75);
+/// Unexplained readiness flaps logged one by one (the rest are counted).
+const LOGGED_FLAPS: u64 = 10;
 /// How often RSS and descriptors are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// A plain message is judged once it is this old (it has had time to arrive).
@@ -144,13 +146,16 @@ impl Monitor {
                 observed.readiness_flaps += 1;
                 if !self.windows.covers(now_ns(), 0) {
                     observed.readiness_flaps_unexplained += 1;
-                    chaos_log(
-                        self.started,
-                        format_args!(
-                            "soak: gateway {} not ready with no fault in progress",
-                            node.index
-                        ),
-                    );
+                    // The first few are logged; the rest are counted.
+                    if observed.readiness_flaps_unexplained <= LOGGED_FLAPS {
+                        chaos_log(
+                            self.started,
+                            format_args!(
+                                "soak: gateway {} not ready with no fault in progress",
+                                node.index
+                            ),
+                        );
+                    }
                 }
             }
             *was_ready = is_ready;
