@@ -12,6 +12,12 @@ use serde_json::Value;
 /// Runs `notify-bench` with `args` (the environment's `NOTIFY_*` variables cleared), at most
 /// 60 s.
 async fn run_bench(args: &[String]) -> Result<Output> {
+    run_bench_within(args, Duration::from_secs(60)).await
+}
+
+/// Runs `notify-bench` with `args` (the environment's `NOTIFY_*` variables cleared), at most
+/// `limit`.
+async fn run_bench_within(args: &[String], limit: Duration) -> Result<Output> {
     let mut command = tokio::process::Command::new(binary("notify-bench"));
     for (key, _) in std::env::vars() {
         if key.starts_with("NOTIFY_") {
@@ -19,9 +25,9 @@ async fn run_bench(args: &[String]) -> Result<Output> {
         }
     }
     command.args(args).kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(60), command.output())
+    tokio::time::timeout(limit, command.output())
         .await
-        .context("notify-bench did not finish within 60 s")?
+        .with_context(|| format!("notify-bench did not finish within {limit:?}"))?
         .context("running notify-bench")
 }
 
@@ -290,28 +296,13 @@ fn soak_args(extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// Runs `notify-bench` with `args`, at most 100 s.
-async fn run_soak(args: &[String]) -> Result<Output> {
-    let mut command = tokio::process::Command::new(binary("notify-bench"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("NOTIFY_") {
-            command.env_remove(&key);
-        }
-    }
-    command.args(args).kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(100), command.output())
-        .await
-        .context("notify-bench soak did not finish within 100 s")?
-        .context("running notify-bench soak")
-}
-
 /// The soak for 30 s with every fault and the health check every second: every part of the
 /// verdict must hold (exit 0): id-carrying messages exactly once or resynced, plain messages
 /// delivered while the link was healthy, memory and descriptors within bounds, each gateway's
 /// reconnect counter equal to the cuts made, no readiness flap without a fault.
 #[tokio::test]
 async fn soak_holds_every_promise_through_every_fault() -> Result<()> {
-    let output = run_soak(&soak_args(&[])).await?;
+    let output = run_bench_within(&soak_args(&[]), Duration::from_secs(100)).await?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     let report = report(&output);
     assert_eq!(report["scenario"], "soak");

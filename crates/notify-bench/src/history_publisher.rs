@@ -19,11 +19,16 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(10);
 /// A multiplexed connection to `url`, within [`REDIS_TIMEOUT`].
 pub async fn redis_connection(url: &str) -> Result<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(url).with_context(|| format!("--redis-url {url}"))?;
-    let mut connection =
-        tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection())
-            .await
-            .context("connecting to Redis timed out")?
-            .with_context(|| format!("connecting to Redis at {url}"))?;
+    // Replies may take longer than the client's default 500 ms on a loaded machine with
+    // `appendfsync always`; a timed-out command may still have run, so it is never retried.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(REDIS_TIMEOUT));
+    let mut connection = tokio::time::timeout(
+        REDIS_TIMEOUT,
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+    .context("connecting to Redis timed out")?
+    .with_context(|| format!("connecting to Redis at {url}"))?;
     // Named, so that a fault that cuts "the gateways' connections" can tell ours apart.
     tokio::time::timeout(
         REDIS_TIMEOUT,
@@ -105,11 +110,12 @@ impl HistoryPublisher {
                     load_script(&self.script, &mut self.connection).await?;
                     reloaded = true;
                 }
+                // Only a connection that was already gone: the pipeline never reached Redis.
+                // A timeout is not retried (the messages may have been published).
                 Err(error)
                     if !reconnected
-                        && (error.is_io_error()
-                            || error.is_connection_dropped()
-                            || error.is_unrecoverable_error()) =>
+                        && !error.is_timeout()
+                        && (error.is_connection_dropped() || error.is_connection_refusal()) =>
                 {
                     eprintln!("notify-bench: publishing: {error}; connecting again");
                     self.connection = redis_connection(&self.url).await?;

@@ -73,10 +73,11 @@ fn run(args: Args) -> Result<ExitCode> {
     messages::now_ns();
     args.validate()?;
     if args.scenario == Scenario::Chaos {
-        return run_chaos(args);
+        cli::check_redis_url(&args.redis_url)?;
+        return run_own_processes(args, chaos::run);
     }
     if args.scenario == Scenario::Soak {
-        return run_soak(args);
+        return run_own_processes(args, soak::run);
     }
     let gateway = cli::gateway_addr(&args.gateway)?;
     if args.via == cli::Via::Redis {
@@ -94,29 +95,19 @@ fn run(args: Args) -> Result<ExitCode> {
     Ok(outcome.finish(allow_loss))
 }
 
-fn run_chaos(args: Args) -> Result<ExitCode> {
-    cli::check_redis_url(&args.redis_url)?;
+/// `chaos` and `soak`: scenarios that start their own processes (killed when their handles
+/// drop, also on errors, hence the shutdown grace).
+fn run_own_processes<F>(args: Args, scenario: fn(Args) -> F) -> Result<ExitCode>
+where
+    F: std::future::Future<Output = Result<report::Outcome>>,
+{
     let (runtime, hard_limit) = runtime_for(&args)?;
     let allow_loss = args.allow_loss;
     let outcome = runtime.block_on(async move {
-        tokio::time::timeout(hard_limit, chaos::run(args))
+        tokio::time::timeout(hard_limit, scenario(args))
             .await
             .context("the run overran its --timeout")?
     });
-    // Gateways are killed when their handles drop, also on errors.
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    Ok(outcome?.finish(allow_loss))
-}
-
-fn run_soak(args: Args) -> Result<ExitCode> {
-    let (runtime, hard_limit) = runtime_for(&args)?;
-    let allow_loss = args.allow_loss;
-    let outcome = runtime.block_on(async move {
-        tokio::time::timeout(hard_limit, soak::run(args))
-            .await
-            .context("the run overran its --timeout")?
-    });
-    // Gateways and redis-server are killed when their handles drop, also on errors.
     runtime.shutdown_timeout(Duration::from_secs(2));
     Ok(outcome?.finish(allow_loss))
 }

@@ -17,10 +17,12 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::cli::Args;
 use crate::client::{Connector, Socket};
 use crate::fleet::{lock, Fleet};
 use crate::messages::{now_ns, MessageLog};
 use crate::plain::{self, PlainSeen};
+use crate::publish::per_region;
 use crate::tracker::Tracker;
 use tokio::task::JoinHandle;
 
@@ -52,6 +54,40 @@ pub struct ClientContext {
     pub reconnect_delay: Duration,
     /// Failed attempts in a row after which a client gives up.
     pub max_attempts: u32,
+}
+
+impl ClientContext {
+    /// The context of a run's clients: an id-carrying log sized for `--rate` × `--duration`,
+    /// the epochs every client starts from, and a connector from the run's source addresses.
+    /// Returns it with the source addresses (for the report).
+    pub fn for_run(
+        args: &Args,
+        fleet: &Arc<Fleet>,
+        epochs: Vec<StreamId>,
+    ) -> (Arc<Self>, Vec<std::net::IpAddr>) {
+        let log = Arc::new(MessageLog::new(
+            &args.regions,
+            per_region(args.steady_messages(), args.regions.len(), 0),
+        ));
+        let sources = crate::cli::source_ips(
+            fleet.nodes[0].addr,
+            args.source_ips,
+            crate::cli::source_block(args.fixed_sources),
+        );
+        let ctx = ClientContext {
+            log,
+            fleet: Arc::clone(fleet),
+            connector: Connector::new(
+                fleet.nodes[0].addr,
+                sources.clone(),
+                args.connect_concurrency,
+            ),
+            epochs,
+            reconnect_delay: args.reconnect_delay,
+            max_attempts: args.reconnect_attempts,
+        };
+        (Arc::new(ctx), sources)
+    }
 }
 
 /// A client's state as the rest of the run sees it.

@@ -58,12 +58,10 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::cli::Args;
-use crate::client::Connector;
 use crate::fleet::{reconnect_failures, Fleet};
 use crate::history_publisher::{redis_connection, HistoryPublisher};
-use crate::messages::MessageLog;
 use crate::procstat;
-use crate::publish::{self, per_region};
+use crate::publish;
 use crate::report::{quantile, round3, show, Outcome, Totals};
 use crate::resuming::{ClientContext, Crowd, Population};
 use faults::{cut_links, drop_clients, restart_gateways, ChaosCounts};
@@ -105,28 +103,9 @@ async fn run_with(
     );
 
     let planned = args.steady_messages();
-    let log = Arc::new(MessageLog::new(
-        &args.regions,
-        per_region(planned, args.regions.len(), 0),
-    ));
     let epochs = publisher.epoch(&args.regions).await?;
-    let sources = crate::cli::source_ips(
-        fleet.nodes[0].addr,
-        args.source_ips,
-        crate::cli::source_block(args.fixed_sources),
-    );
-    let ctx = Arc::new(ClientContext {
-        log: Arc::clone(&log),
-        fleet: Arc::clone(fleet),
-        connector: Connector::new(
-            fleet.nodes[0].addr,
-            sources.clone(),
-            args.connect_concurrency,
-        ),
-        epochs,
-        reconnect_delay: args.reconnect_delay,
-        max_attempts: args.reconnect_attempts,
-    });
+    let (ctx, sources) = ClientContext::for_run(args, fleet, epochs);
+    let log = Arc::clone(&ctx.log);
 
     // Clients, round-robin over regions and gateways.
     let crowd = Crowd::spawn(&ctx, args.clients);

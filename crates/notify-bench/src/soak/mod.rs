@@ -44,12 +44,11 @@ use tokio::time::Instant;
 use crate::chaos::chaos_log;
 use crate::chaos::faults::{drop_clients, ChaosCounts};
 use crate::cli::Args;
-use crate::client::Connector;
 use crate::fleet::{reconnect_failures, Fleet};
 use crate::history_publisher::{redis_connection, HistoryPublisher};
 use crate::messages::{now_ns, MessageLog};
 use crate::plain::{FaultWindows, PlainLog, PlainMessage};
-use crate::publish::{self, per_region, SendLogged};
+use crate::publish::{self, SendLogged};
 use crate::report::{round3, Outcome, Totals};
 use crate::resuming::{ClientContext, Crowd, Population};
 use faults::{FaultCounts, FaultPlan};
@@ -109,24 +108,9 @@ async fn run_with(
         ),
     );
     let planned = args.steady_messages();
-    let log = Arc::new(MessageLog::new(
-        &args.regions,
-        per_region(planned, args.regions.len(), 0),
-    ));
     let epochs = publisher.epoch(&args.regions).await?;
-    let sources = crate::cli::source_ips(
-        fleet.nodes[0].addr,
-        args.source_ips,
-        crate::cli::source_block(args.fixed_sources),
-    );
-    let ctx = Arc::new(ClientContext {
-        log: Arc::clone(&log),
-        fleet: Arc::clone(fleet),
-        connector: Connector::new(fleet.nodes[0].addr, sources, args.connect_concurrency),
-        epochs,
-        reconnect_delay: args.reconnect_delay,
-        max_attempts: args.reconnect_attempts,
-    });
+    let (ctx, _) = ClientContext::for_run(args, fleet, epochs);
+    let log = Arc::clone(&ctx.log);
     let crowd = Crowd::spawn(&ctx, args.clients);
     let clients = crowd.clients.clone();
     let connected = crowd
