@@ -331,6 +331,25 @@ impl Fleet {
         }
     }
 
+    /// Waits until every gateway that is up counts more reconnects than in `before` (it noticed
+    /// the cut just made), for at most `limit`; then until every one is ready again. Without
+    /// the first wait a gateway that has not noticed yet would look ready.
+    pub async fn wait_cut_noticed(&self, before: &[ReconnectCount], limit: Duration) -> Result<()> {
+        let until = Instant::now() + limit;
+        loop {
+            let now = self.reconnect_counts().await;
+            let noticed = now.iter().zip(before).all(|(now, before)| {
+                !self.nodes[now.gateway].up.load(Ordering::Acquire)
+                    || now.reconnects > before.reconnects
+            });
+            if noticed || Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.wait_all_ready().await
+    }
+
     /// Every gateway's reconnect counter (over all its processes) next to the cuts made.
     pub async fn reconnect_counts(&self) -> Vec<ReconnectCount> {
         let mut counts = Vec::with_capacity(self.nodes.len());

@@ -130,9 +130,13 @@ pub async fn cut_links(
 ) {
     while sleep_spread(mean, 0.5, 1.5, until).await {
         let _fault = fleet.fault_lock.lock().await;
+        let before = fleet.reconnect_counts().await;
         fleet.record_cut();
         let cut = redis_kill_pubsub(&mut connection).await;
-        if let Err(error) = fleet.wait_all_ready().await {
+        if let Err(error) = fleet
+            .wait_cut_noticed(&before, Duration::from_secs(10))
+            .await
+        {
             chaos_log(
                 started,
                 format_args!("chaos: a gateway did not subscribe again: {error:#}"),

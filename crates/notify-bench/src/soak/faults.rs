@@ -50,6 +50,10 @@ pub const SCHEDULE: [Fault; 6] = [
     Fault::RedisRestartEmpty,
 ];
 
+/// Longest wait for every gateway to notice a cut (its reconnect counter rises); one that
+/// does not is caught by the reconnect check at the end.
+const NOTICE_LIMIT: Duration = Duration::from_secs(10);
+
 /// An id far ahead of any stream's: no stream issued it.
 pub const FOREIGN_ID: &str = "99999999999999-0";
 
@@ -168,10 +172,11 @@ impl FaultPlan {
         match fault {
             Fault::SubscriptionCut => {
                 let mut control = redis_connection(&self.redis.lock().await.url()).await?;
+                let before = self.fleet.reconnect_counts().await;
                 self.windows.begin(now_ns());
                 self.fleet.record_cut();
                 let killed = redis_kill_pubsub(&mut control).await;
-                let ready = self.fleet.wait_all_ready().await;
+                let ready = self.fleet.wait_cut_noticed(&before, NOTICE_LIMIT).await;
                 self.windows.end(now_ns());
                 let killed = killed?;
                 ready?;
@@ -205,13 +210,14 @@ impl FaultPlan {
             Fault::RedisRestartWithData | Fault::RedisRestartEmpty => {
                 let keep_data = fault == Fault::RedisRestartWithData;
                 let began = Instant::now();
+                let before = self.fleet.reconnect_counts().await;
                 let restarted = {
                     let _paused = self.publish_gate.write().await;
                     self.windows.begin(now_ns());
                     self.fleet.record_cut();
                     self.redis.lock().await.restart(keep_data).await
                 };
-                let ready = self.fleet.wait_all_ready().await;
+                let ready = self.fleet.wait_cut_noticed(&before, NOTICE_LIMIT).await;
                 self.windows.end(now_ns());
                 restarted?;
                 ready?;
