@@ -232,7 +232,7 @@ pub struct Args {
     )]
     pub redis_server_bin: PathBuf,
 
-    /// `soak`: interval between two faults; they take turns: subscription cut, cut of the
+    /// `soak`: pause between the end of one fault and the next; they take turns: subscription cut, cut of the
     /// gateways' other Redis connections, foreign id, Redis restart with data, gateway
     /// restart, Redis restart without data.
     #[arg(long, env = "NOTIFY_BENCH_FAULT_INTERVAL", value_parser = parse_duration, default_value = "10s")]

@@ -139,7 +139,7 @@ pub struct FaultPlan {
 }
 
 impl FaultPlan {
-    /// Every `interval` until `until`, the next fault in turn.
+    /// `interval` after the previous fault ended, until `until`, the next fault in turn.
     pub async fn run(self, interval: Duration, until: Instant) {
         let mut turn = 0usize;
         loop {
