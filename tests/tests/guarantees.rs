@@ -169,6 +169,47 @@ async fn a_foreign_id_neither_silences_the_region_nor_is_lost() {
     );
 }
 
+/// A region kept busy with id-carrying messages must not starve another region's stream reads:
+/// a foreign id there is still settled within about a second.
+#[tokio::test]
+async fn a_busy_region_does_not_hold_back_another_regions_foreign_ids() {
+    let redis = RedisServer::start().await.unwrap();
+    let url = redis.url();
+    let gateway = Gateway::start(&["--redis-url", &url]).await.unwrap();
+    assert!(gateway.wait_ready_status(200, WAIT).await);
+    let mut quiet = gateway.connect_counted("/?region=DK", "DK").await.unwrap();
+    let busy = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut n = 0;
+            while started.elapsed() < Duration::from_secs(4) {
+                let payloads = (0..5)
+                    .map(|k| seed_payload("AE", &format!("b{n}-{k}"), "x"))
+                    .collect();
+                publish_cli(&url, 1000, payloads).await;
+                n += 1;
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut foreign: Value = serde_json::from_str(&seed_payload("DK", "foreign", "x")).unwrap();
+    foreign["id"] = "99999999999999-0".into();
+    let sent = Instant::now();
+    redis.publish("tvs:DK", foreign.to_string()).await.unwrap();
+    let message = next_json(&mut quiet, Duration::from_millis(2500))
+        .await
+        .expect("the foreign message is delivered while another region is busy");
+    assert_eq!(message["video_id"], "foreign");
+    assert!(without_id(&message));
+    eprintln!(
+        "foreign id settled after {:?} while AE was busy",
+        sent.elapsed()
+    );
+    assert!(busy.await.unwrap() > 3, "AE was kept busy");
+}
+
 #[tokio::test]
 async fn an_outage_longer_than_the_retention_is_never_hidden_by_the_memory_cache() {
     let redis = RedisServer::start().await.unwrap();

@@ -13,8 +13,9 @@
 //!   clients get a `resync`, the mark and the history are reset, and the new stream is
 //!   delivered from its start.
 //!
-//! The block timeout ([`BLOCK`]) bounds how long the loop sleeps: on every timeout it reads
-//! every region (which notices a stream that started over even when nothing new arrives) and
+//! The block timeout ([`BLOCK`]) bounds how long the loop sleeps: at least once per block
+//! period it reads every region (which notices a stream that started over even when nothing
+//! new arrives, and however busy another region keeps the loop) and
 //! settles the live messages held for it (see [`crate::pending`]). On the first connection
 //! the follower starts at each stream's end; after a loss it reconnects with backoff and
 //! resumes where it stopped. It is ready (for `/readyz`) once caught up.
@@ -108,9 +109,18 @@ where
             .iter()
             .map(|region| (self.ingest.channels().stream_key(*region), *region))
             .collect();
+        let mut swept = Instant::now();
         loop {
             let woken = self.wait(&mut connection, &regions, &keys).await?;
-            let due = if woken.is_empty() { &regions } else { &woken };
+            // Every region is read at least once per block period, however busy one of them
+            // keeps the wait: that read settles held live messages and notices a stream that
+            // started over.
+            let due = if woken.is_empty() || swept.elapsed() >= BLOCK {
+                swept = Instant::now();
+                &regions
+            } else {
+                &woken
+            };
             self.catch_up(&mut connection, due).await?;
         }
     }
