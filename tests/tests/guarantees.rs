@@ -210,6 +210,38 @@ async fn a_busy_region_does_not_hold_back_another_regions_foreign_ids() {
     assert!(busy.await.unwrap() > 3, "AE was kept busy");
 }
 
+/// A stream entry that breaks the contract is counted once and skipped: the follower moves
+/// past it instead of reading it again on every wake, and what follows is delivered.
+#[tokio::test]
+async fn a_bad_stream_entry_is_counted_once_and_skipped() {
+    let redis = RedisServer::start().await.unwrap();
+    let url = redis.url();
+    let gateway = Gateway::start(&["--redis-url", &url]).await.unwrap();
+    assert!(gateway.wait_ready_status(200, WAIT).await);
+    let mut client = gateway.connect_counted("/?region=DK", "DK").await.unwrap();
+    redis_command(
+        &redis,
+        &["XADD", "tvs:DK:stream", "*", "payload", "{not json"],
+    )
+    .await;
+    let after = publish_api(&gateway, "DK", "after-bad").await;
+    let message = next_message(&mut client, "after a bad entry").await;
+    assert_eq!(message["id"], after.as_str());
+    // Several block periods of housekeeping reads.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        gateway.metric("notify_bad_payloads_total{").await.unwrap(),
+        1.0
+    );
+    assert_eq!(
+        gateway
+            .metric("notify_broker_reconnects_total")
+            .await
+            .unwrap(),
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn an_outage_longer_than_the_retention_is_never_hidden_by_the_memory_cache() {
     let redis = RedisServer::start().await.unwrap();

@@ -172,8 +172,7 @@ where
             Offered::Duplicate | Offered::Held { evicted: None } => 0,
             Offered::Held {
                 evicted: Some(foreign),
-            }
-            | Offered::Foreign(foreign) => self.deliver_foreign(foreign),
+            } => self.deliver_foreign(foreign),
         }
     }
 
@@ -398,15 +397,20 @@ mod tests {
             (Some(StreamId::new(5, 0)), "five")
         );
         assert_eq!(subscription.try_recv().unwrap().unwrap().frame, "six");
-        // A small foreign id below the mark is delivered at once, without its id.
+        // A small id below the mark waits too; a stream read started after it (and after
+        // 99-0) settles both as foreign: delivered without their ids.
         assert_eq!(
             ingest.channel_message("tvs:AE", with_id("4-0").as_bytes()),
-            Ok(1)
+            Ok(0)
         );
-        let foreign = subscription.try_recv().unwrap().unwrap();
-        assert_eq!(foreign.id, None);
-        assert!(!foreign.frame.contains("\"id\""), "{}", foreign.frame);
-        assert!(foreign.frame.contains("v4-0"));
+        assert!(subscription.try_recv().unwrap().is_none());
+        assert_eq!(ingest.expire_pending(ae, Instant::now()), 2);
+        for video in ["v4-0", "v99-0"] {
+            let foreign = subscription.try_recv().unwrap().unwrap();
+            assert_eq!(foreign.id, None);
+            assert!(!foreign.frame.contains("\"id\""), "{}", foreign.frame);
+            assert!(foreign.frame.contains(video), "{}", foreign.frame);
+        }
         assert!(subscription.try_recv().unwrap().is_none());
         match ingest.replay_from_memory(ae, StreamId::new(5, 0)) {
             Lookup::Entries(entries) => {

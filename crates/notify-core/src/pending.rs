@@ -6,12 +6,15 @@
 //! producer whose payloads happen to have an `id` field). [`PendingIds`] holds such messages
 //! until the stream settles which:
 //! - the stream delivers the id → it was ours, the held copy is dropped;
-//! - the stream delivers a later id without it, or the id is at or below the stream's
-//!   position on arrival and not among the ids it recently delivered → foreign;
+//! - the stream delivers a later id without it → foreign;
 //! - a complete stream read that started after it arrived did not deliver it → foreign (our
 //!   script's `XADD` runs before its `PUBLISH`, so such a read would have seen it); the stream
 //!   follower reads at least once per `XREAD BLOCK` timeout (1 s), so this is the deadline;
 //! - the set is full → its oldest message is resolved as foreign to make room.
+//!
+//! An id at or below the stream's position is held like any other, not judged on arrival:
+//! after Redis restarts without its data the new stream's ids are smaller than the old
+//! position, and only the stream can tell ours from foreign.
 //!
 //! A foreign message is not lost: the caller delivers it as a plain live message with its `id`
 //! removed, and counts it. It never moves the high-water mark, never enters the history and
@@ -40,8 +43,6 @@ pub enum Offered<M> {
         /// The message pushed out of a full set.
         evicted: Option<M>,
     },
-    /// The stream is past this id and never delivered it: foreign.
-    Foreign(M),
 }
 
 /// One region's held id-carrying live messages and recently delivered stream ids.
@@ -66,9 +67,6 @@ impl<M> PendingIds<M> {
     pub fn offer(&mut self, id: StreamId, message: M, now: Instant) -> Offered<M> {
         if self.recent.binary_search(&id).is_ok() {
             return Offered::Duplicate;
-        }
-        if self.recent.back().is_some_and(|position| id <= *position) {
-            return Offered::Foreign(message);
         }
         let evicted = if self.held.len() >= MAX_PENDING && !self.held.contains_key(&id) {
             self.held.pop_first().map(|(_, (_, oldest))| oldest)
@@ -156,18 +154,18 @@ mod tests {
         assert_eq!(pending.stream_delivered(id(5)), vec!["foreign"]);
         assert_eq!(pending.held(), 1);
         // A copy arriving after its stream entry is a duplicate; an unknown id below the
-        // stream's position is foreign at once.
+        // stream's position waits for the stream like any other.
         assert_eq!(pending.offer(id(5), "late copy", now), Offered::Duplicate);
         assert_eq!(
             pending.offer(id(4), "small", now),
-            Offered::Foreign("small")
+            Offered::Held { evicted: None }
         );
-        // The far-future id is never issued: the first stream read started after it arrived
-        // settles it, not one that started before.
+        // Ids the stream never issues: the first stream read started after they arrived
+        // settles them, not one that started before.
         assert!(pending.expire(now).is_empty());
         assert_eq!(
             pending.expire(now + Duration::from_millis(1)),
-            vec!["future"]
+            vec!["small", "future"]
         );
         assert_eq!(pending.held(), 0);
     }
@@ -197,13 +195,16 @@ mod tests {
             pending.stream_delivered(id(n + 1));
         }
         assert_eq!(pending.recent.len(), RECENT_STREAM_IDS);
-        // Forgotten as delivered, and below the position: foreign, not a silent drop.
-        assert_eq!(pending.offer(id(1), 1, now), Offered::Foreign(1));
+        // Forgotten as delivered: held for the stream to settle, not a silent drop.
+        assert_eq!(
+            pending.offer(id(1), 1, now),
+            Offered::Held { evicted: None }
+        );
         assert_eq!(pending.offer(id(20), 2, now), Offered::Duplicate);
         pending.reset();
-        // A new epoch: small ids are held for the stream again.
+        // A new epoch: the old ids are no longer known as delivered.
         assert_eq!(
-            pending.offer(id(2), 3, now),
+            pending.offer(id(20), 3, now),
             Offered::Held { evicted: None }
         );
     }

@@ -179,8 +179,39 @@ where
             count_resume(ResumeSource::Memory);
             return Ok(Replay::Entries(entries));
         }
+        // Pages of at most this many entries; a replay holds at most the stream's length.
+        let page = self.retention.clamp(100, 1000);
+        let mut entries = Vec::new();
+        let mut cursor = since;
+        loop {
+            let read = self.read_region(region, cursor, page).await?;
+            // Every page is judged on its own start: a stream trimmed past the cursor between
+            // two pages is a gap too.
+            if let Some(gap) = read.facts.gap(cursor) {
+                count_resume(ResumeSource::Resync);
+                return Ok(Replay::Resync {
+                    latest: read.facts.last_generated,
+                    reason: gap.reason(),
+                });
+            }
+            entries.extend(read.entries);
+            match read.last_read {
+                Some(last) if read.full => cursor = last,
+                _ => break,
+            }
+        }
+        count_resume(ResumeSource::Stream);
+        Ok(Replay::Entries(entries))
+    }
+
+    /// One read of `region`'s stream after `since`, on the command connection.
+    async fn read_region(
+        &self,
+        region: Region,
+        since: StreamId,
+        limit: usize,
+    ) -> Result<stream_reader::RegionRead<T>, BrokerError> {
         const OPERATION: &str = "read history";
-        let limit = self.retention.saturating_mul(2).max(1000);
         let reader = self.reader.clone();
         let reads = self
             .commands
@@ -190,27 +221,15 @@ where
                     .await
             })
             .await?;
-        let Some(read) = reads.into_iter().next() else {
-            return Err(BrokerError::BadReply {
+        reads
+            .into_iter()
+            .next()
+            .ok_or_else(|| BrokerError::BadReply {
                 operation: OPERATION,
                 source: redis::RedisError::from((
                     redis::ErrorKind::UnexpectedReturnType,
                     "no result for the region",
                 )),
-            });
-        };
-        Ok(match read.facts.gap(since) {
-            Some(gap) => {
-                count_resume(ResumeSource::Resync);
-                Replay::Resync {
-                    latest: read.facts.last_generated,
-                    reason: gap.reason(),
-                }
-            }
-            None => {
-                count_resume(ResumeSource::Stream);
-                Replay::Entries(read.entries)
-            }
-        })
+            })
     }
 }

@@ -230,7 +230,10 @@ where
         let missed = read.entries.len();
         for (id, frame) in read.entries {
             self.ingest.deliver_stream_entry(region, id, frame);
-            self.positions.insert(region, id);
+        }
+        // Past bad entries too (counted and skipped when read), or they would be read again.
+        if let Some(last) = read.last_read {
+            self.positions.insert(region, last);
         }
         if missed > 0 {
             tracing::trace!(%region, %since, missed, "read from the stream");

@@ -25,6 +25,8 @@ pub(super) struct RegionRead<T> {
     /// Entries after `since`, oldest first, encoded; entries that break the contract are
     /// counted and left out.
     pub(super) entries: Vec<(StreamId, T)>,
+    /// The id of the last entry read, bad ones included: where the next read starts.
+    pub(super) last_read: Option<StreamId>,
     /// Whether the read hit its entry limit (more may follow).
     pub(super) full: bool,
 }
@@ -107,6 +109,7 @@ where
             .zip(replies)
             .map(|(&(region, since), (last, added, length, present, raw))| {
                 let full = limit > 0 && raw.len() >= limit;
+                let last_read = raw.last().and_then(|(id, _)| StreamId::parse(id).ok());
                 RegionRead {
                     region,
                     since,
@@ -117,6 +120,7 @@ where
                         since_present: present == 1,
                     },
                     entries: self.decode_entries(region, raw),
+                    last_read,
                     full,
                 }
             })
