@@ -546,8 +546,11 @@ async fn root(
         .max_frame_size(frame_limit)
         .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| {
+            // Built outside the block so the socket and connection are stored once, inside
+            // `serving`, not also as the block's captures.
+            let serving = socket::serve(socket, connection);
             tracker.track_future(async move {
-                socket::serve(socket, connection).await;
+                serving.await;
                 drop(admitted);
             })
         })

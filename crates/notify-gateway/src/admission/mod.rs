@@ -39,11 +39,12 @@ pub struct Admission {
 }
 
 /// A handshake let in. Holds the address's connection count (when that is limited) for the
-/// connection's life.
+/// connection's life: one pointer in the connection's task, plus a 32-byte allocation only
+/// when `--max-connections-per-ip` is set.
 #[derive(Debug)]
 #[must_use = "dropping it gives the per-address count back"]
 pub struct Admitted {
-    _per_ip: Option<PerIpSlot>,
+    _per_ip: Option<Box<PerIpSlot>>,
 }
 
 /// Why a handshake was refused.
@@ -146,7 +147,7 @@ impl Admission {
             Some(per_ip) => per_ip
                 .try_take(key)
                 .map(|slot| Admitted {
-                    _per_ip: Some(slot),
+                    _per_ip: Some(Box::new(slot)),
                 })
                 .ok_or_else(|| Refusal::PerIp {
                     client: key.to_string(),

@@ -2,8 +2,9 @@
 //!
 //! Clients are grouped by [`ClientKey`]: an IPv4 address, or an IPv6 /64 (one customer's
 //! subnet; a single host can pick any of its 2^64 addresses, so counting them one by one would
-//! count nothing). Each key with at least one open connection has one map entry (about 40
-//! bytes with the map's overhead) shared by all of that key's connections; the entry is removed
+//! count nothing). Each key with at least one open connection has one map entry (32 bytes of
+//! key and count, under 100 with the map's slack) shared by all of that key's connections; the
+//! entry is removed
 //! when its count returns to 0, so the map holds at most one entry per open connection and is
 //! empty when nobody is connected. Each connection holds a [`PerIpSlot`] that gives its count
 //! back on drop.
