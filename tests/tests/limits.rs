@@ -226,6 +226,17 @@ async fn connections_per_address_are_capped_and_freed_when_they_end() {
             "capped"
         );
     }
+    // The map holds one entry per address with connections, and none once they are gone.
+    let tracked = "notify_limit_tracked_addresses{limit=\"per_ip\"}";
+    assert_eq!(gateway.metric(tracked).await.unwrap(), 2.0);
+    drop((held, other));
+    assert!(
+        wait_until(WAIT, || async {
+            gateway.metric(tracked).await.unwrap_or(-1.0) == 0.0
+        })
+        .await,
+        "per-address entries outlive their connections"
+    );
 }
 
 #[tokio::test]

@@ -582,6 +582,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
+    state.app.admission.record_tracked_addresses();
     (
         [(
             header::CONTENT_TYPE,

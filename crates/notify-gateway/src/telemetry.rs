@@ -91,6 +91,10 @@ fn describe() {
         "notify_handshakes_rejected_total",
         "WebSocket handshakes refused, by reason."
     );
+    describe_gauge!(
+        "notify_limit_tracked_addresses",
+        "Client addresses held by a per-address limit's map (per_ip: with open connections; rate: with a bucket not yet full)."
+    );
     describe_counter!(
         "notify_accept_errors_total",
         "Errors accepting TCP connections (e.g. out of file descriptors)."

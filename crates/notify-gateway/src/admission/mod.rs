@@ -168,6 +168,19 @@ impl Admission {
         }
     }
 
+    /// Sets `notify_limit_tracked_addresses{limit}` to the number of addresses each
+    /// per-address map holds now (called when metrics are scraped).
+    pub fn record_tracked_addresses(&self) {
+        if let Some(per_ip) = &self.per_ip {
+            metrics::gauge!("notify_limit_tracked_addresses", "limit" => "per_ip")
+                .set(per_ip.keys() as f64);
+        }
+        if let Some(rate) = &self.rate {
+            metrics::gauge!("notify_limit_tracked_addresses", "limit" => "rate")
+                .set(rate.keys() as f64);
+        }
+    }
+
     /// The limits as `/api/info` shows them (`null`: unlimited).
     pub fn info(&self) -> serde_json::Value {
         let origins: Option<Vec<String>> = (!self.origins.allows_all()).then(|| {
