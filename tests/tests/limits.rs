@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use notify_tests::{free_port, http_client, next_json, seed_payload, wait_until, Gateway};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -19,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(5);
 
 type Socket = WebSocketStream<TcpStream>;
 
-/// An HTTP answer that was not `101 Switching Protocols`.
+/// An HTTP answer that was not `101 Switching Protocols` (status 0: no HTTP answer at all).
 #[derive(Debug)]
 struct Refused {
     status: u16,
@@ -34,11 +35,27 @@ async fn handshake(
     source: u8,
     headers: &[(&'static str, &str)],
 ) -> Result<Socket, Refused> {
+    handshake_after(gateway, source, b"", headers).await
+}
+
+/// A TCP connection to `gateway` from `127.0.0.{source}`.
+async fn connect_from(gateway: &Gateway, source: u8) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
     socket
         .bind(SocketAddr::from((Ipv4Addr::new(127, 0, 0, source), 0)))
         .expect("binding a loopback source address");
-    let stream = socket.connect(gateway.addr()).await.expect("TCP connect");
+    socket.connect(gateway.addr()).await.expect("TCP connect")
+}
+
+/// Like [`handshake`], sending `prefix` (a PROXY header) before the request.
+async fn handshake_after(
+    gateway: &Gateway,
+    source: u8,
+    prefix: &[u8],
+    headers: &[(&'static str, &str)],
+) -> Result<Socket, Refused> {
+    let mut stream = connect_from(gateway, source).await;
+    stream.write_all(prefix).await.expect("sending the prefix");
     let mut request = gateway
         .ws_url("/?region=FI")
         .into_client_request()
@@ -59,7 +76,11 @@ async fn handshake(
             body: String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
                 .into_owned(),
         }),
-        Err(error) => panic!("handshake failed without an HTTP answer: {error}"),
+        Err(error) => Err(Refused {
+            status: 0,
+            retry_after: None,
+            body: error.to_string(),
+        }),
     }
 }
 
@@ -510,4 +531,78 @@ async fn the_admin_port_takes_metrics_and_the_api_off_the_public_port() {
         .await
         .unwrap();
     assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+}
+
+/// A PROXY v1 line for a TCP4 client `source`.
+fn proxy_v1(source: &str) -> Vec<u8> {
+    format!("PROXY TCP4 {source} 127.0.0.1 4711 8765\r\n").into_bytes()
+}
+
+/// A PROXY v2 header for a TCP4 client `source`.
+fn proxy_v2(source: Ipv4Addr) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    header.extend_from_slice(&source.octets());
+    header.extend_from_slice(&[127, 0, 0, 1]);
+    header.extend_from_slice(&[0x12, 0x67, 0x22, 0x3d]);
+    header
+}
+
+#[tokio::test]
+async fn proxy_protocol_headers_name_clients_only_from_trusted_proxies() {
+    let gateway = Gateway::start(&[
+        "--trusted-proxies",
+        "127.0.0.9",
+        "--proxy-protocol",
+        "--max-connections-per-ip",
+        "1",
+    ])
+    .await
+    .unwrap();
+    let mut held = Vec::new();
+    held.push(
+        handshake_after(&gateway, 9, &proxy_v1("198.51.100.1"), &[])
+            .await
+            .expect("a v1 client"),
+    );
+    let same = handshake_after(&gateway, 9, &proxy_v1("198.51.100.1"), &[])
+        .await
+        .expect_err("the same client");
+    assert_eq!(same.status, 429);
+    assert!(same.body.contains("198.51.100.1"), "{same:?}");
+    held.push(
+        handshake_after(&gateway, 9, &proxy_v2(Ipv4Addr::new(198, 51, 100, 2)), &[])
+            .await
+            .expect("a v2 client"),
+    );
+
+    // From the trusted proxy, a connection without a header is closed unanswered.
+    let mut bare = connect_from(&gateway, 9).await;
+    bare.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, bare.read_to_end(&mut answer))
+        .await
+        .expect("closed in time")
+        .ok();
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(
+        gateway
+            .metric("notify_proxy_header_errors_total")
+            .await
+            .unwrap(),
+        1.0
+    );
+
+    // Any other peer cannot claim an address with a header: it is not read, so the request
+    // is malformed, and the peer's own address is what counts.
+    let claimed = handshake_after(&gateway, 10, &proxy_v1("198.51.100.3"), &[])
+        .await
+        .expect_err("a header from an untrusted peer");
+    assert_ne!(claimed.status, 101, "{claimed:?}");
+    held.push(handshake(&gateway, 10, &[]).await.expect("a plain client"));
+    let again = handshake(&gateway, 10, &[]).await.expect_err("same peer");
+    assert!(again.body.contains("127.0.0.10"), "{again:?}");
+    assert_eq!(rejected(&gateway, "per_ip").await, 2.0);
 }

@@ -45,7 +45,8 @@ impl TrustedProxies {
         &self.networks
     }
 
-    fn trusts(&self, address: IpAddr) -> bool {
+    /// Whether `address` is one of the trusted proxies.
+    pub fn trusts(&self, address: IpAddr) -> bool {
         self.networks
             .iter()
             .any(|network| network.contains(&address))

@@ -151,6 +151,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_trusted_proxy)]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// Connections from --trusted-proxies start with a PROXY protocol header (HAProxy v1 or
+    /// v2) naming the client; connections from other peers are plain HTTP.
+    #[arg(long, env = "NOTIFY_PROXY_PROTOCOL", requires = "trusted_proxies")]
+    pub proxy_protocol: bool,
+
     /// Who may frame the pages: the Content-Security-Policy frame-ancestors source list.
     #[arg(long, env = "NOTIFY_FRAME_ANCESTORS", default_value = "'none'", value_parser = parse_frame_ancestors_flag)]
     pub frame_ancestors: String,
@@ -254,6 +259,7 @@ mod tests {
             ["--trusted-proxies", "10.0.0.0/40"],
             ["--handshake-burst-per-ip", "0"],
             ["--frame-ancestors", "'none'; script-src *"],
+            ["--proxy-protocol", "--regions=AE"],
         ] {
             let error =
                 GatewayConfig::try_parse_from(["notify-gateway", args[0], args[1]]).unwrap_err();

@@ -16,6 +16,7 @@
 //! - [`client_addr`]: the client's address, through trusted proxies.
 //! - [`headers`]: security headers on every response.
 //! - [`admin`]: the optional admin listener.
+//! - [`proxy_protocol`]: PROXY protocol headers from trusted load balancers.
 //! - [`publish_access`]: who may publish over HTTP.
 
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod capacity;
 pub mod client_addr;
 pub mod config;
 pub mod headers;
+pub mod proxy_protocol;
 pub mod publish_access;
 pub mod server;
 pub mod socket;

@@ -42,6 +42,7 @@ use crate::capacity::{self, ConnectionSlots};
 use crate::client_addr::TrustedProxies;
 use crate::config::GatewayConfig;
 use crate::headers;
+use crate::proxy_protocol::ProxyProtocol;
 use crate::publish_access::{ApiKeys, PublishAccess, Rejection};
 use crate::socket::{self, Connection};
 use crate::telemetry::{self, ConnectionMetrics};
@@ -232,9 +233,16 @@ pub async fn run(
     let router = headers::secure(router, &config.frame_ancestors)
         .context("building the security headers")?;
     let accept_stop = CancellationToken::new();
+    let proxy_protocol = if config.proxy_protocol {
+        metrics::counter!("notify_proxy_header_errors_total").absolute(0);
+        ProxyProtocol::from_trusted(TrustedProxies::new(config.trusted_proxies.clone()))
+    } else {
+        ProxyProtocol::off()
+    };
     let accept = accept_loop(
         listener,
         router,
+        proxy_protocol,
         config.handshake_timeout,
         tracker.clone(),
         accept_stop.clone(),
@@ -275,6 +283,7 @@ pub async fn run(
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
+    proxy_protocol: ProxyProtocol,
     handshake_timeout: Duration,
     tracker: TaskTracker,
     stop: CancellationToken,
@@ -295,6 +304,7 @@ async fn accept_loop(
                     stream,
                     peer,
                     service,
+                    proxy_protocol.clone(),
                     handshake_timeout,
                     closing,
                 ));
@@ -325,12 +335,31 @@ fn is_per_connection_error(error: &std::io::Error) -> bool {
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     router: Router,
+    proxy_protocol: ProxyProtocol,
     handshake_timeout: Duration,
     closing: CancellationToken,
 ) {
+    let peer = if proxy_protocol.is_on() {
+        let header = proxy_protocol.client_of(&mut stream, peer);
+        match tokio::time::timeout(handshake_timeout, header).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => {
+                metrics::counter!("notify_proxy_header_errors_total").increment(1);
+                tracing::debug!(%peer, %error, "closing a connection: bad PROXY header");
+                return;
+            }
+            Err(elapsed) => {
+                metrics::counter!("notify_proxy_header_errors_total").increment(1);
+                tracing::debug!(%peer, %elapsed, "closing a connection: no PROXY header in time");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
     let _ = stream.set_nodelay(true);
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         request.extensions_mut().insert(ConnectInfo(peer));

@@ -96,6 +96,10 @@ fn describe() {
         "Client addresses held by a per-address limit's map (per_ip: with open connections; rate: with a bucket not yet full)."
     );
     describe_counter!(
+        "notify_proxy_header_errors_total",
+        "Connections from trusted proxies closed for a missing, malformed or late PROXY header."
+    );
+    describe_counter!(
         "notify_accept_errors_total",
         "Errors accepting TCP connections (e.g. out of file descriptors)."
     );
