@@ -21,6 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::client_addr::TrustedProxies;
+use crate::config::GatewayConfig;
 
 /// The v2 signature.
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -60,6 +61,16 @@ impl ProxyProtocol {
     /// Off: every connection is plain HTTP.
     pub fn off() -> Self {
         ProxyProtocol { from: None }
+    }
+
+    /// As `--proxy-protocol` and `--trusted-proxies` say; registers the error counter at 0
+    /// when on.
+    pub fn from_config(config: &GatewayConfig) -> Self {
+        if !config.proxy_protocol {
+            return ProxyProtocol::off();
+        }
+        metrics::counter!("notify_proxy_header_errors_total").absolute(0);
+        ProxyProtocol::from_trusted(TrustedProxies::new(config.trusted_proxies.clone()))
     }
 
     /// On for connections from `proxies`.

@@ -35,7 +35,6 @@ use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::admin;
-use crate::admission::origins::AllowedOrigins;
 use crate::admission::{Admission, Refusal};
 use crate::assets;
 use crate::capacity::{self, ConnectionSlots};
@@ -176,7 +175,7 @@ pub async fn run(
     for reason in Refusal::REASONS {
         metrics::counter!("notify_handshakes_rejected_total", "reason" => reason).absolute(0);
     }
-    let admission = admission_policy(&config);
+    let admission = Admission::from_config(&config);
     let trusted_proxies = TrustedProxies::new(config.trusted_proxies.clone());
     tracing::info!(limits = %admission.info(), trusted_proxies = ?trusted_proxies.networks(), "handshake limits");
     let regions = hub.regions();
@@ -233,16 +232,10 @@ pub async fn run(
     let router = headers::secure(router, &config.frame_ancestors)
         .context("building the security headers")?;
     let accept_stop = CancellationToken::new();
-    let proxy_protocol = if config.proxy_protocol {
-        metrics::counter!("notify_proxy_header_errors_total").absolute(0);
-        ProxyProtocol::from_trusted(TrustedProxies::new(config.trusted_proxies.clone()))
-    } else {
-        ProxyProtocol::off()
-    };
     let accept = accept_loop(
         listener,
         router,
-        proxy_protocol,
+        ProxyProtocol::from_config(&config),
         config.handshake_timeout,
         tracker.clone(),
         accept_stop.clone(),
@@ -381,20 +374,6 @@ async fn serve_connection(
     if let Err(error) = result {
         tracing::trace!(%peer, %error, "HTTP connection ended with an error");
     }
-}
-
-/// The admission policy the configuration asks for.
-fn admission_policy(config: &GatewayConfig) -> Admission {
-    let rate = std::num::NonZeroU32::new(config.handshake_rate_per_ip).map(|per_second| {
-        let burst = std::num::NonZeroU32::new(config.handshake_burst_per_ip)
-            .unwrap_or(std::num::NonZeroU32::MIN);
-        (per_second, burst)
-    });
-    Admission::new(
-        AllowedOrigins::new(config.allowed_origins.clone()),
-        rate,
-        config.max_connections_per_ip,
-    )
 }
 
 /// The public port: WebSocket, demo page and assets, health checks, and — unless an admin

@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::GatewayConfig;
 use origins::AllowedOrigins;
 use per_ip::{ClientKey, PerIpConnections, PerIpSlot};
 use rate::HandshakeRate;
@@ -124,6 +125,20 @@ impl Admission {
             rate: rate.map(|(per_second, burst)| HandshakeRate::new(per_second, burst)),
             per_ip: (max_per_ip > 0).then(|| PerIpConnections::new(max_per_ip)),
         }
+    }
+
+    /// The policy `--allowed-origins`, `--handshake-rate-per-ip`, `--handshake-burst-per-ip`
+    /// and `--max-connections-per-ip` ask for.
+    pub fn from_config(config: &GatewayConfig) -> Self {
+        let rate = NonZeroU32::new(config.handshake_rate_per_ip).map(|per_second| {
+            let burst = NonZeroU32::new(config.handshake_burst_per_ip).unwrap_or(NonZeroU32::MIN);
+            (per_second, burst)
+        });
+        Admission::new(
+            AllowedOrigins::new(config.allowed_origins.clone()),
+            rate,
+            config.max_connections_per_ip,
+        )
     }
 
     /// Decides on a handshake from `client` whose `Origin` header is `origin`.
