@@ -289,7 +289,7 @@ async fn a_handshake_storm_from_one_address_gets_429_while_others_connect() {
                 Err(refusal) => refused.push(refusal),
             }
         }
-        (admitted, refused)
+        (admitted, refused, started.elapsed())
     };
     // …while a well-behaved address connects 3 times a second, across seven refill periods.
     let paced = async {
@@ -306,13 +306,21 @@ async fn a_handshake_storm_from_one_address_gets_429_while_others_connect() {
         }
         (outcomes, started.elapsed())
     };
-    let ((admitted, refused), (paced, paced_for)) = tokio::join!(storm, paced);
+    let ((admitted, refused, stormed_for), (paced, paced_for)) = tokio::join!(storm, paced);
+    eprintln!(
+        "storm: {admitted} admitted, {} refused in {stormed_for:?}; paced: {paced:?}",
+        refused.len()
+    );
     assert!(paced.iter().all(Result::is_ok), "{paced:?}");
     assert!(paced_for >= Duration::from_millis(1600), "{paced_for:?}");
-    // The burst and the refill over 2 s (4 + 8), not more.
-    assert!((4..=13).contains(&admitted), "admitted {admitted}");
+    // The burst, then the refill over the storm's length (4 + 4/s), not more.
+    let most = 4 + (4.0 * stormed_for.as_secs_f64()).ceil() as usize;
     assert!(
-        refused.len() >= 100,
+        (4..=most).contains(&admitted),
+        "admitted {admitted} of at most {most} in {stormed_for:?}"
+    );
+    assert!(
+        refused.len() >= 20,
         "admitted {admitted}, refused {}",
         refused.len()
     );
