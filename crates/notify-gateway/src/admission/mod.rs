@@ -222,6 +222,14 @@ mod tests {
     use origins::OriginPattern;
 
     #[test]
+    fn an_admitted_connection_holds_one_pointer() {
+        assert_eq!(
+            std::mem::size_of::<Admitted>(),
+            std::mem::size_of::<usize>()
+        );
+    }
+
+    #[test]
     fn origin_then_rate_then_count() {
         let admission = Admission::new(
             AllowedOrigins::new(vec![OriginPattern::parse("https://a.example").unwrap()]),
