@@ -8,8 +8,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::admission::origins::OriginPattern;
+use crate::client_addr::parse_proxy_network;
+use crate::headers::parse_frame_ancestors;
 use crate::publish_access::{parse_api_key, read_key_file};
 use clap::{CommandFactory, Parser, ValueEnum};
+use ipnet::IpNet;
 use notify_proto::{Region, DEFAULT_CHANNEL_PREFIX, DEFAULT_MAX_PAYLOAD_BYTES};
 
 /// Log output format.
@@ -128,6 +132,48 @@ pub struct GatewayConfig {
     /// key is neither on the command line nor in the environment. Adds to --api-key.
     #[arg(long, env = "NOTIFY_API_KEY_FILE", value_parser = parse_key_file)]
     pub api_key_file: Option<KeyFile>,
+
+    /// Web pages allowed to open WebSockets, comma-separated: exact origins
+    /// (https://www.example.com) and subdomain patterns (https://*.example.com, which does not
+    /// match the apex). A handshake with another Origin gets 403; one without Origin (not a
+    /// browser) is allowed. Default: every origin.
+    #[arg(long, env = "NOTIFY_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin_pattern)]
+    pub allowed_origins: Vec<OriginPattern>,
+
+    /// Open WebSockets allowed per client address (IPv6: per /64); further handshakes get 429.
+    /// 0: no per-address cap (the default; --max-connections still applies).
+    #[arg(long, env = "NOTIFY_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// WebSocket handshakes per second allowed per client address (IPv6: per /64), after a
+    /// burst of --handshake-burst-per-ip; further ones get 429 with Retry-After. 0: no limit
+    /// (the default).
+    #[arg(long, env = "NOTIFY_HANDSHAKE_RATE_PER_IP", default_value_t = 0)]
+    pub handshake_rate_per_ip: u32,
+
+    /// Handshakes a client address may make at once before --handshake-rate-per-ip applies.
+    #[arg(long, env = "NOTIFY_HANDSHAKE_BURST_PER_IP", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub handshake_burst_per_ip: u32,
+
+    /// Proxies whose X-Forwarded-For / Forwarded headers name the client, comma-separated
+    /// CIDR blocks or addresses. Without it those headers are ignored and the TCP peer is the
+    /// client.
+    #[arg(long, env = "NOTIFY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_trusted_proxy)]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Connections from --trusted-proxies start with a PROXY protocol header (HAProxy v1 or
+    /// v2) naming the client; connections from other peers are plain HTTP.
+    #[arg(long, env = "NOTIFY_PROXY_PROTOCOL", requires = "trusted_proxies")]
+    pub proxy_protocol: bool,
+
+    /// Who may frame the pages: the Content-Security-Policy frame-ancestors source list.
+    #[arg(long, env = "NOTIFY_FRAME_ANCESTORS", default_value = "'none'", value_parser = parse_frame_ancestors_flag)]
+    pub frame_ancestors: String,
+
+    /// Separate address for /metrics, /api/*, /healthz and /readyz; when set, the public
+    /// address no longer serves /metrics and /api/*.
+    #[arg(long, env = "NOTIFY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
 
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "NOTIFY_LOG_FORMAT", value_enum, default_value = "text")]
@@ -261,6 +307,18 @@ fn count_within<const MIN: usize, const MAX: usize>(input: &str) -> Result<usize
     Ok(value)
 }
 
+fn parse_origin_pattern(input: &str) -> Result<OriginPattern, String> {
+    OriginPattern::parse(input).map_err(|error| error.to_string())
+}
+
+fn parse_trusted_proxy(input: &str) -> Result<IpNet, String> {
+    parse_proxy_network(input).map_err(|error| error.to_string())
+}
+
+fn parse_frame_ancestors_flag(input: &str) -> Result<String, String> {
+    parse_frame_ancestors(input).map_err(|error| error.to_string())
+}
+
 fn parse_region(input: &str) -> Result<Region, String> {
     Region::parse(input.trim()).map_err(|error| error.to_string())
 }
@@ -295,6 +353,33 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.api_keys(), ["old", "new", "third"]);
+    }
+
+    #[test]
+    fn limit_flags_parse_and_refuse_nonsense() {
+        let config = GatewayConfig::try_parse_from([
+            "notify-gateway",
+            "--allowed-origins",
+            "https://www.example.com,https://*.example.com",
+            "--trusted-proxies",
+            "10.0.0.0/8,192.0.2.1",
+        ])
+        .unwrap();
+        assert_eq!(config.allowed_origins.len(), 2);
+        assert_eq!(config.trusted_proxies[1].to_string(), "192.0.2.1/32");
+        assert_eq!(config.max_connections_per_ip, 0);
+        assert_eq!(config.handshake_rate_per_ip, 0);
+        for args in [
+            ["--allowed-origins", "*.example.com"],
+            ["--trusted-proxies", "10.0.0.0/40"],
+            ["--handshake-burst-per-ip", "0"],
+            ["--frame-ancestors", "'none'; script-src *"],
+            ["--proxy-protocol", "--regions=AE"],
+        ] {
+            let error =
+                GatewayConfig::try_parse_from(["notify-gateway", args[0], args[1]]).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{args:?}: {error}");
+        }
     }
 
     #[test]

@@ -32,15 +32,19 @@ use notify_core::{Broker, BrokerState, Hub, Ingest};
 use notify_proto::{ChannelNames, Notification, Region, StreamId};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
+use crate::admin;
+use crate::admission::{Admission, Refusal};
 use crate::assets;
-use crate::capacity::{self, ConnectionSlots, CountedStream};
+use crate::capacity::{self, ConnectionSlot, ConnectionSlots, CountedStream};
+use crate::client_addr::TrustedProxies;
 use crate::config::GatewayConfig;
+use crate::headers;
+use crate::proxy_protocol::ProxyProtocol;
 use crate::publish_access::{ApiKeys, PublishAccess, Rejection};
 use crate::socket::{self, Connection};
 use crate::telemetry::{self, ConnectionMetrics};
@@ -92,6 +96,12 @@ pub struct App {
     pub publish_access: PublishAccess,
     /// Refused publishes are logged at most once a second.
     pub rejection_log: RateLimitedLog,
+    /// Origin, per-address rate and connection limits on WebSocket handshakes.
+    pub admission: Admission,
+    /// Handshakes refused by [`App::admission`] are logged at most once a second.
+    pub admission_log: RateLimitedLog,
+    /// Whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
     /// Cancelled at shutdown: every WebSocket sends 1001 and ends.
     pub closing: CancellationToken,
     /// True once shutdown began; `/readyz` answers 503.
@@ -149,7 +159,17 @@ pub async fn run(
             Broker::Embedded(EmbeddedBroker::new(Arc::clone(&ingest)))
         }
     };
-    let publish_access = PublishAccess::from_keys(ApiKeys::new(config.api_keys()), local_addr.ip());
+    let admin_listener = match config.admin_listen {
+        Some(address) => Some(admin::bind(address).await?),
+        None => None,
+    };
+    // The publish API is served where /api/* is: the admin address when there is one.
+    let publish_listen = match &admin_listener {
+        Some(listener) => listener.local_addr().context("reading the admin address")?,
+        None => local_addr,
+    };
+    let publish_access =
+        PublishAccess::from_keys(ApiKeys::new(config.api_keys()), publish_listen.ip());
     match &publish_access {
         PublishAccess::Disabled => tracing::warn!(
             "POST /api/publish is disabled: set --api-key or --api-key-file to publish over HTTP on a non-loopback address"
@@ -161,6 +181,12 @@ pub async fn run(
         metrics::counter!("notify_api_rejections_total", "reason" => rejection.reason())
             .absolute(0);
     }
+    for reason in Refusal::REASONS {
+        metrics::counter!("notify_handshakes_rejected_total", "reason" => reason).absolute(0);
+    }
+    let admission = Admission::from_config(&config);
+    let trusted_proxies = TrustedProxies::new(config.trusted_proxies.clone());
+    tracing::info!(limits = %admission.info(), trusted_proxies = ?trusted_proxies.networks(), "handshake limits");
     let regions = hub.regions();
     let app = Arc::new(App {
         metrics: ConnectionMetrics::new(&regions),
@@ -181,6 +207,9 @@ pub async fn run(
         },
         publish_access,
         rejection_log: RateLimitedLog::default(),
+        admission,
+        admission_log: RateLimitedLog::default(),
+        trusted_proxies,
         closing: CancellationToken::new(),
         draining: AtomicBool::new(false),
     });
@@ -192,17 +221,38 @@ pub async fn run(
     );
 
     let tracker = TaskTracker::new();
-    let router = router(Arc::clone(&app), tracker.clone());
+    let pruning = Arc::clone(&app);
+    tokio::spawn(async move { pruning.admission.prune_until(pruning.closing.clone()).await });
+    let state = AppState {
+        app: Arc::clone(&app),
+        tracker: tracker.clone(),
+    };
+    let router = match admin_listener {
+        Some(listener) => {
+            let admin_router =
+                headers::secure(admin_router(state.clone()), &config.frame_ancestors)
+                    .context("building the security headers")?;
+            tracing::info!(
+                "admin: /metrics, /api/*, /healthz, /readyz on http://{}/",
+                listener.local_addr().context("reading the admin address")?
+            );
+            tracker.spawn(admin::serve(listener, admin_router, app.closing.clone()));
+            public_router(state, false)
+        }
+        None => public_router(state, true),
+    };
+    let router = headers::secure(router, &config.frame_ancestors)
+        .context("building the security headers")?;
     let accept_stop = CancellationToken::new();
-    let accept = accept_loop(
-        listener,
+    let connections = ConnectionServing {
         router,
-        config.handshake_timeout,
-        tracker.clone(),
-        accept_stop.clone(),
-        app.closing.clone(),
-        Arc::clone(&app.sockets),
-    );
+        proxy_protocol: ProxyProtocol::from_config(&config),
+        handshake_timeout: config.handshake_timeout,
+        tracker: tracker.clone(),
+        closing: app.closing.clone(),
+        sockets: Arc::clone(&app.sockets),
+    };
+    let accept = accept_loop(listener, connections, accept_stop.clone());
     tokio::pin!(accept);
     tokio::select! {
         () = &mut accept => {}
@@ -246,17 +296,33 @@ const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 const REFUSED_RESPONSE: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
+/// What the accept loop needs to serve each accepted connection.
+struct ConnectionServing {
+    /// The public routes.
+    router: Router,
+    /// Whether (and from whom) a PROXY protocol header precedes the request.
+    proxy_protocol: ProxyProtocol,
+    /// Time to send the request head.
+    handshake_timeout: Duration,
+    /// Every connection task, so shutdown can wait for them.
+    tracker: TaskTracker,
+    /// Cancelled at shutdown: connections finish gracefully.
+    closing: CancellationToken,
+    /// One slot per open socket, whatever its state.
+    sockets: Arc<ConnectionSlots>,
+}
+
 /// Accepts connections until `stop`, serving each with hyper's HTTP/1 and upgrades. Each
 /// connection holds a slot of `sockets` for its life; past the cap it is refused at once.
-async fn accept_loop(
-    listener: TcpListener,
-    router: Router,
-    handshake_timeout: Duration,
-    tracker: TaskTracker,
-    stop: CancellationToken,
-    closing: CancellationToken,
-    sockets: Arc<ConnectionSlots>,
-) {
+async fn accept_loop(listener: TcpListener, serving: ConnectionServing, stop: CancellationToken) {
+    let ConnectionServing {
+        router,
+        proxy_protocol,
+        handshake_timeout,
+        tracker,
+        closing,
+        sockets,
+    } = serving;
     let mut pause = Duration::from_millis(10);
     let refused = metrics::counter!("notify_sockets_refused_total");
     let mut refused_since_warning = 0u64;
@@ -290,9 +356,11 @@ async fn accept_loop(
                 let service = router.clone();
                 let closing = closing.clone();
                 tracker.spawn(serve_connection(
-                    CountedStream::new(stream, slot),
+                    stream,
+                    slot,
                     peer,
                     service,
+                    proxy_protocol.clone(),
                     handshake_timeout,
                     closing,
                 ));
@@ -345,15 +413,34 @@ fn refuse(stream: TcpStream, peer: SocketAddr) {
     }
 }
 
-async fn serve_connection<S>(
-    stream: S,
+async fn serve_connection(
+    mut stream: TcpStream,
+    slot: ConnectionSlot,
     peer: SocketAddr,
     router: Router,
+    proxy_protocol: ProxyProtocol,
     handshake_timeout: Duration,
     closing: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
+    let peer = if proxy_protocol.is_on() {
+        let header = proxy_protocol.client_of(&mut stream, peer);
+        match tokio::time::timeout(handshake_timeout, header).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => {
+                metrics::counter!("notify_proxy_header_errors_total").increment(1);
+                tracing::debug!(%peer, %error, "closing a connection: bad PROXY header");
+                return;
+            }
+            Err(elapsed) => {
+                metrics::counter!("notify_proxy_header_errors_total").increment(1);
+                tracing::debug!(%peer, %elapsed, "closing a connection: no PROXY header in time");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    let stream = CountedStream::new(stream, slot);
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         router.clone().call(request)
@@ -377,22 +464,46 @@ async fn serve_connection<S>(
     }
 }
 
-fn router(app: Arc<App>, tracker: TaskTracker) -> Router {
-    let body_limit = app.settings.max_payload_bytes.saturating_mul(2).max(4096);
+/// The public port: WebSocket, demo page and assets, health checks, and — unless an admin
+/// address takes them — `/metrics` and `/api/*`.
+fn public_router(state: AppState, with_operator_routes: bool) -> Router {
     let mut router = Router::new()
         .route("/", get(root))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    if with_operator_routes {
+        router = router.merge(operator_routes(&state));
+    }
+    for asset in assets::FILES {
+        router = router.route(asset.path, get(move || async move { serve_asset(asset) }));
+    }
+    router.with_state(state)
+}
+
+/// The admin port (`--admin-listen`): health checks, `/metrics` and `/api/*`.
+fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(operator_routes(&state))
+        .with_state(state)
+}
+
+/// `/metrics` and `/api/*`.
+fn operator_routes(state: &AppState) -> Router<AppState> {
+    let body_limit = state
+        .app
+        .settings
+        .max_payload_bytes
+        .saturating_mul(2)
+        .max(4096);
+    Router::new()
         .route("/metrics", get(metrics_text))
         .route("/api/info", get(info))
         .route(
             "/api/publish",
             post(publish).layer(DefaultBodyLimit::max(body_limit)),
-        );
-    for asset in assets::FILES {
-        router = router.route(asset.path, get(move || async move { serve_asset(asset) }));
-    }
-    router.with_state(AppState { app, tracker })
+        )
 }
 
 #[derive(Clone)]
@@ -436,6 +547,7 @@ struct RootQuery {
 
 async fn root(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
     headers: HeaderMap,
     query: Result<Query<RootQuery>, axum::extract::rejection::QueryRejection>,
@@ -450,6 +562,18 @@ async fn root(
         }
     };
     let app = &state.app;
+    let client = app.trusted_proxies.client(peer, &headers);
+    let admitted = match app.admission.admit(headers.get(header::ORIGIN), client) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            metrics::counter!("notify_handshakes_rejected_total", "reason" => refusal.reason())
+                .increment(1);
+            if let Some(suppressed) = app.admission_log.allow() {
+                tracing::info!(%client, %peer, reason = refusal.reason(), suppressed, "refused a WebSocket handshake: {refusal}");
+            }
+            return refusal.into_response();
+        }
+    };
     let reject = |reason: &'static str, status: StatusCode, text: String| {
         metrics::counter!("notify_handshakes_rejected_total", "reason" => reason).increment(1);
         plain(status, text)
@@ -518,7 +642,15 @@ async fn root(
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)
         .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(socket::serve(socket, connection)))
+        .on_upgrade(move |socket| {
+            // Built outside the block so the socket and connection are stored once, inside
+            // `serving`, not also as the block's captures.
+            let serving = socket::serve(socket, connection);
+            tracker.track_future(async move {
+                serving.await;
+                drop(admitted);
+            })
+        })
 }
 
 async fn healthz() -> Response {
@@ -547,6 +679,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
+    state.app.admission.record_tracked_addresses();
     (
         [(
             header::CONTENT_TYPE,
@@ -559,10 +692,14 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 
 async fn info(State(state): State<AppState>) -> Response {
     let app = &state.app;
+    let mut limits = app.admission.info();
+    limits["max_connections"] = json!(app.slots.capacity());
+    limits["trusted_proxies"] = json!(app.trusted_proxies.networks().len());
     Json(json!({
         "regions": app.hub.regions(),
         "broker": app.broker.kind(),
         "publish": app.publish_access.name(),
+        "limits": limits,
         "version": env!("CARGO_PKG_VERSION"),
     }))
     .into_response()
@@ -576,10 +713,11 @@ async fn publish(
 ) -> Response {
     let app = &state.app;
     if let Err(rejection) = app.publish_access.check(&headers) {
+        let client = app.trusted_proxies.client(peer, &headers);
         metrics::counter!("notify_api_rejections_total", "reason" => rejection.reason())
             .increment(1);
         if let Some(suppressed) = app.rejection_log.allow() {
-            tracing::warn!(%peer, reason = rejection.reason(), suppressed, "refused a publish request");
+            tracing::warn!(%client, %peer, reason = rejection.reason(), suppressed, "refused a publish request");
         }
         let status = if rejection.is_unauthenticated() {
             StatusCode::UNAUTHORIZED
