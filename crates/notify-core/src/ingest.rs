@@ -19,7 +19,6 @@
 //! suppressed), and skipped; it never reaches a client and never stops the flow.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +26,7 @@ use notify_proto::{ChannelNames, ControlMessage, Notification, PayloadError, Reg
 
 use crate::history::{Lookup, RegionHistory};
 use crate::hub::Hub;
+use crate::log_limit::RateLimitedLog;
 use crate::pending::{Offered, PendingIds};
 
 /// Why an inbound payload was skipped.
@@ -302,34 +302,6 @@ where
     }
 }
 
-/// Lets one log line through per second and counts the ones it held back.
-#[derive(Debug, Default)]
-struct RateLimitedLog {
-    last_second: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl RateLimitedLog {
-    /// `Some(suppressed since the last allowed line)` when a line may be logged now.
-    fn allow(&self) -> Option<u64> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_secs());
-        let last = self.last_second.load(Ordering::Relaxed);
-        if now != last
-            && self
-                .last_second
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            Some(self.suppressed.swap(0, Ordering::Relaxed))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,13 +412,5 @@ mod tests {
         let (b, _) = ingest.deliver_new(&mut second);
         assert!(a.unwrap() < b.unwrap());
         assert_eq!(second.id, b);
-    }
-
-    #[test]
-    fn log_limiter_lets_one_line_a_second() {
-        let log = RateLimitedLog::default();
-        assert_eq!(log.allow(), Some(0));
-        assert_eq!(log.allow(), None);
-        assert_eq!(log.allow(), None);
     }
 }
