@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`config`]: flags and `NOTIFY_*` environment variables.
 //! - [`server`]: shared state, HTTP routes, the accept loop, shutdown and drain.
+//! - [`handshake`]: what a WebSocket request's query asks for (`region`, `since`).
 //! - [`socket`]: one WebSocket connection: batching writes, pings, close codes.
 //! - [`capacity`]: the open-files limit and connection slots.
 //! - [`telemetry`]: logging and Prometheus metrics.
@@ -15,6 +16,7 @@
 pub mod assets;
 pub mod capacity;
 pub mod config;
+pub mod handshake;
 pub mod server;
 pub mod socket;
 pub mod telemetry;
