@@ -542,4 +542,16 @@ mod tests {
         }
         assert!(with("HTTPS://I.YTIMG.COM/vi/x.jpg").is_ok());
     }
+
+    /// Found by the `payload` fuzz target: serde_json's fast float parser read `0.3e050` as
+    /// 2.999999999999999e49, which re-serialised and re-parsed to a different number, so an
+    /// extra field reached browsers changed. Floats are now parsed correctly rounded.
+    #[test]
+    fn floats_in_extra_fields_round_trip_exactly() {
+        let text = SEED_PHP_AE.replace("\"ts\"", "\"x\":[0.3e050,2.2250738585072011e-308],\"ts\"");
+        let parsed = Notification::from_slice(text.as_bytes(), 1 << 16).unwrap();
+        assert_eq!(parsed.extra["x"][0].as_f64(), Some(3e49));
+        let again = Notification::from_slice(parsed.to_json().as_bytes(), 1 << 16).unwrap();
+        assert_eq!(again, parsed);
+    }
 }
