@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the tests need
 # (redis-server, Chromium) when missing, builds the binaries the end-to-end tests spawn,
-# runs the Rust tests and the real-browser tests.
+# runs the Rust tests, a short fuzzing pass and the real-browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,9 @@ cargo build --workspace --bins
 
 echo "== Rust tests (unit + end-to-end against real redis-server)"
 cargo test --workspace
+
+echo "== fuzzing (short bounded run of every target; scripts/fuzz.sh)"
+bash scripts/fuzz.sh
 
 if [ -f tests/browser/run.sh ]; then
   echo "== browser tests (headless Chromium)"

@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`config`]: flags and `NOTIFY_*` environment variables.
 //! - [`server`]: shared state, HTTP routes, the accept loop, shutdown and drain.
+//! - [`handshake`]: what a WebSocket request's query asks for (`region`, `since`).
 //! - [`socket`]: one WebSocket connection: batching writes, pings, close codes.
 //! - [`capacity`]: the open-files limit and connection slots.
 //! - [`telemetry`]: logging and Prometheus metrics.
@@ -25,6 +26,7 @@ pub mod assets;
 pub mod capacity;
 pub mod client_addr;
 pub mod config;
+pub mod handshake;
 pub mod headers;
 pub mod proxy_protocol;
 pub mod publish_access;

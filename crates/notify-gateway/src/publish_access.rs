@@ -9,8 +9,10 @@
 //! - **Open**: no key, loopback listen address. Meant for a developer's machine, so it also
 //!   refuses what a loopback address can still receive from elsewhere: requests relayed by a
 //!   local reverse proxy (forwarding headers), pages of other sites (a non-loopback `Origin`),
-//!   DNS-rebinding pages (a non-loopback `Host`), and form-style bodies (a content type other
-//!   than JSON, which a cross-site page could send without a CORS preflight).
+//!   DNS-rebinding pages (a non-loopback `Host`).
+//!
+//! In every mode a body declared as anything but JSON is refused with 415: form-style bodies
+//! are what a cross-site page can send without a CORS preflight.
 //! - **Disabled**: no key on a non-loopback address.
 //!
 //! Every refusal has a [`Rejection`] reason: the caller counts it in
@@ -19,7 +21,7 @@
 
 use std::net::IpAddr;
 
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -58,7 +60,7 @@ pub enum Rejection {
     /// Open mode: `Origin` is a page of another site.
     #[error("open publishing refuses cross-site requests; the Origin is not a loopback origin (configure --api-key)")]
     ForeignOrigin,
-    /// Open mode: the body is declared as something other than JSON.
+    /// The body is declared as something other than JSON (415).
     #[error("the body must be sent as Content-Type: application/json")]
     NotJson,
 }
@@ -90,12 +92,15 @@ impl Rejection {
         Rejection::NotJson,
     ];
 
-    /// 401 for key problems, 403 for everything else.
-    pub fn is_unauthenticated(self) -> bool {
-        matches!(
-            self,
-            Rejection::MissingKey | Rejection::MalformedKey | Rejection::WrongKey
-        )
+    /// The HTTP status: 401 for key problems, 415 for a non-JSON body, 403 otherwise.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Rejection::MissingKey | Rejection::MalformedKey | Rejection::WrongKey => {
+                StatusCode::UNAUTHORIZED
+            }
+            Rejection::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => StatusCode::FORBIDDEN,
+        }
     }
 }
 
@@ -221,7 +226,7 @@ impl PublishAccess {
     /// Decides whether a request with `headers` may publish.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), Rejection> {
         match self {
-            PublishAccess::Disabled => Err(Rejection::Disabled),
+            PublishAccess::Disabled => return Err(Rejection::Disabled),
             PublishAccess::Keys(keys) => {
                 let value = headers
                     .get(header::AUTHORIZATION)
@@ -231,14 +236,14 @@ impl PublishAccess {
                     .ok()
                     .and_then(bearer_token)
                     .ok_or(Rejection::MalformedKey)?;
-                if keys.accepts(given) {
-                    Ok(())
-                } else {
-                    Err(Rejection::WrongKey)
+                if !keys.accepts(given) {
+                    return Err(Rejection::WrongKey);
                 }
+                Ok(())
             }
             PublishAccess::Open => check_local_request(headers),
-        }
+        }?;
+        check_content_type(headers)
     }
 }
 
@@ -284,17 +289,26 @@ fn check_local_request(headers: &HeaderMap) -> Result<(), Rejection> {
             return Err(Rejection::ForeignOrigin);
         }
     }
-    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
-        let json = content_type
-            .to_str()
-            .ok()
-            .and_then(|value| value.split(';').next())
-            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
-            return Err(Rejection::NotJson);
-        }
-    }
     Ok(())
+}
+
+/// Every mode: a body declared as anything but JSON is refused (a form post or a `text/plain`
+/// body is what a cross-site page can send without a CORS preflight). No `Content-Type` at all
+/// is accepted, for simple scripts.
+fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let json = content_type
+        .to_str()
+        .ok()
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if json {
+        Ok(())
+    } else {
+        Err(Rejection::NotJson)
+    }
 }
 
 /// `localhost[:port]`, `127.x.y.z[:port]`, `[::1][:port]`.
@@ -360,6 +374,18 @@ mod tests {
         );
         assert_eq!(check(&[("authorization", "Bearer old")]), Ok(()));
         assert_eq!(check(&[("authorization", "bearer new")]), Ok(()));
+        assert_eq!(
+            check(&[
+                ("authorization", "Bearer new"),
+                ("content-type", "text/plain")
+            ]),
+            Err(Rejection::NotJson)
+        );
+        assert_eq!(
+            Rejection::NotJson.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        assert_eq!(Rejection::WrongKey.status(), StatusCode::UNAUTHORIZED);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,8 +29,7 @@ use notify_core::broker::redis::redact_url;
 use notify_core::broker::{EmbeddedBroker, RedisBroker, RedisBrokerConfig};
 use notify_core::log_limit::RateLimitedLog;
 use notify_core::{Broker, BrokerState, Hub, Ingest};
-use notify_proto::{ChannelNames, Notification, Region, StreamId};
-use serde::Deserialize;
+use notify_proto::{ChannelNames, Notification, Region};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -43,14 +42,12 @@ use crate::assets;
 use crate::capacity::{self, ConnectionSlot, ConnectionSlots, CountedStream};
 use crate::client_addr::TrustedProxies;
 use crate::config::GatewayConfig;
+use crate::handshake::ResumeQuery;
 use crate::headers;
 use crate::proxy_protocol::ProxyProtocol;
 use crate::publish_access::{ApiKeys, PublishAccess, Rejection};
 use crate::socket::{self, Connection};
 use crate::telemetry::{self, ConnectionMetrics};
-
-/// The region a WebSocket gets when the URL names none (the seed's default).
-const DEFAULT_REGION: Region = notify_proto::SEED_REGIONS[7];
 
 /// Settings the per-connection tasks read.
 #[derive(Debug, Clone)]
@@ -536,21 +533,12 @@ fn json_error(status: StatusCode, error: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": error.to_string() }))).into_response()
 }
 
-/// Query of the WebSocket URL.
-#[derive(Debug, Deserialize)]
-struct RootQuery {
-    /// Region to receive; default US.
-    region: Option<String>,
-    /// Last message id the client saw; resume after it.
-    since: Option<String>,
-}
-
 async fn root(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
     headers: HeaderMap,
-    query: Result<Query<RootQuery>, axum::extract::rejection::QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
@@ -578,31 +566,9 @@ async fn root(
         metrics::counter!("notify_handshakes_rejected_total", "reason" => reason).increment(1);
         plain(status, text)
     };
-    let Query(query) = match query {
+    let ResumeQuery { region, since } = match ResumeQuery::parse(query.as_deref()) {
         Ok(query) => query,
-        Err(rejection) => {
-            return reject("bad_query", StatusCode::BAD_REQUEST, rejection.body_text());
-        }
-    };
-    let region = match query.region.as_deref() {
-        None => DEFAULT_REGION,
-        Some(text) => match Region::parse(text) {
-            Ok(region) => region,
-            Err(error) => return reject("bad_region", StatusCode::BAD_REQUEST, error.to_string()),
-        },
-    };
-    let since = match query.since.as_deref().filter(|since| !since.is_empty()) {
-        None => None,
-        Some(text) => match StreamId::parse(text) {
-            Ok(since) => Some(since),
-            Err(error) => {
-                return reject(
-                    "bad_since",
-                    StatusCode::BAD_REQUEST,
-                    format!("since: {error}"),
-                )
-            }
-        },
+        Err(error) => return reject(error.reason(), StatusCode::BAD_REQUEST, error.to_string()),
     };
     let subscription = match app.hub.subscribe(region) {
         Ok(subscription) => subscription,
@@ -719,12 +685,7 @@ async fn publish(
         if let Some(suppressed) = app.rejection_log.allow() {
             tracing::warn!(%client, %peer, reason = rejection.reason(), suppressed, "refused a publish request");
         }
-        let status = if rejection.is_unauthenticated() {
-            StatusCode::UNAUTHORIZED
-        } else {
-            StatusCode::FORBIDDEN
-        };
-        return json_error(status, rejection);
+        return json_error(rejection.status(), rejection);
     }
     let notification = match Notification::from_slice(&body, app.settings.max_payload_bytes) {
         Ok(notification) => notification,

@@ -15,12 +15,14 @@
 //! - [`channel`]: `{prefix}{REGION}` Redis channel names and their inverse.
 //! - [`control`]: messages the gateway sends on its own behalf (not published by anyone).
 //! - [`stream_id`]: message ids (`ms-seq`), the order of a region's history.
+//! - [`strict_json`]: JSON parsing that refuses duplicate object keys.
 
 pub mod channel;
 pub mod control;
 pub mod notification;
 pub mod region;
 pub mod stream_id;
+pub mod strict_json;
 
 pub use channel::{ChannelNames, DEFAULT_CHANNEL_PREFIX};
 pub use control::ControlMessage;

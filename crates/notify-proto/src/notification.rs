@@ -1,8 +1,9 @@
 //! The `new_trending` notification: the payload publishers put on `tvs:{REGION}` and browsers
 //! receive unchanged.
 //!
-//! Parsing ([`Notification::from_slice`]) checks, in order: size, UTF-8, JSON, object, then each
-//! field; the first problem found is returned as a [`PayloadError`]. Fields this crate does not
+//! Parsing ([`Notification::from_slice`]) checks, in order: size, UTF-8, JSON (with no object
+//! repeating a key, see [`crate::strict_json`]), object, then each field; the first problem
+//! found is returned as a [`PayloadError`]. Fields this crate does not
 //! know are kept in [`Notification::extra`] in their original order and written back unchanged,
 //! so a publisher can add fields without the gateway dropping them.
 //!
@@ -14,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::region::{Region, RegionError};
 use crate::stream_id::StreamId;
+use crate::strict_json::{self, StrictJsonError};
 
 /// The only event publishers send.
 pub const EVENT_NEW_TRENDING: &str = "new_trending";
@@ -67,6 +69,10 @@ pub enum PayloadError {
     /// Not JSON at all.
     #[error("payload is not JSON: {0}")]
     NotJson(String),
+    /// An object in the payload names the same key twice (`{"region":"AE","region":"FI"}`):
+    /// readers disagree on which one counts, so none does.
+    #[error("payload repeats the key {0:?} in one object")]
+    DuplicateKey(String),
     /// JSON, but an array, string, number, boolean or null.
     #[error("payload is JSON but not an object")]
     NotObject,
@@ -110,6 +116,7 @@ impl PayloadError {
             PayloadError::TooLarge { .. } => "too_large",
             PayloadError::NotUtf8(_) => "not_utf8",
             PayloadError::NotJson(_) => "not_json",
+            PayloadError::DuplicateKey(_) => "duplicate_key",
             PayloadError::NotObject => "not_object",
             PayloadError::MissingField(_) => "missing_field",
             PayloadError::EmptyField(_) => "empty_field",
@@ -148,17 +155,7 @@ impl Notification {
 
     /// Parses and validates raw payload bytes, as they arrive from Redis or an HTTP body.
     pub fn from_slice(payload: &[u8], max_bytes: usize) -> Result<Self, PayloadError> {
-        if payload.len() > max_bytes {
-            return Err(PayloadError::TooLarge {
-                size: payload.len(),
-                limit: max_bytes,
-            });
-        }
-        let text = std::str::from_utf8(payload)
-            .map_err(|error| PayloadError::NotUtf8(error.valid_up_to()))?;
-        let value: Value =
-            serde_json::from_str(text).map_err(|error| PayloadError::NotJson(error.to_string()))?;
-        Self::from_value(value)
+        Self::from_value(parse_json(payload, max_bytes)?)
     }
 
     /// Validates an already parsed JSON value (one NDJSON line, one HTTP body).
@@ -256,6 +253,24 @@ impl Notification {
         // Serializing a struct of strings, numbers and a JSON map cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// The first steps of parsing a payload, for callers that adjust the JSON before
+/// [`Notification::from_value`] (the CLI fills in `ts`): size, UTF-8, then JSON in which no
+/// object repeats a key.
+pub fn parse_json(payload: &[u8], max_bytes: usize) -> Result<Value, PayloadError> {
+    if payload.len() > max_bytes {
+        return Err(PayloadError::TooLarge {
+            size: payload.len(),
+            limit: max_bytes,
+        });
+    }
+    let text =
+        std::str::from_utf8(payload).map_err(|error| PayloadError::NotUtf8(error.valid_up_to()))?;
+    strict_json::parse_value(text).map_err(|error| match error {
+        StrictJsonError::Syntax(message) => PayloadError::NotJson(message),
+        StrictJsonError::DuplicateKey(key) => PayloadError::DuplicateKey(key),
+    })
 }
 
 fn take_string(
@@ -421,5 +436,122 @@ mod tests {
         let parsed = Notification::from_slice(with_id.as_bytes(), 1 << 16).unwrap();
         assert_eq!(parsed.id, Some(StreamId::new(17, 0)));
         assert_eq!(parsed.to_json(), with_id);
+    }
+
+    #[test]
+    fn duplicate_keys_are_a_bad_payload_on_both_paths() {
+        let twice = SEED_PHP_AE.replace("\"ts\"", "\"region\":\"FI\",\"ts\"");
+        let expected = PayloadError::DuplicateKey("region".into());
+        assert_eq!(
+            Notification::from_slice(twice.as_bytes(), 1 << 16).unwrap_err(),
+            expected
+        );
+        let fi = Region::parse("FI").unwrap();
+        for channel in [ae(), fi] {
+            let error =
+                Notification::from_channel_payload(twice.as_bytes(), channel, 1 << 16).unwrap_err();
+            assert_eq!(error, expected);
+            assert_eq!(error.kind(), "duplicate_key");
+        }
+        // Inside an extra field too: the gateway would otherwise rewrite its meaning.
+        let nested = SEED_PHP_AE.replace("\"ts\"", "\"meta\":{\"a\":1,\"a\":2},\"ts\"");
+        assert_eq!(
+            Notification::from_slice(nested.as_bytes(), 1 << 16).unwrap_err(),
+            PayloadError::DuplicateKey("a".into())
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_not_json_and_does_not_overflow_the_stack() {
+        let deep = |levels: usize| {
+            SEED_PHP_AE.replace(
+                "\"ts\"",
+                &format!("\"x\":{}1{},\"ts\"", "[".repeat(levels), "]".repeat(levels)),
+            )
+        };
+        assert!(Notification::from_slice(deep(100).as_bytes(), 1 << 20).is_ok());
+        let error = Notification::from_slice(deep(60_000).as_bytes(), 1 << 20).unwrap_err();
+        assert_eq!(error.kind(), "not_json");
+        assert!(error.to_string().contains("recursion limit"), "{error}");
+    }
+
+    #[test]
+    fn huge_numbers() {
+        let with_ts = |ts: &str| SEED_PHP_AE.replace("1764290000", ts);
+        let parse = |text: String| Notification::from_slice(text.as_bytes(), 1 << 16);
+        // ts must fit an i64 and be an integer.
+        assert_eq!(parse(with_ts("9223372036854775807")).unwrap().ts, i64::MAX);
+        for ts in [
+            "9223372036854775808",
+            "1e3",
+            "1.5",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(parse(with_ts(ts)).unwrap_err().kind(), "wrong_type", "{ts}");
+        }
+        // Beyond f64: not JSON this parser can represent.
+        assert_eq!(parse(with_ts("1e400")).unwrap_err().kind(), "not_json");
+        // Big numbers in extra fields are kept and round-trip.
+        let extra = SEED_PHP_AE.replace("\"ts\"", "\"n\":1e300,\"m\":-18446744073709551615,\"ts\"");
+        let parsed = parse(extra).unwrap();
+        let again = Notification::from_slice(parsed.to_json().as_bytes(), 1 << 16).unwrap();
+        assert_eq!(parsed, again);
+    }
+
+    #[test]
+    fn invalid_utf8_anywhere_is_not_utf8() {
+        let mut bytes = SEED_PHP_AE.as_bytes().to_vec();
+        let at = SEED_PHP_AE.find("title").unwrap() + 8; // first byte of the Arabic title
+        bytes[at] = 0xC0; // overlong lead byte, never valid
+        assert_eq!(
+            Notification::from_slice(&bytes, 1 << 16).unwrap_err(),
+            PayloadError::NotUtf8(at)
+        );
+        // An escaped lone surrogate is not a string either.
+        let lone = SEED_PHP_AE.replace("أخبار", "\\ud800");
+        assert_eq!(
+            Notification::from_slice(lone.as_bytes(), 1 << 16)
+                .unwrap_err()
+                .kind(),
+            "not_json"
+        );
+    }
+
+    #[test]
+    fn only_http_thumbnails_are_accepted() {
+        let with = |thumbnail: &str| {
+            let text = SEED_PHP_AE.replace(
+                "https://i.ytimg.com/vi/dQw4w9WgXcQ/hqdefault.jpg",
+                thumbnail,
+            );
+            Notification::from_slice(text.as_bytes(), 1 << 16)
+        };
+        for bad in [
+            "javascript:alert(1)",
+            "JavaScript:alert(1)",
+            " javascript:alert(1)",
+            "\\u0000javascript:alert(1)",
+            "data:image/png;base64,AAAA",
+            "//evil.example/a.jpg",
+            "https:alert(1)",
+            "http://\\\"onerror=alert(1)",
+            "https://a.example/\\u0000.jpg",
+            "https://a.example/<svg>",
+        ] {
+            assert_eq!(with(bad).unwrap_err().kind(), "bad_thumbnail", "{bad}");
+        }
+        assert!(with("HTTPS://I.YTIMG.COM/vi/x.jpg").is_ok());
+    }
+
+    /// Found by the `payload` fuzz target: serde_json's fast float parser read `0.3e050` as
+    /// 2.999999999999999e49, which re-serialised and re-parsed to a different number, so an
+    /// extra field reached browsers changed. Floats are now parsed correctly rounded.
+    #[test]
+    fn floats_in_extra_fields_round_trip_exactly() {
+        let text = SEED_PHP_AE.replace("\"ts\"", "\"x\":[0.3e050,2.2250738585072011e-308],\"ts\"");
+        let parsed = Notification::from_slice(text.as_bytes(), 1 << 16).unwrap();
+        assert_eq!(parsed.extra["x"][0].as_f64(), Some(3e49));
+        let again = Notification::from_slice(parsed.to_json().as_bytes(), 1 << 16).unwrap();
+        assert_eq!(again, parsed);
     }
 }

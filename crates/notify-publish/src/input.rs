@@ -92,16 +92,7 @@ fn flag_of(error: &PayloadError) -> &'static str {
 /// a missing `rtl` comes from the region. The line, and the canonical JSON it becomes, must
 /// fit in `max_bytes` (the gateway drops larger payloads).
 pub fn parse_line(line: &[u8], now: i64, max_bytes: usize) -> Result<Notification, PayloadError> {
-    if line.len() > max_bytes {
-        return Err(PayloadError::TooLarge {
-            size: line.len(),
-            limit: max_bytes,
-        });
-    }
-    let text =
-        std::str::from_utf8(line).map_err(|error| PayloadError::NotUtf8(error.valid_up_to()))?;
-    let mut value: Value =
-        serde_json::from_str(text).map_err(|error| PayloadError::NotJson(error.to_string()))?;
+    let mut value = notify_proto::notification::parse_json(line, max_bytes)?;
     if let Value::Object(fields) = &mut value {
         if matches!(fields.get("ts"), None | Some(Value::Null)) {
             fields.insert("ts".into(), now.into());
