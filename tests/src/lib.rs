@@ -14,11 +14,17 @@
 //!   same port, killed on drop.
 //! - [`Gateway`]: a `notify-gateway` child process with helpers for HTTP and WebSocket clients.
 //! - [`run_publish`]: runs `notify-publish` to completion with optional stdin.
+//! - [`certs`]: a private CA and the certificates it signs, for the TLS tests; a gateway
+//!   serving TLS is [`Gateway::start_tls`], a Redis speaking only TLS is
+//!   [`RedisServer::start_tls`].
+
+pub mod certs;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -84,6 +90,21 @@ where
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    tls: Option<RedisServerTls>,
+}
+
+/// The PEM files of a Redis that speaks only TLS ([`RedisServer::start_tls`]).
+#[derive(Debug, Clone)]
+pub struct RedisServerTls {
+    /// The server's certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The CA that signed it, and that client certificates must be signed by.
+    pub ca: PathBuf,
+    /// When set, the server requires a client certificate (`--tls-auth-clients yes`) and the
+    /// harness's own client presents this one (certificate, key).
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 impl RedisServer {
@@ -92,9 +113,34 @@ impl RedisServer {
         Self::start_on(free_port()).await
     }
 
+    /// Starts `redis-server` listening only with TLS (`--port 0 --tls-port P`), with the
+    /// certificates in `tls`, and waits until it answers PING over TLS.
+    pub async fn start_tls(tls: RedisServerTls) -> Result<Self> {
+        Self::start_with(free_port(), Some(tls)).await
+    }
+
     async fn start_on(port: u16) -> Result<Self> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string()])
+        Self::start_with(port, None).await
+    }
+
+    async fn start_with(port: u16, tls: Option<RedisServerTls>) -> Result<Self> {
+        let mut command = Command::new("redis-server");
+        match &tls {
+            None => command.args(["--port", &port.to_string()]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args([
+                    "--tls-auth-clients",
+                    if tls.client.is_some() { "yes" } else { "no" },
+                ]),
+        };
+        let child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--dir", &std::env::temp_dir().to_string_lossy()])
             .stdout(Stdio::null())
@@ -104,6 +150,7 @@ impl RedisServer {
         let server = RedisServer {
             child: Some(child),
             port,
+            tls,
         };
         let client = server.client();
         let up = wait_until(Duration::from_secs(10), || {
@@ -125,9 +172,14 @@ impl RedisServer {
         Ok(server)
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`, or `rediss://…` when it speaks TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The port it listens on.
@@ -137,7 +189,21 @@ impl RedisServer {
 
     /// A client for direct commands (raw `PUBLISH`, `CLIENT KILL`).
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("valid redis url")
+        let Some(tls) = &self.tls else {
+            return redis::Client::open(self.url()).expect("valid redis url");
+        };
+        let read = |path: &Path| std::fs::read(path).expect("the test's own PEM file");
+        let certificates = redis::TlsCertificates {
+            client_tls: tls
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: read(cert),
+                    client_key: read(key),
+                }),
+            root_cert: Some(read(&tls.ca)),
+        };
+        redis::Client::build_with_tls(self.url(), certificates).expect("valid TLS settings")
     }
 
     /// A multiplexed connection.
@@ -182,7 +248,7 @@ impl RedisServer {
     /// Starts the server again on the same port (after [`kill`](Self::kill)).
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();
-        let restarted = Self::start_on(self.port).await?;
+        let restarted = Self::start_with(self.port, self.tls.clone()).await?;
         *self = restarted;
         Ok(())
     }
@@ -201,6 +267,8 @@ pub struct Gateway {
     child: Option<Child>,
     addr: SocketAddr,
     args: Vec<String>,
+    /// Set for a gateway serving TLS: the CA its certificate is checked against.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Gateway {
@@ -210,6 +278,14 @@ impl Gateway {
     pub async fn start(args: &[&str]) -> Result<Self> {
         let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
         Self::start_on(free_port(), args).await
+    }
+
+    /// Starts a gateway serving TLS (`args` carry `--tls-cert`/`--tls-key`) and waits until
+    /// `https://…/healthz` answers; its helpers then speak `https://` and `wss://`, trusting
+    /// only `tls` (e.g. [`certs::TestCa::client_config`]).
+    pub async fn start_tls(args: &[&str], tls: Arc<rustls::ClientConfig>) -> Result<Self> {
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        Self::start_with(free_port(), args, Some(tls)).await
     }
 
     /// Starts a gateway listening on all IPv4 interfaces (`0.0.0.0`, a non-loopback listen
@@ -229,6 +305,14 @@ impl Gateway {
     }
 
     async fn start_on(port: u16, args: Vec<String>) -> Result<Self> {
+        Self::start_with(port, args, None).await
+    }
+
+    async fn start_with(
+        port: u16,
+        args: Vec<String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self> {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let all_interfaces = args.first().is_some_and(|first| first == "all-interfaces");
         let args = if all_interfaces {
@@ -288,6 +372,7 @@ impl Gateway {
             child: Some(child),
             addr,
             args,
+            tls,
         };
         let healthy = wait_until(Duration::from_secs(10), || async {
             matches!(gateway.get("/healthz").await, Ok((200, _)))
@@ -304,14 +389,28 @@ impl Gateway {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when it serves TLS).
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// `ws://127.0.0.1:PORT{path_and_query}`.
+    /// `ws://127.0.0.1:PORT{path_and_query}` (`wss://` when it serves TLS).
     pub fn ws_url(&self, path_and_query: &str) -> String {
-        format!("ws://{}{}", self.addr, path_and_query)
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}{}", self.addr, path_and_query)
+    }
+
+    /// An HTTP client for this gateway: trusts its test CA when it serves TLS.
+    pub fn http(&self) -> reqwest::Client {
+        match &self.tls {
+            None => http_client(),
+            Some(tls) => reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .tls_backend_preconfigured(rustls::ClientConfig::clone(tls))
+                .build()
+                .expect("https client"),
+        }
     }
 
     /// The child's process id.
@@ -321,7 +420,8 @@ impl Gateway {
 
     /// `GET path`, returning status and body.
     pub async fn get(&self, path: &str) -> Result<(u16, String)> {
-        let response = http_client()
+        let response = self
+            .http()
             .get(format!("{}{}", self.http_url(), path))
             .send()
             .await?;
@@ -350,9 +450,15 @@ impl Gateway {
 
     /// Opens a WebSocket to `path_and_query` (e.g. `/?region=AE`).
     pub async fn connect(&self, path_and_query: &str) -> Result<WsClient> {
-        let (socket, _) = tokio_tungstenite::connect_async(self.ws_url(path_and_query))
-            .await
-            .with_context(|| format!("connecting to {path_and_query}"))?;
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+            self.ws_url(path_and_query),
+            None,
+            false,
+            connector,
+        )
+        .await
+        .with_context(|| format!("connecting to {path_and_query}"))?;
         Ok(socket)
     }
 
@@ -410,7 +516,8 @@ impl Gateway {
         self.kill();
         let port = self.addr.port();
         let args = std::mem::take(&mut self.args);
-        *self = Self::start_on(port, args).await?;
+        let tls = self.tls.take();
+        *self = Self::start_with(port, args, tls).await?;
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! same binary runs from a shell, a systemd unit or a container spec.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -24,10 +25,34 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_LISTEN", default_value = "127.0.0.1:8765")]
     pub listen: SocketAddr,
 
-    /// Redis URL (redis://[:password@]host:port[/db]). Without it the embedded single-node
-    /// broker is used.
-    #[arg(long, env = "NOTIFY_REDIS_URL")]
+    /// Redis URL (redis://[:password@]host:port[/db], or rediss:// for TLS). Without it the
+    /// embedded single-node broker is used.
+    #[arg(long, env = "NOTIFY_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// PEM file of the CA that signed the Redis server's certificate (rediss://), instead of
+    /// the system's roots.
+    #[arg(long, env = "NOTIFY_REDIS_CA_CERT", value_name = "FILE")]
+    pub redis_ca_cert: Option<PathBuf>,
+
+    /// PEM certificate presented to Redis when it asks for one (rediss://; with
+    /// --redis-client-key).
+    #[arg(
+        long,
+        env = "NOTIFY_REDIS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "redis_client_key"
+    )]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert.
+    #[arg(
+        long,
+        env = "NOTIFY_REDIS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "redis_client_cert"
+    )]
+    pub redis_client_key: Option<PathBuf>,
 
     /// How often the Redis subscription is checked with PING; a link that stops answering is
     /// dropped and re-established (and /readyz says 503 meanwhile).
@@ -87,7 +112,31 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_WS_WRITE_BUFFER_BYTES", default_value_t = 4096)]
     pub ws_write_buffer_bytes: usize,
 
-    /// Time a new connection has to send its complete HTTP request head.
+    /// PEM certificate chain (leaf first): serve https:// and wss:// on --listen. Reloaded
+    /// when the file changes or on SIGHUP. Needs --tls-key.
+    #[arg(
+        long,
+        env = "NOTIFY_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "NOTIFY_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// How often --tls-cert and --tls-key are checked for a new certificate.
+    #[arg(long, env = "NOTIFY_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+
+    /// Time a new connection has to finish its TLS handshake, and then to send its complete
+    /// HTTP request head.
     #[arg(long, env = "NOTIFY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 
@@ -117,6 +166,25 @@ pub struct GatewayConfig {
     pub log_format: LogFormat,
 }
 
+impl GatewayConfig {
+    /// The certificate files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
+
+    /// The Redis TLS files (CA, client certificate and key), for rediss:// URLs.
+    pub fn redis_tls(&self) -> notify_core::broker::redis_tls::RedisTls {
+        notify_core::broker::redis_tls::RedisTls::from_files(
+            self.redis_ca_cert.clone(),
+            self.redis_client_cert.clone(),
+            self.redis_client_key.clone(),
+        )
+    }
+}
+
 fn parse_region(input: &str) -> Result<Region, String> {
     Region::parse(input.trim()).map_err(|error| error.to_string())
 }
@@ -132,6 +200,31 @@ mod tests {
         let regions: Vec<&str> = config.regions.iter().map(Region::as_str).collect();
         assert_eq!(regions, ["AE", "FI", "CZ", "DK", "BE", "GB", "CH", "US"]);
         assert!(config.redis_url.is_none());
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        for flag in ["--tls-cert", "--tls-key"] {
+            let error =
+                GatewayConfig::try_parse_from(["notify-gateway", flag, "x.pem"]).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument
+            );
+            assert_eq!(error.exit_code(), 2);
+        }
+        let both = GatewayConfig::try_parse_from([
+            "notify-gateway",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .unwrap();
+        assert_eq!(both.tls_files().unwrap().key, PathBuf::from("k.pem"));
+        assert!(
+            GatewayConfig::try_parse_from(["notify-gateway", "--redis-client-cert", "c"]).is_err()
+        );
     }
 
     #[test]

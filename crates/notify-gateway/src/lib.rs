@@ -8,6 +8,7 @@
 //! - [`config`]: flags and `NOTIFY_*` environment variables.
 //! - [`server`]: shared state, HTTP routes, the accept loop, shutdown and drain.
 //! - [`socket`]: one WebSocket connection: batching writes, pings, close codes.
+//! - [`tls`]: TLS for clients (`wss://`, `https://`) and certificate reload.
 //! - [`capacity`]: the open-files limit and connection slots.
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`assets`]: the demo page and browser client compiled into the binary.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod server;
 pub mod socket;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::GatewayConfig;
 pub use server::run;

@@ -5,6 +5,8 @@
 //! our own (hyper's HTTP/1 connection builder) so that we control what ops need and
 //! `axum::serve` does not expose: the handshake (request head) timeout, `TCP_NODELAY`, and
 //! accept errors such as EMFILE, which pause the loop briefly instead of killing or spinning it.
+//! With `--tls-cert`/`--tls-key` each connection first completes its TLS handshake
+//! ([`crate::tls`]), in its own task and under the handshake timeout, then speaks HTTP/1.1.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,7 +31,9 @@ use notify_proto::{ChannelNames, Notification, Region, StreamId};
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
@@ -39,6 +43,7 @@ use crate::capacity::{self, ConnectionSlots};
 use crate::config::GatewayConfig;
 use crate::socket::{self, Connection};
 use crate::telemetry::{self, ConnectionMetrics};
+use crate::tls::TlsTerminator;
 
 /// The region a WebSocket gets when the URL names none (the seed's default).
 const DEFAULT_REGION: Region = notify_proto::SEED_REGIONS[7];
@@ -129,6 +134,10 @@ pub async fn run(
         "connection capacity"
     );
 
+    let tls = match config.tls_files() {
+        Some(files) => Some(TlsTerminator::new(files).context("loading the TLS certificate")?),
+        None => None,
+    };
     let hub = Arc::new(Hub::new(config.regions.iter().copied(), config.queue_limit));
     let history_capacity = match config.redis_url {
         Some(_) => config.history_cache,
@@ -144,6 +153,7 @@ pub async fn run(
     let broker = match &config.redis_url {
         Some(url) => {
             let mut redis_config = RedisBrokerConfig::new(url.clone());
+            redis_config.tls = config.redis_tls();
             redis_config.retention = config.history_retention;
             redis_config.ping_interval = config.redis_ping_interval;
             let (broker, _task) =
@@ -186,10 +196,22 @@ pub async fn run(
         draining: AtomicBool::new(false),
     });
     let region_list: Vec<&str> = regions.iter().map(Region::as_str).collect();
+    let (http, ws) = if tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     tracing::info!(
-        "listening on http://{local_addr}/ (WebSocket: ws://{local_addr}/?region=XX; regions {})",
+        "listening on {http}://{local_addr}/ (WebSocket: {ws}://{local_addr}/?region=XX; regions {})",
         region_list.join(",")
     );
+    let tls_watch_stop = CancellationToken::new();
+    if let Some(tls) = &tls {
+        tokio::spawn(
+            tls.clone()
+                .watch(config.tls_reload_interval, tls_watch_stop.clone()),
+        );
+    }
 
     let tracker = TaskTracker::new();
     let router = router(Arc::clone(&app), tracker.clone());
@@ -198,6 +220,7 @@ pub async fn run(
         listener,
         router,
         config.handshake_timeout,
+        tls.as_ref().map(TlsTerminator::acceptor),
         tracker.clone(),
         accept_stop.clone(),
         app.closing.clone(),
@@ -229,6 +252,7 @@ pub async fn run(
         );
     }
     broker_shutdown.cancel();
+    tls_watch_stop.cancel();
     tracing::info!("stopped");
     Ok(())
 }
@@ -238,6 +262,7 @@ async fn accept_loop(
     listener: TcpListener,
     router: Router,
     handshake_timeout: Duration,
+    tls: Option<TlsAcceptor>,
     tracker: TaskTracker,
     stop: CancellationToken,
     closing: CancellationToken,
@@ -258,6 +283,7 @@ async fn accept_loop(
                     peer,
                     service,
                     handshake_timeout,
+                    tls.clone(),
                     closing,
                 ));
             }
@@ -286,14 +312,49 @@ fn is_per_connection_error(error: &std::io::Error) -> bool {
     )
 }
 
+/// Serves one accepted connection: the TLS handshake first when TLS is on (bounded by
+/// `handshake_timeout` and by shutdown), then HTTP/1.1.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
     handshake_timeout: Duration,
+    tls: Option<TlsAcceptor>,
     closing: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        return serve_http(stream, peer, router, handshake_timeout, closing).await;
+    };
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => handshake,
+        () = closing.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => serve_http(stream, peer, router, handshake_timeout, closing).await,
+        Ok(Err(error)) => {
+            metrics::counter!("notify_tls_handshake_failures_total", "reason" => "error")
+                .increment(1);
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+        }
+        Err(_elapsed) => {
+            metrics::counter!("notify_tls_handshake_failures_total", "reason" => "timeout")
+                .increment(1);
+            tracing::debug!(%peer, timeout = ?handshake_timeout, "TLS handshake timed out");
+        }
+    }
+}
+
+/// HTTP/1.1 with upgrades on a plain or TLS stream, until it ends or shutdown asks it to.
+async fn serve_http<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    handshake_timeout: Duration,
+    closing: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |request| router.clone().call(request));
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

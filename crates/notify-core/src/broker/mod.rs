@@ -10,6 +10,7 @@
 
 pub mod embedded;
 pub mod redis;
+pub mod redis_tls;
 
 use notify_proto::{Notification, StreamId};
 
@@ -72,6 +73,23 @@ pub enum BrokerError {
         /// The URL as given, password masked.
         url: String,
         /// The parser's complaint.
+        source: ::redis::RedisError,
+    },
+    /// A file named for Redis TLS (`--redis-ca-cert`, a client certificate or key) could
+    /// not be read.
+    #[error("cannot read {}", path.display())]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS settings do not fit the URL (not `rediss://`) or hold no usable PEM.
+    #[error("cannot set up TLS to Redis at {url}: {source}")]
+    TlsSetup {
+        /// The URL, password masked.
+        url: String,
+        /// The Redis client's complaint.
         source: ::redis::RedisError,
     },
     /// Redis did not answer in time or refused the command.

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::redis_tls::{redis_client, RedisTls};
 use super::{BrokerError, BrokerState, PublishReceipt, Replay};
 use crate::backoff::Backoff;
 use crate::history::Lookup;
@@ -147,6 +148,8 @@ pub struct RedisBrokerConfig {
     pub retention: usize,
     /// How often the subscription connection is checked with `PING`.
     pub ping_interval: Duration,
+    /// CA and client certificate for a `rediss://` URL.
+    pub tls: RedisTls,
 }
 
 impl RedisBrokerConfig {
@@ -160,6 +163,7 @@ impl RedisBrokerConfig {
             backoff_cap: Duration::from_secs(5),
             retention: DEFAULT_RETENTION,
             ping_interval: Duration::from_secs(5),
+            tls: RedisTls::default(),
         }
     }
 }
@@ -184,11 +188,7 @@ where
         ingest: Arc<Ingest<T>>,
         shutdown: CancellationToken,
     ) -> Result<(Self, JoinHandle<()>), BrokerError> {
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|source| BrokerError::InvalidUrl {
-                url: redact_url(&config.url),
-                source,
-            })?;
+        let client = redis_client(&config.url, &config.tls)?;
         let (state_sender, state) = watch::channel(BrokerState::Connecting);
         let streams = StreamReader {
             client: client.clone(),
