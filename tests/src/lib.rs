@@ -189,6 +189,7 @@ impl RedisServer {
 
     /// A client for direct commands (raw `PUBLISH`, `CLIENT KILL`).
     pub fn client(&self) -> redis::Client {
+        install_crypto_provider();
         let Some(tls) = &self.tls else {
             return redis::Client::open(self.url()).expect("valid redis url");
         };
@@ -403,6 +404,7 @@ impl Gateway {
 
     /// An HTTP client for this gateway: trusts its test CA when it serves TLS.
     pub fn http(&self) -> reqwest::Client {
+        install_crypto_provider();
         match &self.tls {
             None => http_client(),
             Some(tls) => reqwest::Client::builder()
@@ -530,10 +532,17 @@ impl Drop for Gateway {
 
 /// A shared HTTP client for test requests.
 pub fn http_client() -> reqwest::Client {
+    install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client")
+}
+
+/// reqwest and redis use rustls without choosing a crypto provider; ring is the one this
+/// workspace builds. An error only means one is installed already.
+pub fn install_crypto_provider() {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Reads the next text frame within `timeout`, skipping pings/pongs. `None` on timeout.
