@@ -2,12 +2,15 @@
 //! test and reloaded while it runs, a `redis-server` that speaks only TLS, and
 //! `notify-publish` over both.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use notify_tests::certs::{CertDir, Issued, TestCa, Usage};
-use notify_tests::{binary, next_json, seed_payload, wait_until, Gateway};
+use notify_tests::{
+    binary, next_json, run_publish, seed_payload, wait_until, Gateway, RedisServer, RedisServerTls,
+};
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -318,4 +321,267 @@ fn tls_flags_must_come_together_and_load() {
         stderr.contains("loading the TLS certificate") && stderr.contains("bad.crt"),
         "{stderr}"
     );
+}
+
+/// The flags of one valid notification for `region`.
+fn notification_flags(region: &str, video_id: &str) -> Vec<String> {
+    [
+        "--region",
+        region,
+        "--video-id",
+        video_id,
+        "--title",
+        "over TLS",
+        "--thumbnail",
+        "https://i.ytimg.com/vi/x/hqdefault.jpg",
+        "--channel",
+        "c",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Runs `notify-publish` off the async runtime with `args` then the flags of one message.
+async fn publish_one(args: Vec<String>, region: &str, video_id: &str) -> std::process::Output {
+    let mut args = args;
+    args.extend(notification_flags(region, video_id));
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_publish(&args, None).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// A Redis that speaks only TLS with a certificate from `ca`; with `client` it also requires
+/// a client certificate, and this one is written for the clients.
+struct TlsRedis {
+    server: RedisServer,
+    ca_file: String,
+    /// (certificate, key) files of a client certificate signed by the same CA.
+    client: (String, String),
+    _dir: CertDir,
+}
+
+async fn tls_redis(require_client_cert: bool) -> TlsRedis {
+    let ca = TestCa::new("redis test CA").unwrap();
+    let dir = CertDir::new().unwrap();
+    let ca_file = dir.write("ca.crt", &ca.cert_pem).unwrap();
+    let (cert, key) = dir
+        .write_pair("redis", &ca.issue("redis", 10, Usage::Server).unwrap())
+        .unwrap();
+    let (client_cert, client_key) = dir
+        .write_pair("client", &ca.issue("publisher", 11, Usage::Client).unwrap())
+        .unwrap();
+    let server = RedisServer::start_tls(RedisServerTls {
+        cert,
+        key,
+        ca: ca_file.clone(),
+        client: require_client_cert.then(|| (client_cert.clone(), client_key.clone())),
+    })
+    .await
+    .expect("redis-server with TLS");
+    TlsRedis {
+        server,
+        ca_file: arg(&ca_file),
+        client: (arg(&client_cert), arg(&client_key)),
+        _dir: dir,
+    }
+}
+
+fn arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+#[tokio::test]
+async fn rediss_from_the_cli_through_the_gateway_to_a_websocket() {
+    let redis = tls_redis(false).await;
+    let url = redis.server.url();
+    assert!(url.starts_with("rediss://"));
+    let gateway = Gateway::start(&["--redis-url", &url, "--redis-ca-cert", &redis.ca_file])
+        .await
+        .unwrap();
+    assert!(
+        gateway.wait_ready_status(200, WAIT).await,
+        "gateway never subscribed over TLS"
+    );
+    let mut client = gateway.connect_counted("/?region=CZ", "CZ").await.unwrap();
+
+    let args = vec![
+        "--redis-url".into(),
+        url.clone(),
+        "--redis-ca-cert".into(),
+        redis.ca_file.clone(),
+    ];
+    let output = publish_one(args, "CZ", "rediss1").await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("1 subscriber"), "{stdout}");
+    assert_eq!(
+        next_json(&mut client, WAIT).await.expect("delivered")["video_id"],
+        "rediss1"
+    );
+}
+
+#[tokio::test]
+async fn redis_that_requires_client_certificates() {
+    let redis = tls_redis(true).await;
+    let url = redis.server.url();
+    let (cert, key) = &redis.client;
+    let with_cert = [
+        "--redis-url",
+        &url,
+        "--redis-ca-cert",
+        &redis.ca_file,
+        "--redis-client-cert",
+        cert,
+        "--redis-client-key",
+        key,
+    ];
+    let gateway = Gateway::start(&with_cert).await.unwrap();
+    assert!(
+        gateway.wait_ready_status(200, WAIT).await,
+        "client certificate not accepted"
+    );
+    let mut client = gateway.connect_counted("/?region=BE", "BE").await.unwrap();
+    let output = publish_one(with_cert.map(str::to_owned).to_vec(), "BE", "mtls1").await;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        next_json(&mut client, WAIT).await.expect("delivered")["video_id"],
+        "mtls1"
+    );
+
+    // Without a client certificate: the CLI is refused (69) and a gateway never gets ready.
+    let without = vec![
+        "--redis-url".into(),
+        url.clone(),
+        "--redis-ca-cert".into(),
+        redis.ca_file.clone(),
+    ];
+    let output = publish_one(without, "BE", "nocert").await;
+    assert_eq!(
+        output.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let refused = Gateway::start(&["--redis-url", &url, "--redis-ca-cert", &redis.ca_file])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(refused.get("/readyz").await.unwrap().0, 503);
+    // The first gateway is still subscribed.
+    assert_eq!(gateway.get("/readyz").await.unwrap().0, 200);
+}
+
+/// A gateway child whose log goes to a file, killed on drop.
+struct LoggedGateway {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    http: String,
+}
+
+impl Drop for LoggedGateway {
+    fn drop(&mut self) {
+        if let Err(error) = self.child.kill() {
+            eprintln!("killing the gateway: {error}");
+        }
+        let _reaped = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_redis_ca_fails_clearly() {
+    let redis = tls_redis(false).await;
+    let url = redis.server.url();
+    let dir = CertDir::new().unwrap();
+    let stranger = dir
+        .write("other-ca.crt", &TestCa::new("other CA").unwrap().cert_pem)
+        .unwrap();
+    let stranger = arg(&stranger);
+
+    let args = vec![
+        "--redis-url".into(),
+        url.clone(),
+        "--redis-ca-cert".into(),
+        stranger.clone(),
+    ];
+    let output = publish_one(args, "GB", "wrong-ca").await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains("certificate"),
+        "names the TLS failure: {stderr}"
+    );
+
+    let port = notify_tests::free_port();
+    let log = dir.path().join("gateway.log");
+    let child = Command::new(binary("notify-gateway"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--redis-url", &url, "--redis-ca-cert", &stranger])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let gateway = LoggedGateway {
+        child,
+        log,
+        http: format!("http://127.0.0.1:{port}"),
+    };
+    let http = notify_tests::http_client();
+    let logged = wait_until(WAIT, || async {
+        std::fs::read_to_string(&gateway.log).is_ok_and(|text| text.contains("UnknownIssuer"))
+    })
+    .await;
+    let text = std::fs::read_to_string(&gateway.log).unwrap();
+    assert!(logged, "the log does not name the TLS failure:\n{text}");
+    assert!(text.contains("cannot subscribe to Redis"), "{text}");
+    let ready = http
+        .get(format!("{}/readyz", gateway.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+}
+
+#[tokio::test]
+async fn cli_publishes_to_an_https_gateway_with_a_private_ca() {
+    let certs = gateway_certs();
+    let gateway = tls_gateway(&certs, &[]).await;
+    let mut client = gateway.connect_counted("/?region=CH", "CH").await.unwrap();
+    let ca_file = arg(&certs.dir.write("ca.crt", &certs.ca.cert_pem).unwrap());
+    let url = gateway.http_url();
+
+    let trusted = vec![
+        "--gateway-url".into(),
+        url.clone(),
+        "--ca-cert".into(),
+        ca_file,
+    ];
+    let output = publish_one(trusted, "CH", "https1").await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(&format!("via {url}")), "{stdout}");
+    assert_eq!(
+        next_json(&mut client, WAIT).await.expect("delivered")["video_id"],
+        "https1"
+    );
+
+    // Without the CA the gateway's certificate is not trusted: unavailable, and says why.
+    let output = publish_one(vec!["--gateway-url".into(), url], "CH", "untrusted").await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
 }

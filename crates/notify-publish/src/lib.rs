@@ -104,13 +104,15 @@ async fn connect(cli: &Cli) -> Result<Sink, PublishError> {
     match &cli.gateway_url {
         Some(url) => Ok(Sink::Gateway(GatewaySink::new(
             url,
-            cli.api_key.clone(),
+            cli.api_key().map(str::to_owned),
+            cli.ca_cert.as_deref(),
             cli.timeout,
             usize::from(cli.concurrency),
         )?)),
         None => Ok(Sink::Redis(
             RedisSink::connect(
                 &cli.redis_url,
+                &cli.redis_tls(),
                 &cli.channel_prefix,
                 cli.retention,
                 cli.timeout,
@@ -146,8 +148,8 @@ async fn run_single<O: Write, E: Write>(
 /// Valid messages published per round trip window: the Redis pipeline chunk.
 pub const WINDOW_MESSAGES: usize = sink::REDIS_PIPELINE_CHUNK;
 
-/// Canonical JSON bytes per window: with the largest payloads a window holds fewer messages,
-/// so the memory a run holds stays about this much whatever the input.
+/// Input bytes per window: with the largest payloads a window holds fewer messages, so the
+/// memory a run holds stays about this much whatever the input.
 pub const WINDOW_BYTES: usize = 1024 * 1024;
 
 /// A window that is not full is published once the input pauses this long, so a slow
@@ -203,7 +205,7 @@ async fn run_batch<O: Write, E: Write>(
         };
         non_blank += 1;
         match line.parsed {
-            Ok(notification) => publisher.push(line.number, notification),
+            Ok(notification) => publisher.push(line.number, line.bytes, notification),
             Err(error) => reporter.bad(line.number, &error.to_string()),
         }
         if publisher.is_full() {
@@ -245,8 +247,8 @@ struct WindowPublisher<'a> {
 }
 
 impl WindowPublisher<'_> {
-    fn push(&mut self, number: usize, notification: Notification) {
-        self.window_bytes += notification.to_json().len();
+    fn push(&mut self, number: usize, bytes: usize, notification: Notification) {
+        self.window_bytes += bytes;
         self.window.push((number, notification));
     }
 

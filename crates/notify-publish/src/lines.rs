@@ -40,6 +40,8 @@ pub enum LineError {
 pub struct Line {
     /// 1-based line number in the input, blank lines included.
     pub number: usize,
+    /// Its length in bytes, as far as it was read (at most the limit and a few bytes).
+    pub bytes: usize,
     /// The notification, or why the line is not one.
     pub parsed: Result<Notification, LineError>,
 }
@@ -87,6 +89,7 @@ impl<R: AsyncRead + Unpin> InputLines<R> {
                 Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
                     return Some(Ok(Line {
                         number: self.number,
+                        bytes: self.max_bytes,
                         parsed: Err(LineError::TooLong {
                             limit: self.max_bytes,
                         }),
@@ -104,6 +107,7 @@ impl<R: AsyncRead + Unpin> InputLines<R> {
             }
             return Some(Ok(Line {
                 number: self.number,
+                bytes: line.len(),
                 parsed: parse_line(line, self.now, self.max_bytes).map_err(LineError::from),
             }));
         }

@@ -74,14 +74,15 @@ end
 return {last, deleted, first, entries}
 "#;
 
-/// `redis://user:secret@host` → `redis://user:***@host`: a Redis URL fit for logs and error
-/// messages.
+/// `redis://user:secret@host` → `redis://user:***@host`: a URL fit for logs and error
+/// messages. The user information ends at the last `@` before any `?` or `#`, since a password
+/// may hold `/` or `@` (a host holds neither); over-masking a path with an `@` is the safe side.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    let searched_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    match rest[..searched_end].rfind('@') {
         Some(at) => {
             let userinfo = &rest[..at];
             let user = userinfo.split(':').next().unwrap_or("");
@@ -610,6 +611,15 @@ mod tests {
         );
         assert_eq!(redact_url("redis://:s3cret@h/0"), "redis://:***@h/0");
         assert_eq!(redact_url("redis://token@h"), "redis://***@h");
+        assert_eq!(
+            redact_url("redis://:pa/ss@h:6379/0"),
+            "redis://:***@h:6379/0"
+        );
+        assert_eq!(redact_url("rediss://u:a@b/c@h/0"), "rediss://u:***@h/0");
+        assert_eq!(
+            redact_url("https://gw:8443/api?x=@"),
+            "https://gw:8443/api?x=@"
+        );
         assert_eq!(redact_url("unix:/tmp/redis.sock"), "unix:/tmp/redis.sock");
     }
 
