@@ -585,3 +585,32 @@ async fn cli_publishes_to_an_https_gateway_with_a_private_ca() {
     assert_eq!(output.status.code(), Some(69), "{stderr}");
     assert!(stderr.contains("certificate"), "{stderr}");
 }
+
+#[tokio::test]
+async fn bench_connects_over_wss_with_its_ca() {
+    let certs = gateway_certs();
+    let gateway = tls_gateway(&certs, &[]).await;
+    let ca_file = arg(&certs.dir.write("ca.crt", &certs.ca.cert_pem).unwrap());
+    let pid = gateway.pid().unwrap().to_string();
+    let gateway_url = format!("https://{}", gateway.addr());
+    let output = tokio::process::Command::new(binary("notify-bench"))
+        .args(["idle", "--clients", "20", "--timeout", "30s"])
+        .args([
+            "--gateway",
+            &gateway_url,
+            "--tls-ca",
+            &ca_file,
+            "--gateway-pid",
+            &pid,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    assert_eq!(report["connected"], 20, "{report}");
+    assert_eq!(report["handshake_failures"], 0, "{report}");
+}
