@@ -6,6 +6,9 @@
 #   scripts/bench.sh full             the runs behind docs/BENCHMARKS.md (current gateway), ~12 minutes
 #   scripts/bench.sh idle|fanout|latency|sweep|churn|buffers
 #                                     one group of the full set
+#   scripts/bench.sh soak [notify-bench soak args...]
+#                                     the soak (its own redis-server and gateways), e.g.
+#                                     scripts/bench.sh soak --clients 2000 --duration 10m --fault-interval 20s
 #   scripts/bench.sh run <scenario> [notify-bench args...]
 #                                     one run against a fresh gateway, e.g.
 #                                     scripts/bench.sh run latency --clients 10000 --rate 50 --duration 5s
@@ -41,7 +44,7 @@ if [ -z "$mode" ] || [ "$mode" = "-h" ] || [ "$mode" = "--help" ]; then
 fi
 shift || true
 case "$mode" in
-  quick | full | idle | fanout | latency | sweep | churn | buffers | run) ;;
+  quick | full | idle | fanout | latency | sweep | churn | buffers | run | soak) ;;
   *)
     echo "bench.sh: unknown mode '$mode' (see scripts/bench.sh --help)" >&2
     exit 2
@@ -73,6 +76,16 @@ fi
 [ -x "$BENCH_BIN" ] || { echo "bench.sh: $BENCH_BIN is not executable" >&2; exit 1; }
 
 mkdir -p "$(dirname "$OUT")"
+if [ "$mode" = "soak" ]; then
+  # The soak starts and restarts its own redis-server and gateways; its JSON verdict is
+  # appended to $OUT, its progress lines go to the terminal. Bounded by its --timeout.
+  status=0
+  "$BENCH_BIN" soak --gateway-bin "$GATEWAY_BIN" "$@" >"$OUT.soak.tmp" || status=$?
+  cat "$OUT.soak.tmp" >>"$OUT"
+  rm -f "$OUT.soak.tmp"
+  echo "== soak verdict appended to $OUT (exit status $status)" >&2
+  exit "$status"
+fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/notify-bench.XXXXXX")"
 REDIS_PID=""
 GATEWAY_PID=""

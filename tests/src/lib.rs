@@ -10,9 +10,11 @@
 //! when one is missing the harness says which command to run.
 //!
 //! # Layout
-//! - [`RedisServer`]: a throwaway `redis-server` on a free loopback port, restartable on the
-//!   same port, killed on drop.
-//! - [`Gateway`]: a `notify-gateway` child process with helpers for HTTP and WebSocket clients.
+//! - [`RedisServer`]: a throwaway `redis-server` on a free loopback port (retried on another
+//!   port if the chosen one is taken), restartable on the same port, killed on drop.
+//! - [`Gateway`]: a `notify-gateway` child process on a port the kernel picks (read back from
+//!   its log), with helpers for HTTP and WebSocket clients; a gateway that dies at start is
+//!   reported with its log.
 //! - [`run_publish`]: runs `notify-publish` to completion with optional stdin.
 //! - [`certs`]: a private CA and the certificates it signs, for the TLS tests; a gateway
 //!   serving TLS is [`Gateway::start_tls`], a Redis speaking only TLS is
@@ -20,11 +22,12 @@
 
 pub mod certs;
 
-use std::io::Write;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -85,6 +88,9 @@ where
     false
 }
 
+/// Attempts at starting `redis-server` on a fresh port when the chosen one was taken meanwhile.
+const REDIS_START_ATTEMPTS: usize = 5;
+
 /// A real `redis-server` on a free loopback port, with persistence off. Killed on drop.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -108,21 +114,36 @@ pub struct RedisServerTls {
 }
 
 impl RedisServer {
-    /// Starts `redis-server` and waits until it answers PING.
+    /// Starts `redis-server` and waits until it answers PING. A port taken between choosing it
+    /// and binding it (another test, another process) is retried on a new port.
     pub async fn start() -> Result<Self> {
-        Self::start_on(free_port()).await
+        Self::start_on_a_free_port(None).await
     }
 
     /// Starts `redis-server` listening only with TLS (`--port 0 --tls-port P`), with the
-    /// certificates in `tls`, and waits until it answers PING over TLS.
+    /// certificates in `tls`, and waits until it answers over TLS; retried like
+    /// [`start`](Self::start).
     pub async fn start_tls(tls: RedisServerTls) -> Result<Self> {
-        Self::start_with(free_port(), Some(tls)).await
+        Self::start_on_a_free_port(Some(tls)).await
     }
 
-    async fn start_on(port: u16) -> Result<Self> {
-        Self::start_with(port, None).await
+    async fn start_on_a_free_port(tls: Option<RedisServerTls>) -> Result<Self> {
+        let mut failures = Vec::new();
+        for _ in 0..REDIS_START_ATTEMPTS {
+            match Self::start_with(free_port(), tls.clone()).await {
+                Ok(server) => return Ok(server),
+                Err(error) => failures.push(format!("{error:#}")),
+            }
+        }
+        bail!(
+            "redis-server did not start in {REDIS_START_ATTEMPTS} attempts: {}",
+            failures.join("; ")
+        )
     }
 
+    /// Starts `redis-server` on `port` and waits until *this* child answers (its `INFO`
+    /// `process_id` is the child's pid: a different server already on the port does not count).
+    /// With `tls`, it listens only with TLS and the check goes over TLS.
     async fn start_with(port: u16, tls: Option<RedisServerTls>) -> Result<Self> {
         let mut command = Command::new("redis-server");
         match &tls {
@@ -143,33 +164,56 @@ impl RedisServer {
         let child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--dir", &std::env::temp_dir().to_string_lossy()])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .context("starting redis-server (the README's test command installs it)")?;
-        let server = RedisServer {
+        let pid = child.id();
+        let mut server = RedisServer {
             child: Some(child),
             port,
             tls,
         };
         let client = server.client();
-        let up = wait_until(Duration::from_secs(10), || {
-            let client = client.clone();
-            async move {
-                match client.get_multiplexed_async_connection().await {
-                    Ok(mut connection) => redis::cmd("PING")
-                        .query_async::<String>(&mut connection)
-                        .await
-                        .is_ok(),
-                    Err(_) => false,
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = server
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let mut output = String::new();
+                if let Some(mut stdout) = server.child.take().and_then(|mut c| c.stdout.take()) {
+                    let _ = std::io::Read::read_to_string(&mut stdout, &mut output);
                 }
+                let last = output.lines().last().unwrap_or("").to_owned();
+                bail!("redis-server on port {port} exited at start ({status}): {last}");
             }
-        })
-        .await;
-        if !up {
-            bail!("redis-server on port {port} did not answer PING within 10 s");
+            if Self::answering_pid(&client).await == Some(pid) {
+                // Its log is not needed; keep the pipe drained so it never blocks on it.
+                if let Some(stdout) = server.child.as_mut().and_then(|c| c.stdout.take()) {
+                    std::thread::spawn(move || {
+                        std::io::copy(&mut std::io::BufReader::new(stdout), &mut std::io::sink())
+                    });
+                }
+                return Ok(server);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(server)
+        bail!("redis-server on port {port} did not answer within 10 s")
+    }
+
+    /// The `process_id` of the server answering at `client`'s address, if one answers.
+    async fn answering_pid(client: &redis::Client) -> Option<u32> {
+        let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut connection)
+            .await
+            .ok()?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("process_id:"))
+            .and_then(|pid| pid.trim().parse().ok())
     }
 
     /// `redis://127.0.0.1:PORT`, or `rediss://…` when it speaks TLS.
@@ -262,7 +306,26 @@ impl Drop for RedisServer {
     }
 }
 
+/// How a gateway process is launched, apart from its flags.
+#[derive(Debug, Clone, Copy, Default)]
+struct Launch {
+    /// Listen on `0.0.0.0` (a non-loopback address) instead of `127.0.0.1`.
+    all_interfaces: bool,
+    /// Hard open-files limit set through the shell's `ulimit` before exec.
+    open_files_limit: Option<u32>,
+}
+
+/// Lines of the gateway's log kept for failure messages and [`Gateway::log_lines`].
+const KEPT_LOG_LINES: usize = 2000;
+
+/// The gateway's stderr, collected by a reader thread.
+type LogLines = Arc<Mutex<VecDeque<String>>>;
+
 /// A `notify-gateway` child process. Killed on drop.
+///
+/// It is started with `--listen 127.0.0.1:0` and JSON logs; the harness reads the bound
+/// address from its `listening` line, so no port is chosen ahead and raced for. A gateway
+/// that exits during start is reported with its exit status and log.
 #[derive(Debug)]
 pub struct Gateway {
     child: Option<Child>,
@@ -270,6 +333,9 @@ pub struct Gateway {
     args: Vec<String>,
     /// Set for a gateway serving TLS: the CA its certificate is checked against.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// How it was launched, so a restart launches it the same way.
+    launch: Launch,
+    log: LogLines,
 }
 
 impl Gateway {
@@ -277,58 +343,43 @@ impl Gateway {
     /// `/healthz` answers. The environment's `NOTIFY_*` variables are cleared so the test
     /// controls every setting.
     pub async fn start(args: &[&str]) -> Result<Self> {
-        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-        Self::start_on(free_port(), args).await
+        Self::launch(Launch::default(), None, owned(args), None).await
     }
 
     /// Starts a gateway serving TLS (`args` carry `--tls-cert`/`--tls-key`) and waits until
     /// `https://…/healthz` answers; its helpers then speak `https://` and `wss://`, trusting
     /// only `tls` (e.g. [`certs::TestCa::client_config`]).
     pub async fn start_tls(args: &[&str], tls: Arc<rustls::ClientConfig>) -> Result<Self> {
-        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-        Self::start_with(free_port(), args, Some(tls)).await
+        Self::launch(Launch::default(), None, owned(args), Some(tls)).await
     }
 
     /// Starts a gateway listening on all IPv4 interfaces (`0.0.0.0`, a non-loopback listen
     /// address) on a free port; tests still talk to it over 127.0.0.1.
     pub async fn start_on_all_interfaces(args: &[&str]) -> Result<Self> {
-        let mut args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-        args.insert(0, "all-interfaces".into());
-        Self::start_on(free_port(), args).await
+        let launch = Launch {
+            all_interfaces: true,
+            ..Launch::default()
+        };
+        Self::launch(launch, None, owned(args), None).await
     }
 
     /// Starts a gateway whose hard open-files limit is `limit` (through the shell's `ulimit`),
     /// to exercise descriptor exhaustion.
     pub async fn start_with_open_files_limit(limit: u32, args: &[&str]) -> Result<Self> {
-        let mut args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-        args.insert(0, format!("ulimit:{limit}"));
-        Self::start_on(free_port(), args).await
+        let launch = Launch {
+            open_files_limit: Some(limit),
+            ..Launch::default()
+        };
+        Self::launch(launch, None, owned(args), None).await
     }
 
-    async fn start_on(port: u16, args: Vec<String>) -> Result<Self> {
-        Self::start_with(port, args, None).await
-    }
-
-    async fn start_with(
-        port: u16,
+    async fn launch(
+        launch: Launch,
+        port: Option<u16>,
         args: Vec<String>,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self> {
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let all_interfaces = args.first().is_some_and(|first| first == "all-interfaces");
-        let args = if all_interfaces {
-            args[1..].to_vec()
-        } else {
-            args
-        };
-        let (limit, args): (Option<String>, Vec<String>) = match args.first() {
-            Some(first) if first.starts_with("ulimit:") => (
-                Some(first.trim_start_matches("ulimit:").to_owned()),
-                args[1..].to_vec(),
-            ),
-            _ => (None, args),
-        };
-        let mut command = match &limit {
+        let mut command = match launch.open_files_limit {
             Some(limit) => {
                 let mut shell = Command::new("sh");
                 shell
@@ -344,47 +395,80 @@ impl Gateway {
                 command.env_remove(&key);
             }
         }
-        let listen = if all_interfaces {
-            format!("0.0.0.0:{port}")
+        let host = if launch.all_interfaces {
+            "0.0.0.0"
         } else {
-            addr.to_string()
+            "127.0.0.1"
         };
-        let child = command
+        let mut child = command
             .arg("--listen")
-            .arg(listen)
+            .arg(format!("{host}:{}", port.unwrap_or(0)))
             .args(&args)
+            .env("NOTIFY_LOG_FORMAT", "json")
             .env("RUST_LOG", "notify=debug,info")
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("NOTIFY_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(Stdio::piped())
             .spawn()
             .context("starting notify-gateway")?;
-        let mut args = args;
-        if let Some(limit) = limit {
-            args.insert(0, format!("ulimit:{limit}"));
-        }
-        if all_interfaces {
-            args.insert(0, "all-interfaces".into());
-        }
-        let gateway = Gateway {
+        let stderr = child.stderr.take().context("gateway stderr")?;
+        let (log, listening) = collect_log(stderr);
+        let mut gateway = Gateway {
             child: Some(child),
-            addr,
+            addr: ([127, 0, 0, 1], 0).into(),
             args,
             tls,
+            launch,
+            log,
         };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let bound = loop {
+            if let Ok(bound) = listening.try_recv() {
+                break bound;
+            }
+            let exited = gateway
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                gateway.child = None;
+                // Let the reader thread take the last lines.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                bail!(
+                    "notify-gateway exited at start ({status}); its log:\n{}",
+                    gateway.log_lines().join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "notify-gateway did not log its listen address within 10 s; its log:\n{}",
+                    gateway.log_lines().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        gateway.addr = ([127, 0, 0, 1], bound.port()).into();
         let healthy = wait_until(Duration::from_secs(10), || async {
             matches!(gateway.get("/healthz").await, Ok((200, _)))
         })
         .await;
         if !healthy {
-            bail!("notify-gateway on {addr} did not answer /healthz within 10 s");
+            bail!(
+                "notify-gateway on {} did not answer /healthz within 10 s; its log:\n{}",
+                gateway.addr,
+                gateway.log_lines().join("\n")
+            );
         }
         Ok(gateway)
     }
 
+    /// The gateway's log lines so far (JSON, one object per line; the most recent
+    /// [`KEPT_LOG_LINES`]).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .map(|lines| lines.iter().cloned().collect())
+            .unwrap_or_default()
+    }
     /// Its listen address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -404,14 +488,16 @@ impl Gateway {
 
     /// An HTTP client for this gateway: trusts its test CA when it serves TLS.
     pub fn http(&self) -> reqwest::Client {
-        install_crypto_provider();
         match &self.tls {
             None => http_client(),
-            Some(tls) => reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .tls_backend_preconfigured(rustls::ClientConfig::clone(tls))
-                .build()
-                .expect("https client"),
+            Some(tls) => {
+                install_crypto_provider();
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .tls_backend_preconfigured(rustls::ClientConfig::clone(tls))
+                    .build()
+                    .expect("https client")
+            }
         }
     }
 
@@ -519,7 +605,7 @@ impl Gateway {
         let port = self.addr.port();
         let args = std::mem::take(&mut self.args);
         let tls = self.tls.take();
-        *self = Self::start_with(port, args, tls).await?;
+        *self = Self::launch(self.launch, Some(port), args, tls).await?;
         Ok(())
     }
 }
@@ -530,11 +616,60 @@ impl Drop for Gateway {
     }
 }
 
-/// A shared HTTP client for test requests.
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|arg| arg.to_string()).collect()
+}
+
+/// Reads the gateway's stderr on a thread until it closes: keeps the last lines, echoes them
+/// when `NOTIFY_TEST_LOGS` is set, and sends the address from the `listening` line.
+fn collect_log(stderr: ChildStderr) -> (LogLines, mpsc::Receiver<SocketAddr>) {
+    let log: LogLines = Arc::default();
+    let (listening, bound) = mpsc::channel();
+    let echo = std::env::var_os("NOTIFY_TEST_LOGS").is_some();
+    let kept = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr)
+            .lines()
+            .map_while(std::io::Result::ok)
+        {
+            if echo {
+                eprintln!("{line}");
+            }
+            if let Some(addr) = listen_address(&line) {
+                let _ = listening.send(addr);
+            }
+            if let Ok(mut lines) = kept.lock() {
+                if lines.len() == KEPT_LOG_LINES {
+                    lines.pop_front();
+                }
+                lines.push_back(line);
+            }
+        }
+    });
+    (log, bound)
+}
+
+/// The `listen` field of the gateway's JSON `listening` log line.
+fn listen_address(line: &str) -> Option<SocketAddr> {
+    let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+    entry["fields"]["listen"].as_str()?.parse().ok()
+}
+
+/// An HTTP client for plain `http://` test requests (it trusts no certificate: a gateway
+/// serving TLS is reached through [`Gateway::http`]). Cheap to build: its TLS settings are
+/// made once, where a default client would load the system's roots every time (tens of
+/// milliseconds, enough to slow a test that publishes a thousand messages tenfold).
 pub fn http_client() -> reqwest::Client {
+    static NO_ROOTS: OnceLock<rustls::ClientConfig> = OnceLock::new();
     install_crypto_provider();
+    let tls = NO_ROOTS.get_or_init(|| {
+        rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    });
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .tls_backend_preconfigured(tls.clone())
         .build()
         .expect("http client")
 }
@@ -566,12 +701,25 @@ pub async fn next_json(socket: &mut WsClient, timeout: Duration) -> Option<serde
     serde_json::from_str(&text).ok()
 }
 
-/// Asserts nothing but control frames arrive within `quiet`.
+/// Asserts the socket stays open and quiet for `quiet`: pings and pongs may arrive; a text or
+/// binary message, a close frame, an error or the end of the stream fails the check (a dead
+/// socket is not silence).
 pub async fn expect_silence(socket: &mut WsClient, quiet: Duration) -> Result<()> {
-    if let Some(text) = next_text(socket, quiet).await {
-        bail!("expected no message, got {text}");
+    let deadline = tokio::time::Instant::now() + quiet;
+    loop {
+        let Ok(frame) = tokio::time::timeout_at(deadline, socket.next()).await else {
+            return Ok(());
+        };
+        match frame {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(close))) => {
+                bail!("expected silence, but the socket was closed: {close:?}")
+            }
+            Some(Ok(other)) => bail!("expected no message, got {other:?}"),
+            Some(Err(error)) => bail!("expected silence, but the socket failed: {error}"),
+            None => bail!("expected silence, but the socket ended"),
+        }
     }
-    Ok(())
 }
 
 /// Runs `notify-publish` with `args` and optional stdin; returns its output.

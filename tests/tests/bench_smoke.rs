@@ -12,6 +12,12 @@ use serde_json::Value;
 /// Runs `notify-bench` with `args` (the environment's `NOTIFY_*` variables cleared), at most
 /// 60 s.
 async fn run_bench(args: &[String]) -> Result<Output> {
+    run_bench_within(args, Duration::from_secs(60)).await
+}
+
+/// Runs `notify-bench` with `args` (the environment's `NOTIFY_*` variables cleared), at most
+/// `limit`.
+async fn run_bench_within(args: &[String], limit: Duration) -> Result<Output> {
     let mut command = tokio::process::Command::new(binary("notify-bench"));
     for (key, _) in std::env::vars() {
         if key.starts_with("NOTIFY_") {
@@ -19,9 +25,9 @@ async fn run_bench(args: &[String]) -> Result<Output> {
         }
     }
     command.args(args).kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(60), command.output())
+    tokio::time::timeout(limit, command.output())
         .await
-        .context("notify-bench did not finish within 60 s")?
+        .with_context(|| format!("notify-bench did not finish within {limit:?}"))?
         .context("running notify-bench")
 }
 
@@ -235,10 +241,114 @@ async fn chaos_resumes_deliver_everything_exactly_once() -> Result<()> {
         "{report}"
     );
     assert_eq!(report["clients"]["gave_up"], 0, "{report}");
+    // Each gateway's own reconnect counter (summed over its processes) equals the link cuts
+    // made while it was subscribed: no reconnect without a cut, no cut unnoticed.
+    let reconnects = report["reconnects"]
+        .as_array()
+        .expect("reconnects per gateway");
+    assert_eq!(reconnects.len(), 2, "{report}");
+    for gateway in reconnects {
+        assert!(gateway["cuts"].as_u64() >= Some(1), "{report}");
+        assert_eq!(gateway["reconnects"], gateway["cuts"], "{report}");
+    }
     // Every chaos action is logged with a timestamp.
     assert!(stderr.contains("s] chaos: restart gateway"), "{stderr}");
     assert!(stderr.contains("s] chaos: link cut"), "{stderr}");
     assert!(stderr.contains("s] chaos: drop client"), "{stderr}");
     assert!(stderr.contains("(100.000%)"), "{stderr}");
+    Ok(())
+}
+
+/// The soak's arguments for a ~30 s run: 200 clients on 2 gateways, a fault 3 s after the
+/// previous one ended (each kind at least once), a progress line every 10 s, memory and descriptors judged after 10 s.
+fn soak_args(extra: &[&str]) -> Vec<String> {
+    let gateway_bin = binary("notify-gateway");
+    let mut args: Vec<String> = [
+        "soak",
+        "--gateway-bin",
+        &gateway_bin.display().to_string(),
+        "--gateways",
+        "2",
+        "--clients",
+        "200",
+        "--rate",
+        "20",
+        "--plain-rate",
+        "20",
+        "--drop-rate",
+        "2",
+        "--duration",
+        "30s",
+        "--fault-interval",
+        "3s",
+        "--report-interval",
+        "10s",
+        "--warm-up",
+        "10s",
+        "--catch-up-timeout",
+        "15s",
+        "--timeout",
+        "75s",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    args
+}
+
+/// The soak for 30 s with every fault and the health check every second: every part of the
+/// verdict must hold (exit 0): id-carrying messages exactly once or resynced, plain messages
+/// delivered while the link was healthy, memory and descriptors within bounds, each gateway's
+/// reconnect counter equal to the cuts made, no readiness flap without a fault.
+#[tokio::test]
+async fn soak_holds_every_promise_through_every_fault() -> Result<()> {
+    let output = run_bench_within(&soak_args(&[]), Duration::from_secs(100)).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report = report(&output);
+    assert_eq!(report["scenario"], "soak");
+    // Every kind of fault was made.
+    let faults = &report["faults"];
+    for kind in [
+        "subscription_cuts",
+        "connection_cuts",
+        "foreign_ids",
+        "redis_restarts_with_data",
+        "gateway_restarts",
+        "redis_restarts_empty",
+    ] {
+        assert!(faults[kind].as_u64() >= Some(1), "{kind} in {report}");
+    }
+    assert_eq!(faults["errors"], 0, "{report}");
+    // A progress line per interval.
+    assert!(stderr.contains("s] soak interval 2:"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["exactly_once_or_resynced_pct"], 100.0, "{report}");
+    let totals = &report["totals"];
+    for counter in [
+        "lost",
+        "duplicates",
+        "gaps",
+        "out_of_order",
+        "corrupt",
+        "wrong_region",
+    ] {
+        assert_eq!(totals[counter], 0, "{counter} in {report}");
+    }
+    let plain = &report["plain"];
+    assert!(plain["owed"].as_u64() > Some(1000), "{report}");
+    assert_eq!(plain["lost"], 0, "{report}");
+    assert_eq!(report["readiness"]["flaps_with_no_fault"], 0, "{report}");
+    for gateway in report["reconnects"].as_array().expect("reconnects") {
+        assert!(gateway["cuts"].as_u64() >= Some(3), "{report}");
+        assert_eq!(gateway["reconnects"], gateway["cuts"], "{report}");
+    }
+    assert!(
+        !report["processes"]
+            .as_array()
+            .expect("processes")
+            .is_empty(),
+        "{report}"
+    );
     Ok(())
 }

@@ -207,6 +207,74 @@ async fn redis_outage_flips_readiness_and_delivery_resumes() {
     );
 }
 
+/// Positive control of the Redis health check: a healthy Redis over many ping intervals, with
+/// seed-style plain `PUBLISH` (no id, so no catch-up could hide a loss) at 20 msg/s. Every
+/// message arrives, `/readyz` is 200 at every poll, and the link is never rebuilt.
+#[tokio::test]
+async fn a_healthy_redis_stays_ready_across_many_ping_intervals() {
+    const MESSAGES: usize = 70;
+    let (redis, gateway) = redis_and_gateway(&["--redis-ping-interval", "200ms"]).await;
+    let mut client = gateway.connect_counted("/?region=DK", "DK").await.unwrap();
+    let publisher = {
+        let client = redis.client();
+        tokio::spawn(async move {
+            let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            for seq in 0..MESSAGES {
+                tick.tick().await;
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg("tvs:DK")
+                    .arg(seed_payload("DK", &format!("p{seq}"), "Rødgrød"))
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let probe = async {
+        let mut statuses = Vec::new();
+        let started = Instant::now();
+        // ≥ 3.5 s: more than 15 ping intervals.
+        while started.elapsed() < Duration::from_millis(3500) {
+            let status = gateway.get("/readyz").await.map(|(status, _)| status).ok();
+            statuses.push(status);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        statuses
+    };
+    let receive = async {
+        let mut received = Vec::new();
+        while received.len() < MESSAGES {
+            match next_json(&mut client, Duration::from_secs(2)).await {
+                Some(value) => received.push(value["video_id"].as_str().unwrap().to_owned()),
+                None => break,
+            }
+        }
+        received
+    };
+    let (statuses, received) = tokio::join!(probe, receive);
+    publisher.await.unwrap();
+    let expected: Vec<String> = (0..MESSAGES).map(|seq| format!("p{seq}")).collect();
+    assert_eq!(
+        received, expected,
+        "every plain PUBLISH delivered, in order"
+    );
+    assert!(statuses.len() >= 50, "{} polls", statuses.len());
+    let not_ready = statuses.iter().filter(|s| **s != Some(200)).count();
+    assert_eq!(
+        not_ready, 0,
+        "/readyz was not 200 at {not_ready} polls: {statuses:?}"
+    );
+    assert_eq!(
+        gateway
+            .metric("notify_broker_reconnects_total")
+            .await
+            .unwrap(),
+        0.0,
+        "a healthy link is never rebuilt"
+    );
+}
+
 /// A client that stops reading must not hold anyone back: the live client's latency stays far
 /// below the write timeout while the stalled one is cut off as a slow consumer.
 #[tokio::test]
@@ -325,7 +393,7 @@ async fn slow_consumer_gets_a_policy_close_frame() {
 
 #[tokio::test]
 async fn sigterm_sends_going_away_to_every_client_and_exits_zero() {
-    let mut gateway = Gateway::start(&["--drain-timeout", "5s"]).await.unwrap();
+    let mut gateway = Gateway::start(&["--drain-timeout", "10s"]).await.unwrap();
     let mut clients = Vec::new();
     for region in ["AE", "FI", "US"] {
         clients.push(
@@ -349,8 +417,175 @@ async fn sigterm_sends_going_away_to_every_client_and_exits_zero() {
             other => panic!("expected a 1001 close frame, got {other:?}"),
         }
     }
-    assert_eq!(gateway.wait_exit(Duration::from_secs(6)), Some(0));
-    assert!(started.elapsed() < Duration::from_secs(6));
+    assert_eq!(gateway.wait_exit(Duration::from_secs(12)), Some(0));
+    // Every client took its close frame, so the drain ends at once, not at its timeout.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "exit took {elapsed:?} with a 10 s drain timeout"
+    );
+}
+
+/// A replay to a client that does not read blocks in a flush for up to `--write-timeout`;
+/// shutdown must interrupt it rather than wait for the drain timeout.
+#[tokio::test]
+async fn sigterm_during_a_replay_to_a_client_that_never_reads_ends_promptly() {
+    let mut gateway = Gateway::start(&[
+        "--history-retention",
+        "400",
+        "--write-timeout",
+        "30s",
+        "--drain-timeout",
+        "10s",
+    ])
+    .await
+    .unwrap();
+    let http = http_client();
+    let mut big: Value = serde_json::from_str(&seed_payload("AE", "v", "t")).unwrap();
+    big["filler"] = json!("r".repeat(60 * 1024));
+    let mut first_id = None;
+    // 200 × 60 KB: far more than the loopback socket buffers take.
+    for _ in 0..200 {
+        let response = http
+            .post(format!("{}/api/publish", gateway.http_url()))
+            .json(&big)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let receipt: Value = response.json().await.unwrap();
+        first_id.get_or_insert(receipt["id"].as_str().unwrap().to_owned());
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gateway.addr()).await.unwrap();
+    let url = gateway.ws_url(&format!("/?region=AE&since={}", first_id.unwrap()));
+    let (_never_reads, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    assert!(
+        wait_until(WAIT, || async {
+            gateway.connections("AE").await.unwrap_or(0.0) >= 1.0
+        })
+        .await
+    );
+    // Let the replay fill the socket and block in its flush.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    gateway.sigterm();
+    assert_eq!(gateway.wait_exit(Duration::from_secs(15)), Some(0));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "exit took {elapsed:?}: the replay held the drain"
+    );
+}
+
+/// RFC 6455 §5.5.1: a close frame is answered with a close frame, echoing the code; the
+/// client sees a clean close, not 1006.
+#[tokio::test]
+async fn a_client_close_frame_is_answered_with_its_code() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let gateway = Gateway::start(&[]).await.unwrap();
+    for code in [CloseCode::Normal, CloseCode::Library(4000)] {
+        let mut client = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+        client
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: "bye".into(),
+            })))
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(WAIT, async {
+            loop {
+                match client.next().await {
+                    Some(Ok(Message::Close(frame))) => return Ok(frame),
+                    Some(Ok(_)) => continue,
+                    other => return Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await
+        .expect("an answer within 5 s");
+        match answer {
+            Ok(Some(frame)) => assert_eq!(frame.code, code),
+            other => panic!("expected the close code {code} echoed, got {other:?}"),
+        }
+    }
+    assert!(
+        wait_until(WAIT, || async {
+            gateway.connections("AE").await.unwrap_or(1.0) == 0.0
+        })
+        .await
+    );
+}
+
+/// The harness's "nothing arrived" check must not mistake a dead socket for silence.
+#[tokio::test]
+async fn expect_silence_fails_when_the_socket_is_closed_or_dies() {
+    let gateway = Gateway::start(&[]).await.unwrap();
+    let mut open = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    expect_silence(&mut open, QUIET)
+        .await
+        .expect("an open, quiet socket is silence");
+    gateway.sigterm();
+    let error = expect_silence(&mut open, WAIT).await.unwrap_err();
+    assert!(error.to_string().contains("closed"), "{error}");
+
+    let mut gateway = Gateway::start(&[]).await.unwrap();
+    let mut killed = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    gateway.kill();
+    expect_silence(&mut killed, WAIT)
+        .await
+        .expect_err("a socket whose server died is not silent");
+}
+
+/// Every duration and size is checked at start: a bad value exits 2 with one message naming
+/// the flag, before any log line (a zero period used to start, then panic on first use).
+#[tokio::test]
+async fn bad_flag_values_exit_2_naming_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--ping-interval", "0s"], "--ping-interval"),
+        (&["--redis-ping-interval", "0s"], "--redis-ping-interval"),
+        (&["--queue-limit", "0"], "--queue-limit"),
+        (&["--queue-limit", "99999999999"], "--queue-limit"),
+        (
+            &["--idle-timeout", "1s", "--ping-interval", "2s"],
+            "--idle-timeout",
+        ),
+        (&["--ws-write-buffer-bytes", "0"], "--ws-write-buffer-bytes"),
+        (
+            &["--max-client-frame-bytes", "0"],
+            "--max-client-frame-bytes",
+        ),
+        (&["--drain-timeout", "0s"], "--drain-timeout"),
+        (&["--handshake-timeout", "100years"], "--handshake-timeout"),
+    ];
+    for (args, flag) in cases {
+        let mut child = std::process::Command::new(notify_tests::binary("notify-gateway"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(*args)
+            .env_remove("NOTIFY_REDIS_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if child.try_wait().unwrap().is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} was accepted: the gateway started");
+        }
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("INFO"),
+            "logged before validating: {stderr}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -501,11 +736,23 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// Idle TCP connections that never send a byte hold socket slots, not the descriptors the
+/// gateway keeps for itself: while they fill every slot, fresh connections get a quick 503,
+/// the Redis link still reconnects after being cut, and existing clients keep receiving.
 #[tokio::test]
-async fn running_out_of_descriptors_pauses_accept_without_spinning_or_dying() {
-    let gateway = Gateway::start_with_open_files_limit(64, &[]).await.unwrap();
+async fn idle_sockets_cannot_eat_the_descriptor_reserve_redis_needs() {
+    let redis = RedisServer::start().await.unwrap();
+    let url = redis.url();
+    let gateway = Gateway::start_with_open_files_limit(
+        64,
+        &["--redis-url", &url, "--handshake-timeout", "60s"],
+    )
+    .await
+    .unwrap();
+    assert!(gateway.wait_ready_status(200, WAIT).await);
     let pid = gateway.pid().unwrap();
-    // Far more idle TCP connections than descriptors: accept() fails with EMFILE.
+    let mut client = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    // Far more idle connections than the 64 descriptors.
     let mut idle = Vec::new();
     for _ in 0..120 {
         if let Ok(stream) = tokio::net::TcpStream::connect(gateway.addr()).await {
@@ -513,30 +760,272 @@ async fn running_out_of_descriptors_pauses_accept_without_spinning_or_dying() {
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A fresh connection is answered at once (503), not left hanging.
+    let asked = Instant::now();
+    let fresh = gateway.get("/healthz").await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "a refused connection waited {:?}",
+        asked.elapsed()
+    );
+    // A bare 503, or a reset when the request arrived after the gateway read what was there
+    // and closed: either way refused at once, never served.
+    assert!(
+        matches!(fresh, Ok((503, _)) | Err(_)),
+        "every socket slot is taken, yet a new connection got {fresh:?}"
+    );
+
     let before = cpu_seconds(pid);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let used = cpu_seconds(pid) - before;
     assert!(used < 0.3, "accept loop spins: {used} CPU seconds in 1 s");
+
+    // Cut the gateway's subscription: it must reconnect from its reserve.
+    let mut connection = redis.connection().await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "the gateway's subscription was cut");
+    let delivered = tokio::time::timeout(Duration::from_secs(15), async {
+        for attempt in 0.. {
+            let payload = seed_payload("AE", &format!("after-cut-{attempt}"), "t");
+            redis.publish("tvs:AE", payload).await.unwrap();
+            if let Some(value) = next_json(&mut client, Duration::from_millis(250)).await {
+                return value;
+            }
+        }
+        unreachable!()
+    })
+    .await
+    .expect("a message reaches the existing client after the Redis link was cut");
+    assert!(
+        delivered["video_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("after-cut-"),
+        "{delivered}"
+    );
+
     drop(idle);
     assert!(
-        wait_until(Duration::from_secs(15), || async {
+        wait_until(WAIT, || async {
             matches!(gateway.get("/healthz").await, Ok((200, _)))
         })
         .await,
-        "the gateway serves again once descriptors are free"
+        "the gateway serves again once the idle sockets are gone"
     );
-    assert!(gateway.metric("notify_accept_errors_total").await.unwrap() >= 1.0);
-    let mut client = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    assert!(
+        gateway
+            .metric("notify_sockets_refused_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    assert!(
+        gateway
+            .metric("notify_broker_reconnects_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        gateway.metric("notify_accept_errors_total").await.unwrap(),
+        0.0,
+        "the process never ran out of descriptors"
+    );
+}
+
+/// Resident memory of a process, from `/proc/PID/status`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Samples a process's RSS every 20 ms until `done`; returns the peak in KiB.
+async fn peak_rss_kib_until(pid: u32, done: impl std::future::Future<Output = ()>) -> u64 {
+    tokio::pin!(done);
+    let mut peak = rss_kib(pid);
+    loop {
+        tokio::select! {
+            () = &mut done => return peak.max(rss_kib(pid)),
+            () = tokio::time::sleep(Duration::from_millis(20)) => peak = peak.max(rss_kib(pid)),
+        }
+    }
+}
+
+/// A WebSocket upgrade request, written by hand for clients that misbehave at the byte level.
+const RAW_UPGRADE: &[u8] = b"GET /?region=AE HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// Bound on the gateway's RSS growth while one client floods pings (stated in the README).
+const PING_FLOOD_RSS_BOUND_KIB: u64 = 32 * 1024;
+
+/// A client that sends pings as fast as it can and never reads the pongs: the pongs back up
+/// to `--ws-max-write-buffer-bytes` at most, the client is cut as a slow consumer within the
+/// write timeout, and the others keep receiving.
+#[tokio::test]
+async fn a_ping_flood_that_never_reads_is_cut_with_bounded_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gateway = Gateway::start(&["--write-timeout", "1s"]).await.unwrap();
+    let pid = gateway.pid().unwrap();
+    let mut live = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut flooder = socket.connect(gateway.addr()).await.unwrap();
+    flooder.write_all(RAW_UPGRADE).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(flooder.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    assert!(
+        wait_until(WAIT, || async {
+            gateway.connections("AE").await.unwrap_or(0.0) >= 2.0
+        })
+        .await
+    );
+    let baseline = rss_kib(pid);
+    // Masked pings (mask key 0) with the largest control payload, 125 bytes.
+    let mut pings = Vec::new();
+    for _ in 0..512 {
+        pings.extend_from_slice(&[0x89, 0x80 | 125, 0, 0, 0, 0]);
+        pings.extend_from_slice(&[b'p'; 125]);
+    }
+    let flood = async {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut sent = 0usize;
+        loop {
+            match tokio::time::timeout_at(deadline, flooder.write_all(&pings)).await {
+                Ok(Ok(())) => sent += pings.len(),
+                Ok(Err(_)) => return (true, started.elapsed(), sent),
+                Err(_) => return (false, started.elapsed(), sent),
+            }
+        }
+    };
+    let outcome = std::sync::Mutex::new(None);
+    let peak = peak_rss_kib_until(pid, async {
+        *outcome.lock().unwrap() = Some(flood.await);
+    })
+    .await;
+    let (cut, after, sent) = outcome.into_inner().unwrap().unwrap();
+    let growth = peak.saturating_sub(baseline);
+    eprintln!(
+        "ping flood: {} MB of pings, cut={cut} after {after:?}, RSS {baseline} KiB → peak {peak} KiB",
+        sent / 1_000_000
+    );
+    assert!(cut, "the flooding client was not cut within 10 s");
+    assert!(
+        growth < PING_FLOOD_RSS_BOUND_KIB,
+        "RSS grew {growth} KiB (bound {PING_FLOOD_RSS_BOUND_KIB} KiB)"
+    );
+    assert!(
+        gateway
+            .metric("notify_slow_client_disconnects_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
     let response = http_client()
         .post(format!("{}/api/publish", gateway.http_url()))
-        .body(seed_payload("AE", "back", "after EMFILE"))
+        .body(seed_payload("AE", "after-flood", "t"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        next_json(&mut live, WAIT).await.unwrap()["video_id"],
+        "after-flood"
+    );
+}
+
+/// Bound on the gateway's RSS growth while 1,000 connections send endless request heads.
+const ENDLESS_HEADS_RSS_BOUND_KIB: u64 = 48 * 1024;
+
+/// Request heads are capped at a few KiB: a 100 KB header is refused with 431 (or a close),
+/// and 1,000 connections each sending 96 KB of a header that never ends cost a bounded
+/// amount of memory that is given back.
+#[tokio::test]
+async fn request_heads_are_capped_and_endless_ones_cost_bounded_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gateway = Gateway::start(&[]).await.unwrap();
+    let pid = gateway.pid().unwrap();
+    let mut client = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+
+    let mut big = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    let mut request = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Big: ".to_vec();
+    request.extend(std::iter::repeat_n(b'a', 100_000));
+    request.extend_from_slice(b"\r\n\r\n");
+    // The gateway may close before taking it all: a failed write is part of the answer.
+    let _ = big.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, big.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "a 100 KB header got: {answer}"
+    );
+
+    let baseline = rss_kib(pid);
+    let endless = async {
+        let mut sockets = Vec::new();
+        let chunk = vec![b'a'; 96 * 1024];
+        for _ in 0..1000 {
+            let mut socket = tokio::net::TcpStream::connect(gateway.addr())
+                .await
+                .unwrap();
+            let _ = socket.write_all(b"GET / HTTP/1.1\r\nX-Endless: ").await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), socket.write_all(&chunk)).await;
+            sockets.push(socket);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sockets
+    };
+    let sockets = std::sync::Mutex::new(Vec::new());
+    let peak = peak_rss_kib_until(pid, async {
+        *sockets.lock().unwrap() = endless.await;
+    })
+    .await;
+    drop(sockets);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid);
+    let growth = peak.saturating_sub(baseline);
+    eprintln!("1,000 endless heads: RSS {baseline} KiB → peak {peak} KiB → after {after} KiB");
+    assert!(
+        growth < ENDLESS_HEADS_RSS_BOUND_KIB,
+        "RSS grew {growth} KiB (bound {ENDLESS_HEADS_RSS_BOUND_KIB} KiB)"
+    );
+    assert!(
+        after < baseline + ENDLESS_HEADS_RSS_BOUND_KIB / 2,
+        "RSS stayed at {after} KiB after the connections ended (baseline {baseline} KiB)"
+    );
+    assert_eq!(gateway.get("/healthz").await.unwrap().0, 200);
+    let response = http_client()
+        .post(format!("{}/api/publish", gateway.http_url()))
+        .body(seed_payload("AE", "after-heads", "t"))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(
         next_json(&mut client, WAIT).await.unwrap()["video_id"],
-        "back"
+        "after-heads"
     );
 }
 
@@ -597,14 +1086,8 @@ async fn publishing_over_http_needs_a_key_on_a_non_loopback_address() {
 #[tokio::test]
 async fn json_logs_for_production() {
     use std::io::{BufRead, BufReader};
-    let port = notify_tests::free_port();
     let mut child = std::process::Command::new(notify_tests::binary("notify-gateway"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-format",
-            "json",
-        ])
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
         .env("RUST_LOG", "info")
         .env_remove("NOTIFY_REDIS_URL")
         .stdout(std::process::Stdio::null())
@@ -613,12 +1096,15 @@ async fn json_logs_for_production() {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let lines = tokio::task::spawn_blocking(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .take_while(|line| !line.contains("listening on"))
-            .chain(std::iter::once(String::new()))
-            .collect::<Vec<String>>()
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let listening = line.contains("listening on");
+            lines.push(line);
+            if listening {
+                break;
+            }
+        }
+        lines
     });
     let lines = tokio::time::timeout(WAIT, lines)
         .await
@@ -642,4 +1128,10 @@ async fn json_logs_for_production() {
             .contains("embedded")),
         "the startup log says which broker runs: {lines:?}"
     );
+    let listening = logged.last().unwrap();
+    let bound: std::net::SocketAddr = listening["fields"]["listen"]
+        .as_str()
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("the listening line names the bound address: {listening}"));
+    assert_ne!(bound.port(), 0, "the port the kernel chose, not 0");
 }

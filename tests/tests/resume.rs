@@ -72,7 +72,16 @@ fn check_exactly_once(received: &[Value], expected: usize, who: &str) {
     );
 }
 
-async fn resume_after_1000(history_cache: &str) {
+/// `notify_resumes_total{source="…"}` of `gateway`.
+async fn resumes(gateway: &Gateway, source: &str) -> f64 {
+    gateway
+        .metric(&format!("notify_resumes_total{{source=\"{source}\"}}"))
+        .await
+        .unwrap()
+}
+
+/// Resumes 1000 missed messages; `served_by` is the path that must serve it.
+async fn resume_after_1000(history_cache: &str, served_by: &str) {
     let redis = RedisServer::start().await.unwrap();
     let url = redis.url();
     let gateway = Gateway::start(&["--redis-url", &url, "--history-cache", history_cache])
@@ -115,17 +124,31 @@ async fn resume_after_1000(history_cache: &str) {
         live_id.as_str(),
         "then live, no duplicate at the seam"
     );
+    assert_eq!(
+        resumes(&gateway, served_by).await,
+        1.0,
+        "served from {served_by}"
+    );
+    for other in ["memory", "stream", "resync"] {
+        if other != served_by {
+            assert_eq!(
+                resumes(&gateway, other).await,
+                0.0,
+                "not served from {other}"
+            );
+        }
+    }
     eprintln!("resume (history cache {history_cache}): published 1000, delivered 1000, duplicates 0, out of order 0");
 }
 
 #[tokio::test]
 async fn resume_delivers_the_missed_1000_from_memory() {
-    resume_after_1000("2048").await;
+    resume_after_1000("2048", "memory").await;
 }
 
 #[tokio::test]
 async fn resume_delivers_the_missed_1000_from_the_redis_stream() {
-    resume_after_1000("16").await;
+    resume_after_1000("16", "stream").await;
 }
 
 #[tokio::test]
@@ -257,6 +280,8 @@ async fn clients_of_a_stopped_gateway_resume_on_another() {
     for (index, messages) in received.iter().enumerate() {
         check_exactly_once(messages, MESSAGES, &format!("client {index} moved nodes"));
     }
+    // The second node followed the stream from before the first message: memory serves all.
+    assert_eq!(resumes(&second, "memory").await, 3.0);
 }
 
 #[tokio::test]
@@ -298,6 +323,9 @@ async fn since_older_than_retention_gets_an_explicit_resync() {
         "live delivery follows the resync"
     );
     assert!(gateway.metric("notify_resyncs_total").await.unwrap() >= 1.0);
+    assert_eq!(resumes(&gateway, "resync").await, 1.0);
+    assert_eq!(resumes(&gateway, "memory").await, 0.0);
+    assert_eq!(resumes(&gateway, "stream").await, 0.0);
 }
 
 #[tokio::test]
@@ -317,6 +345,7 @@ async fn embedded_broker_resumes_and_resyncs_across_restarts() {
         .map(|v| v["video_id"].as_str().unwrap())
         .collect();
     assert_eq!(videos, ["v1", "v2", "v3", "v4", "v5"]);
+    assert_eq!(resumes(&gateway, "memory").await, 1.0);
     drop(client);
 
     // A restart begins a new history: the old id must not be silently accepted.
@@ -328,6 +357,7 @@ async fn embedded_broker_resumes_and_resyncs_across_restarts() {
         .unwrap();
     let control = next_json(&mut client, WAIT).await.unwrap();
     assert_eq!(control["event"], "resync", "{control}");
+    assert_eq!(resumes(&gateway, "resync").await, 1.0);
 }
 
 #[tokio::test]
@@ -410,11 +440,29 @@ async fn a_frozen_redis_is_noticed_and_nothing_published_after_it_is_lost() {
         next_json(&mut client, WAIT).await.unwrap()["id"],
         second.as_str()
     );
-    assert!(
+    let reconnects = gateway
+        .metric("notify_broker_reconnects_total")
+        .await
+        .unwrap();
+    assert!(reconnects >= 1.0);
+    // Recovered for good: ready at every poll across several ping intervals (2 s ≈ 6), and
+    // the thawed link is never rebuilt again. A health check that fails on healthy replies
+    // would pass the part above and fail here.
+    let started = std::time::Instant::now();
+    let mut polls = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let (status, body) = gateway.get("/readyz").await.unwrap();
+        assert_eq!(status, 200, "readiness flapped after recovery: {body}");
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(polls >= 20, "{polls} polls");
+    assert_eq!(
         gateway
             .metric("notify_broker_reconnects_total")
             .await
-            .unwrap()
-            >= 1.0
+            .unwrap(),
+        reconnects,
+        "no reconnect after the link recovered"
     );
 }

@@ -14,6 +14,8 @@ use notify_tests::{
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -542,7 +544,7 @@ async fn a_wrong_redis_ca_fails_clearly() {
     .await;
     let text = std::fs::read_to_string(&gateway.log).unwrap();
     assert!(logged, "the log does not name the TLS failure:\n{text}");
-    assert!(text.contains("cannot subscribe to Redis"), "{text}");
+    assert!(text.contains("Redis subscription lost"), "{text}");
     let ready = http
         .get(format!("{}/readyz", gateway.http))
         .send()
@@ -613,4 +615,83 @@ async fn bench_connects_over_wss_with_its_ca() {
         serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
     assert_eq!(report["connected"], 20, "{report}");
     assert_eq!(report["handshake_failures"], 0, "{report}");
+}
+
+/// Opens `wss://…/?region=FI` from `127.0.0.9` (the trusted proxy), sending `prefix` in the
+/// clear before the TLS handshake, as a load balancer does. `Err` holds the HTTP status of a
+/// refusal, or 0 when the connection failed before any HTTP answer.
+async fn wss_through_proxy(
+    gateway: &Gateway,
+    tls: Arc<rustls::ClientConfig>,
+    prefix: &[u8],
+) -> Result<WebSocketStream<TlsStream<TcpStream>>, (u16, String)> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 9], 0)))
+        .expect("binding 127.0.0.9");
+    let mut tcp = socket.connect(gateway.addr()).await.unwrap();
+    tcp.write_all(prefix).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .map_err(|error| (0, error.to_string()))?;
+    match tokio_tungstenite::client_async(gateway.ws_url("/?region=FI"), stream).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err((
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(error) => Err((0, error.to_string())),
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_header_comes_before_the_tls_handshake() {
+    let certs = gateway_certs();
+    let gateway = tls_gateway(
+        &certs,
+        &[
+            "--trusted-proxies",
+            "127.0.0.9",
+            "--proxy-protocol",
+            "--max-connections-per-ip",
+            "1",
+        ],
+    )
+    .await;
+    let tls = certs.ca.client_config();
+    let proxy_v1 = |client: &str| format!("PROXY TCP4 {client} 127.0.0.1 4711 443\r\n");
+
+    // Held open: each counts against its address's cap.
+    let mut held = Vec::new();
+    held.push(
+        wss_through_proxy(&gateway, tls.clone(), proxy_v1("198.51.100.1").as_bytes())
+            .await
+            .expect("a client named by the PROXY header, over TLS"),
+    );
+    // The header's address is the one the per-address cap counts, not the proxy's.
+    let (status, body) =
+        wss_through_proxy(&gateway, tls.clone(), proxy_v1("198.51.100.1").as_bytes())
+            .await
+            .expect_err("the same client again");
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("198.51.100.1"), "{body}");
+    held.push(
+        wss_through_proxy(&gateway, tls.clone(), proxy_v1("198.51.100.2").as_bytes())
+            .await
+            .expect("another client behind the same proxy"),
+    );
+
+    // From the proxy, TLS without a header first is refused before any HTTP.
+    let (status, _) = wss_through_proxy(&gateway, tls, b"")
+        .await
+        .expect_err("no PROXY header");
+    assert_eq!(status, 0);
+    assert_eq!(
+        gateway
+            .metric("notify_proxy_header_errors_total")
+            .await
+            .unwrap(),
+        1.0
+    );
 }

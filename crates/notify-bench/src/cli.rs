@@ -24,6 +24,8 @@ pub const MAX_CHURN_RATE: f64 = 5_000.0;
 pub const MAX_GATEWAYS: usize = 16;
 /// Highest `chaos` client drop rate, per second.
 pub const MAX_DROP_RATE: f64 = 1_000.0;
+/// Longest `soak`.
+pub const MAX_SOAK_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// Shortest interval between link cuts or between gateway restarts.
 pub const MIN_CHAOS_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -43,6 +45,12 @@ pub enum Scenario {
     /// the gateways' Redis subscriptions and restarts gateways; every client resumes with
     /// `?since=` and must get every message of its region exactly once, in order.
     Chaos,
+    /// Runs for as long as `--duration` says (30 s … hours): clients with churn, plain and
+    /// id-carrying publishes at a steady rate, and on a schedule every kind of fault (link
+    /// cuts, Redis restarts with and without data, foreign ids, gateway restarts); a progress
+    /// line every `--report-interval`, and a verdict on delivery, memory, descriptors,
+    /// reconnects and readiness at the end.
+    Soak,
 }
 
 /// Where messages are published.
@@ -220,6 +228,58 @@ pub struct Args {
     #[arg(long, env = "NOTIFY_BENCH_CATCH_UP_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     pub catch_up_timeout: Duration,
 
+    /// `soak`: the redis-server binary; the soak runs its own (on a free loopback port, with
+    /// append-only persistence in a temporary directory) so it can restart it.
+    #[arg(
+        long,
+        env = "NOTIFY_BENCH_REDIS_SERVER_BIN",
+        default_value = "redis-server"
+    )]
+    pub redis_server_bin: PathBuf,
+
+    /// `soak`: pause between the end of one fault and the next; they take turns: subscription cut, cut of the
+    /// gateways' other Redis connections, foreign id, Redis restart with data, gateway
+    /// restart, Redis restart without data.
+    #[arg(long, env = "NOTIFY_BENCH_FAULT_INTERVAL", value_parser = parse_duration, default_value = "10s")]
+    pub fault_interval: Duration,
+
+    /// `soak`: the faults that take turns (all by default; e.g. without `foreign-id` to
+    /// check everything else).
+    #[arg(
+        long,
+        env = "NOTIFY_BENCH_FAULTS",
+        value_enum,
+        value_delimiter = ',',
+        default_values_t = crate::soak::faults::SCHEDULE
+    )]
+    pub faults: Vec<crate::soak::faults::Fault>,
+
+    /// `soak`: plain (id-less, seed-style) publishes per second, besides `--rate` id-carrying
+    /// ones.
+    #[arg(long, env = "NOTIFY_BENCH_PLAIN_RATE", default_value_t = 10.0)]
+    pub plain_rate: f64,
+
+    /// `soak`: the gateways' `--redis-ping-interval` (the health check of their
+    /// subscription; small, so many of its periods fit in a short run).
+    #[arg(long, env = "NOTIFY_BENCH_REDIS_PING_INTERVAL", value_parser = parse_duration, default_value = "1s")]
+    pub redis_ping_interval: Duration,
+
+    /// `soak`: interval between progress lines.
+    #[arg(long, env = "NOTIFY_BENCH_REPORT_INTERVAL", value_parser = parse_duration, default_value = "60s")]
+    pub report_interval: Duration,
+
+    /// `soak`: memory and descriptors are judged from this long after the start.
+    #[arg(long, env = "NOTIFY_BENCH_WARM_UP", value_parser = parse_duration, default_value = "60s")]
+    pub warm_up: Duration,
+
+    /// `soak`: most a gateway process's RSS may grow after warm-up, MiB.
+    #[arg(long, env = "NOTIFY_BENCH_RSS_GROWTH_MIB", default_value_t = 16)]
+    pub rss_growth_mib: u64,
+
+    /// `soak`: open descriptors a gateway may hold beyond one per connected client.
+    #[arg(long, env = "NOTIFY_BENCH_FD_SLACK", default_value_t = 64)]
+    pub fd_slack: u64,
+
     /// `chaos`: approximate length each region's stream is trimmed to on publish (the
     /// history script's `MAXLEN ~`).
     #[arg(long, env = "NOTIFY_BENCH_RETENTION", default_value_t = 10_000)]
@@ -241,13 +301,14 @@ impl Args {
         }
         if matches!(
             self.scenario,
-            Scenario::Latency | Scenario::Churn | Scenario::Chaos
+            Scenario::Latency | Scenario::Churn | Scenario::Chaos | Scenario::Soak
         ) {
             if !(self.rate > 0.0 && self.rate <= MAX_RATE) {
                 bail!("--rate must be in (0, {MAX_RATE}]");
             }
-            if self.duration.is_zero() || self.duration > MAX_DURATION {
-                bail!("--duration must be in (0, {}s]", MAX_DURATION.as_secs());
+            let longest = self.max_duration();
+            if self.duration.is_zero() || self.duration > longest {
+                bail!("--duration must be in (0, {}s]", longest.as_secs());
             }
             if self.steady_messages() > MAX_MESSAGES {
                 bail!("--rate x --duration must stay under {MAX_MESSAGES} messages");
@@ -262,8 +323,11 @@ impl Args {
         if self.timeout.is_zero() || self.timeout > max_timeout {
             bail!("--timeout must be in (0, {}s]", max_timeout.as_secs());
         }
-        if self.scenario == Scenario::Chaos {
+        if matches!(self.scenario, Scenario::Chaos | Scenario::Soak) {
             self.validate_chaos()?;
+        }
+        if self.scenario == Scenario::Soak {
+            self.validate_soak()?;
         }
         if self.connect_concurrency == 0 || self.connect_concurrency > 4096 {
             bail!("--connect-concurrency must be 1..=4096");
@@ -283,8 +347,17 @@ impl Args {
     /// Longest `--timeout`: [`MAX_DURATION`], twice that for `chaos` (its steady phase is
     /// followed by a catch-up phase).
     pub fn max_timeout(&self) -> Duration {
-        if self.scenario == Scenario::Chaos {
-            MAX_DURATION * 2
+        match self.scenario {
+            Scenario::Chaos => MAX_DURATION * 2,
+            Scenario::Soak => MAX_SOAK_DURATION + MAX_DURATION,
+            _ => MAX_DURATION,
+        }
+    }
+
+    /// Longest `--duration`: [`MAX_SOAK_DURATION`] for `soak`, else [`MAX_DURATION`].
+    pub fn max_duration(&self) -> Duration {
+        if self.scenario == Scenario::Soak {
+            MAX_SOAK_DURATION
         } else {
             MAX_DURATION
         }
@@ -296,9 +369,44 @@ impl Args {
         (self.duration + self.catch_up_timeout + Duration::from_secs(60)).min(self.max_timeout())
     }
 
+    fn validate_soak(&self) -> Result<()> {
+        if !(self.plain_rate > 0.0 && self.plain_rate <= MAX_RATE) {
+            bail!("--plain-rate must be in (0, {MAX_RATE}]");
+        }
+        if (self.plain_rate * self.duration.as_secs_f64()) as u64 > MAX_MESSAGES {
+            bail!("--plain-rate x --duration must stay under {MAX_MESSAGES} messages");
+        }
+        for (flag, interval) in [
+            ("--fault-interval", self.fault_interval),
+            ("--report-interval", self.report_interval),
+        ] {
+            if interval < Duration::from_secs(1) || interval > MAX_SOAK_DURATION {
+                bail!(
+                    "{flag} must be between 1s and {}s",
+                    MAX_SOAK_DURATION.as_secs()
+                );
+            }
+        }
+        if self.redis_ping_interval < Duration::from_millis(100)
+            || self.redis_ping_interval > Duration::from_secs(60)
+        {
+            bail!("--redis-ping-interval must be between 100ms and 60s");
+        }
+        if self.warm_up >= self.duration {
+            bail!("--warm-up must be shorter than --duration");
+        }
+        if self.rss_growth_mib == 0 || self.rss_growth_mib > 65_536 {
+            bail!("--rss-growth-mib must be 1..=65536");
+        }
+        if self.fd_slack == 0 || self.fd_slack > 10_000 {
+            bail!("--fd-slack must be 1..=10000");
+        }
+        Ok(())
+    }
+
     fn validate_chaos(&self) -> Result<()> {
         let Some(bin) = &self.gateway_bin else {
-            bail!("chaos needs --gateway-bin (the notify-gateway binary to start)");
+            bail!("chaos and soak need --gateway-bin (the notify-gateway binary to start)");
         };
         if !bin.is_file() {
             bail!("--gateway-bin {}: no such file", bin.display());

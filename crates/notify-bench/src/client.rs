@@ -27,6 +27,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::latency;
 use crate::messages::{now_ns, MessageLog};
+use crate::report::Verdict;
 
 /// A connected client socket, plain or TLS.
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -191,29 +192,6 @@ pub struct Required {
     pub end: u64,
 }
 
-/// One client's verdict.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Verdict {
-    /// Messages it had to get.
-    pub required: u64,
-    /// Distinct messages of its region it got, in order.
-    pub delivered: u64,
-    /// Required messages it never got.
-    pub lost: u64,
-    /// Frames repeating or going back before one already seen.
-    pub duplicates: u64,
-    /// Times a sequence number was skipped.
-    pub gaps: u64,
-    /// Frames of another region.
-    pub wrong_region: u64,
-    /// Frames that were not exactly a published message.
-    pub corrupt: u64,
-    /// Valid notifications this run did not publish.
-    pub unexpected: u64,
-    /// Whether the gateway closed the connection before the client left.
-    pub dropped_by_server: bool,
-}
-
 impl ClientStats {
     fn new(region: usize) -> Self {
         ClientStats {
@@ -294,7 +272,7 @@ impl ClientStats {
             lost = lost.min(span.max(load(&self.skipped)));
         }
         Verdict {
-            required: span,
+            expected: span,
             delivered: load(&self.accepted),
             lost,
             duplicates: load(&self.duplicates),
@@ -304,6 +282,7 @@ impl ClientStats {
             unexpected: load(&self.unexpected),
             dropped_by_server: self.dropped_by_server.load(Ordering::Relaxed)
                 && !self.left.load(Ordering::Relaxed),
+            ..Verdict::default()
         }
     }
 }
@@ -433,15 +412,7 @@ mod tests {
     use notify_proto::Region;
 
     fn log() -> MessageLog {
-        let regions = [Region::parse("AE").unwrap(), Region::parse("FI").unwrap()];
-        let log = MessageLog::new(&regions, 10);
-        for seq in 0..6 {
-            log.prepare(0, seq).unwrap();
-            log.prepare(1, seq).unwrap();
-        }
-        log.regions[0].set_published(6);
-        log.regions[1].set_published(6);
-        log
+        MessageLog::published_for_tests()
     }
 
     fn frame(log: &MessageLog, region: usize, seq: u64) -> Vec<u8> {
@@ -461,7 +432,7 @@ mod tests {
             on_frame(&stats, &log, &frame(&log, 0, seq));
         }
         let verdict = stats.verdict(stats.required(&log, true, 0, 0));
-        assert_eq!(verdict.required, 6);
+        assert_eq!(verdict.expected, 6);
         assert_eq!(verdict.delivered, 6);
         assert_eq!(
             (
@@ -530,7 +501,7 @@ mod tests {
             on_frame(&stats, &log, &frame_of(&log, seq));
         }
         let verdict = stats.verdict(required);
-        assert_eq!((verdict.required, verdict.lost), (7, 0));
+        assert_eq!((verdict.expected, verdict.lost), (7, 0));
     }
 
     fn frame_of(log: &MessageLog, seq: u64) -> Vec<u8> {

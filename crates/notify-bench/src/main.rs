@@ -15,15 +15,31 @@
 //! - [`procstat`]: RSS and CPU of the gateway and of this process from /proc.
 //! - [`scenario`]: idle, fanout, latency and churn, against a running gateway.
 //! - [`chaos`]: starts its own gateways and breaks things while verifying resumes.
+//! - [`soak`]: runs for hours: churn, plain and id-carrying messages, every kind of fault on
+//!   a schedule, progress lines, and a verdict on delivery, memory, descriptors, reconnects
+//!   and readiness.
+//! - [`fleet`]: the gateway processes `chaos` and `soak` start, stops and restarts.
+//! - [`history_publisher`]: publishing id-carrying messages with the project's script.
+//! - [`resuming`]: clients that reconnect with `?since=` whenever their connection ends.
+//! - [`plain`]: id-less live messages and which of them each client was owed.
+//! - [`tracker`]: exactly-once verification of a resuming client.
+//! - [`report`]: verdicts, totals, the JSON line and the exit status, for every scenario.
 
 mod chaos;
 mod cli;
 mod client;
+mod fleet;
+mod history_publisher;
 mod latency;
 mod messages;
+mod plain;
 mod procstat;
 mod publish;
+mod report;
+mod resuming;
 mod scenario;
+mod soak;
+mod tracker;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -60,7 +76,11 @@ fn run(args: Args) -> Result<ExitCode> {
     messages::now_ns();
     args.validate()?;
     if args.scenario == Scenario::Chaos {
-        return run_chaos(args);
+        cli::check_redis_url(&args.redis_url)?;
+        return run_own_processes(args, chaos::run);
+    }
+    if args.scenario == Scenario::Soak {
+        return run_own_processes(args, soak::run);
     }
     let gateway = cli::gateway_addr(&args.gateway)?;
     if args.via == cli::Via::Redis {
@@ -68,39 +88,31 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     let (runtime, hard_limit) = runtime_for(&args)?;
     let allow_loss = args.allow_loss;
-    let (report, failed) = runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let bench = scenario::Bench::new(args, gateway).await?;
         tokio::time::timeout(hard_limit, bench.run())
             .await
             .context("the run overran its --timeout")?
     })?;
-    println!("{report}");
     runtime.shutdown_timeout(Duration::from_secs(1));
-    if failed && !allow_loss {
-        eprintln!("notify-bench: FAILED (see totals; --allow-loss to accept)");
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(outcome.finish(allow_loss))
 }
 
-fn run_chaos(args: Args) -> Result<ExitCode> {
-    cli::check_redis_url(&args.redis_url)?;
+/// `chaos` and `soak`: scenarios that start their own processes (killed when their handles
+/// drop, also on errors, hence the shutdown grace).
+fn run_own_processes<F>(args: Args, scenario: fn(Args) -> F) -> Result<ExitCode>
+where
+    F: std::future::Future<Output = Result<report::Outcome>>,
+{
     let (runtime, hard_limit) = runtime_for(&args)?;
     let allow_loss = args.allow_loss;
     let outcome = runtime.block_on(async move {
-        tokio::time::timeout(hard_limit, chaos::run(args))
+        tokio::time::timeout(hard_limit, scenario(args))
             .await
             .context("the run overran its --timeout")?
     });
-    // Gateways are killed when their handles drop, also on errors.
     runtime.shutdown_timeout(Duration::from_secs(2));
-    let (report, failed) = outcome?;
-    println!("{report}");
-    if failed && !allow_loss {
-        eprintln!("notify-bench: FAILED: not every message was delivered exactly once");
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(outcome?.finish(allow_loss))
 }
 
 /// Raises the open-files limit for `--clients`, builds the runtime, and returns it with the

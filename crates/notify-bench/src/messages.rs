@@ -189,6 +189,23 @@ pub fn notification(region: Region, seq: u64, sent_ns: u64, unix_ts: i64) -> Not
 }
 
 #[cfg(test)]
+impl MessageLog {
+    /// Regions AE and FI, 6 messages each, all published: the fixture of the verification
+    /// tests.
+    pub fn published_for_tests() -> Self {
+        let regions = [Region::parse("AE").unwrap(), Region::parse("FI").unwrap()];
+        let log = MessageLog::new(&regions, 10);
+        for seq in 0..6 {
+            log.prepare(0, seq).unwrap();
+            log.prepare(1, seq).unwrap();
+        }
+        log.regions[0].set_published(6);
+        log.regions[1].set_published(6);
+        log
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use notify_proto::DEFAULT_MAX_PAYLOAD_BYTES;

@@ -49,6 +49,13 @@ pub fn sample(pid: &str) -> Result<ProcSample> {
     })
 }
 
+/// Open file descriptors of process `pid` (entries of `/proc/{pid}/fd`).
+pub fn open_fds(pid: &str) -> Result<u64> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("reading /proc/{pid}/fd"))?
+        .count() as u64)
+}
+
 /// utime + stime from a stat line. Fields are counted after the `)` that closes the command
 /// name, which may itself contain spaces: state is field 3, utime 14, stime 15.
 fn cpu_ticks(stat: &str) -> Result<u64> {
@@ -147,5 +154,6 @@ mod tests {
         let me = sample("self").unwrap();
         assert!(me.rss_kib > 0);
         assert!(me.cpu_secs >= 0.0);
+        assert!(open_fds("self").unwrap() >= 3);
     }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -19,6 +18,7 @@ use crate::latency::{self, Percentiles};
 use crate::messages::{now_ns, MessageLog};
 use crate::procstat::{self, ProcSample};
 use crate::publish::{self, per_region, PublishOutcome, Publisher};
+use crate::report::{round1, round3, show, Outcome, Totals};
 
 /// Everything a scenario needs.
 #[derive(Debug)]
@@ -33,39 +33,6 @@ pub struct Bench {
     pid: Option<u32>,
     deadline: Instant,
     sources: Vec<std::net::IpAddr>,
-}
-
-/// Sums of every client's verdict.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Totals {
-    /// Clients judged.
-    pub clients: u64,
-    /// Deliveries that had to happen.
-    pub expected_deliveries: u64,
-    /// Distinct in-order deliveries.
-    pub delivered: u64,
-    /// Required deliveries that never happened.
-    pub lost: u64,
-    /// Repeated or backwards frames.
-    pub duplicates: u64,
-    /// Skips in a client's sequence.
-    pub gaps: u64,
-    /// Frames of another region.
-    pub wrong_region: u64,
-    /// Frames that were not exactly a published message.
-    pub corrupt: u64,
-    /// Valid notifications this run did not publish (another publisher on the same gateway).
-    pub unexpected: u64,
-    /// Clients the gateway disconnected before they left.
-    pub dropped_by_server: u64,
-}
-
-impl Totals {
-    /// Whether anything went wrong that fails the run.
-    pub fn failed(&self) -> bool {
-        self.lost + self.duplicates + self.gaps + self.wrong_region + self.corrupt > 0
-            || self.dropped_by_server > 0
-    }
 }
 
 /// Result of connecting a batch of clients.
@@ -137,7 +104,9 @@ impl Bench {
             Scenario::Latency | Scenario::Churn => {
                 per_region(args.steady_messages(), args.regions.len(), 0)
             }
-            Scenario::Chaos => bail!("chaos starts its own gateways; see crate::chaos"),
+            Scenario::Chaos | Scenario::Soak => {
+                bail!("chaos and soak start their own gateways; see crate::chaos")
+            }
         };
         let log = Arc::new(MessageLog::new(&args.regions, capacity));
         let sources = crate::cli::source_ips(
@@ -163,13 +132,15 @@ impl Bench {
     }
 
     /// Runs the chosen scenario and returns its JSON report and whether it failed.
-    pub async fn run(&self) -> Result<(Value, bool)> {
+    pub async fn run(&self) -> Result<Outcome> {
         match self.args.scenario {
             Scenario::Idle => self.idle().await,
             Scenario::Fanout => self.fanout().await,
             Scenario::Latency => self.latency().await,
             Scenario::Churn => self.churn().await,
-            Scenario::Chaos => bail!("chaos starts its own gateways; see crate::chaos"),
+            Scenario::Chaos | Scenario::Soak => {
+                bail!("chaos and soak start their own gateways; see crate::chaos")
+            }
         }
     }
 
@@ -291,17 +262,7 @@ impl Bench {
         let grace = self.args.grace.as_nanos() as u64;
         let mut totals = Totals::default();
         for client in stats {
-            let verdict = client.verdict(client.required(&self.log, strict, grace, end_ns));
-            totals.clients += 1;
-            totals.expected_deliveries += verdict.required;
-            totals.delivered += verdict.delivered;
-            totals.lost += verdict.lost;
-            totals.duplicates += verdict.duplicates;
-            totals.gaps += verdict.gaps;
-            totals.wrong_region += verdict.wrong_region;
-            totals.corrupt += verdict.corrupt;
-            totals.unexpected += verdict.unexpected;
-            totals.dropped_by_server += u64::from(verdict.dropped_by_server);
+            totals.add(&client.verdict(client.required(&self.log, strict, grace, end_ns)));
         }
         totals
     }
@@ -379,7 +340,7 @@ impl Bench {
         gateway
     }
 
-    async fn idle(&self) -> Result<(Value, bool)> {
+    async fn idle(&self) -> Result<Outcome> {
         let count = self.args.clients;
         let before = self.gateway_sample();
         let me_before = procstat::sample("self").ok();
@@ -417,9 +378,14 @@ impl Bench {
             ),
         );
         report.insert("generator".into(), generator_report(me_before, me_after));
-        let failed = totals.failed() || connected.failures > 0 || totals.unexpected > 0;
+        let mut failures = totals.failures(false);
+        if connected.failures > 0 {
+            failures.push(format!("handshakes failed: {}", connected.failures));
+        }
+        if totals.unexpected > 0 {
+            failures.push(format!("unexpected: {}", totals.unexpected));
+        }
         report.insert("totals".into(), json!(totals));
-        report.insert("ok".into(), json!(!failed));
         eprintln!(
             "idle: {} clients in {:.2}s ({:.0} handshakes/s, {} failed); gateway RSS {} -> {} KiB ({} bytes/connection)",
             stats.len(),
@@ -430,10 +396,10 @@ impl Bench {
             show(after.map(|s| s.rss_kib)),
             show(per_connection),
         );
-        Ok((Value::Object(report), failed))
+        Ok(Outcome::new(report, failures))
     }
 
-    async fn fanout(&self) -> Result<(Value, bool)> {
+    async fn fanout(&self) -> Result<Outcome> {
         let mut publisher = self.publisher().await?;
         let connected = self.connect(0, self.args.clients).await;
         self.settle(connected.clients.len()).await;
@@ -493,9 +459,8 @@ impl Bench {
             ),
         );
         report.insert("generator".into(), generator_report(me_before, me_after));
-        let failed = totals.failed() || outcome.cut_short;
+        let failures = failures_of(&totals, &outcome, 0);
         report.insert("totals".into(), json!(totals));
-        report.insert("ok".into(), json!(!failed));
         eprintln!(
             "fanout: {clients} clients x {} messages over {regions} regions: {delivered}/{} deliveries in {:.3}s ({:.0}/s); gateway CPU {} s ({} us/delivery)",
             outcome.published,
@@ -505,11 +470,11 @@ impl Bench {
             show(cpu.map(round3)),
             show(cpu.filter(|_| delivered > 0).map(|cpu| round3(cpu * 1e6 / delivered as f64))),
         );
-        summary_line(&totals);
-        Ok((Value::Object(report), failed))
+        eprintln!("  {}", totals.summary_line());
+        Ok(Outcome::new(report, failures))
     }
 
-    async fn latency(&self) -> Result<(Value, bool)> {
+    async fn latency(&self) -> Result<Outcome> {
         let mut publisher = self.publisher().await?;
         let connected = self.connect(0, self.args.clients).await;
         self.settle(connected.clients.len()).await;
@@ -543,9 +508,8 @@ impl Bench {
             self.gateway_report(before, after, json!({})),
         );
         report.insert("generator".into(), generator_report(me_before, me_after));
-        let failed = totals.failed() || outcome.cut_short;
+        let failures = failures_of(&totals, &outcome, 0);
         report.insert("totals".into(), json!(totals));
-        report.insert("ok".into(), json!(!failed));
         match &percentiles {
             Some(p) => eprintln!(
                 "latency: {clients} clients, {} msg at {}/s: p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3} ({} samples)",
@@ -553,11 +517,11 @@ impl Bench {
             ),
             None => eprintln!("latency: no deliveries recorded"),
         }
-        summary_line(&totals);
-        Ok((Value::Object(report), failed))
+        eprintln!("  {}", totals.summary_line());
+        Ok(Outcome::new(report, failures))
     }
 
-    async fn churn(&self) -> Result<(Value, bool)> {
+    async fn churn(&self) -> Result<Outcome> {
         let publisher = self.publisher().await?;
         let population = self.args.clients;
         let initial = self.connect(0, population).await;
@@ -679,15 +643,14 @@ impl Bench {
             self.gateway_report(before, after, json!({})),
         );
         report.insert("generator".into(), generator_report(me_before, me_after));
-        let failed = totals.failed() || outcome.cut_short || failures > 0;
+        let failed = failures_of(&totals, &outcome, failures);
         report.insert("totals".into(), json!(totals));
-        report.insert("ok".into(), json!(!failed));
         eprintln!(
             "churn: population {population}, {leaves} left and {} replacements attempted ({handshakes} handshakes ok, {failures} failed) while {} messages flowed at {}/s",
             tick, outcome.published, self.args.rate
         );
-        summary_line(&totals);
-        Ok((Value::Object(report), failed))
+        eprintln!("  {}", totals.summary_line());
+        Ok(Outcome::new(report, failed))
     }
 }
 
@@ -751,30 +714,17 @@ fn generator_report(before: Option<ProcSample>, after: Option<ProcSample>) -> Va
     })
 }
 
-fn summary_line(totals: &Totals) {
-    eprintln!(
-        "  checked {} clients: {} expected, {} delivered, lost {}, duplicates {}, gaps {}, wrong region {}, corrupt {}, unexpected {}, dropped by gateway {}",
-        totals.clients,
-        totals.expected_deliveries,
-        totals.delivered,
-        totals.lost,
-        totals.duplicates,
-        totals.gaps,
-        totals.wrong_region,
-        totals.corrupt,
-        totals.unexpected,
-        totals.dropped_by_server,
-    );
-}
-
-fn show<T: std::fmt::Display>(value: Option<T>) -> String {
-    value.map_or_else(|| "?".to_owned(), |value| value.to_string())
-}
-
-fn round1(value: f64) -> f64 {
-    (value * 10.0).round() / 10.0
-}
-
-fn round3(value: f64) -> f64 {
-    (value * 1000.0).round() / 1000.0
+/// The delivery checks that failed, plus publishing cut short and failed handshakes.
+fn failures_of(totals: &Totals, outcome: &PublishOutcome, handshake_failures: u64) -> Vec<String> {
+    let mut failures = totals.failures(false);
+    if outcome.cut_short {
+        failures.push(format!(
+            "publishing cut short by --timeout after {}",
+            outcome.published
+        ));
+    }
+    if handshake_failures > 0 {
+        failures.push(format!("handshakes failed: {handshake_failures}"));
+    }
+    failures
 }

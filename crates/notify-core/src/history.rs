@@ -13,6 +13,11 @@
 //!   a time this history did not see: an earlier process, or before the gateway started);
 //! - and `since` is not newer than the newest message held (an id from the future means another
 //!   history — Redis lost its data, or an id from another deployment).
+//!
+//! A gap the gateway finds in its own feed (a broker outage longer than the stream's
+//! retention) [`cut`](RegionHistory::cut)s the history: nothing before the gap is answered
+//! from memory again, whatever the capacity. Ids going backwards (the stream started over)
+//! [`reset`](RegionHistory::reset) it.
 
 use std::collections::VecDeque;
 
@@ -66,6 +71,20 @@ impl<T: Clone> RegionHistory<T> {
             }
         }
         self.entries.push_back((id, frame));
+    }
+
+    /// Forgets every held message, keeping the newest id: the messages after it are missing
+    /// from this history (a gap), so a lookup from before the next recorded message is not
+    /// covered.
+    pub fn cut(&mut self) {
+        self.entries.clear();
+        self.newest_evicted = None;
+    }
+
+    /// Forgets everything, the newest id included: the ids started over.
+    pub fn reset(&mut self) {
+        self.cut();
+        self.newest = None;
     }
 
     /// The id the next locally generated message gets: the current millisecond, or one
@@ -133,6 +152,40 @@ mod tests {
             history.after(id(25)),
             Lookup::Entries(vec![(id(30), 30), (id(40), 40)])
         );
+    }
+
+    #[test]
+    fn a_cut_history_answers_nothing_from_before_the_gap() {
+        let mut history = RegionHistory::new(5000);
+        for ms in [10, 20, 30] {
+            history.record(id(ms), ms);
+        }
+        history.cut();
+        assert_eq!(history.newest(), Some(id(30)));
+        assert_eq!(history.after(id(30)), Lookup::NotCovered);
+        assert_eq!(history.after(id(10)), Lookup::NotCovered);
+        // The first message after the gap: only resumes from it on are covered.
+        history.record(id(500), 500);
+        history.record(id(600), 600);
+        assert_eq!(history.after(id(30)), Lookup::NotCovered);
+        assert_eq!(history.after(id(499)), Lookup::NotCovered);
+        assert_eq!(
+            history.after(id(500)),
+            Lookup::Entries(vec![(id(600), 600)])
+        );
+    }
+
+    #[test]
+    fn a_reset_history_starts_over() {
+        let mut history = RegionHistory::new(8);
+        history.record(id(100), 100);
+        history.reset();
+        assert_eq!(history.newest(), None);
+        assert_eq!(history.after(id(100)), Lookup::NotCovered);
+        history.record(id(5), 5);
+        history.record(id(6), 6);
+        assert_eq!(history.after(id(5)), Lookup::Entries(vec![(id(6), 6)]));
+        assert_eq!(history.after(id(100)), Lookup::NotCovered);
     }
 
     #[test]

@@ -6,13 +6,16 @@
 //! byte buffer. Nothing is encoded or copied per client.
 //!
 //! # Slow-consumer policy
-//! The ring's length is the per-client queue limit. A subscriber that falls further behind
-//! than that gets [`SubscriptionError::Lagged`] on its next receive and is expected to be
-//! disconnected; the publisher never waits for anyone, so one stalled socket cannot delay
+//! A subscriber that falls more than the queue limit behind gets [`SubscriptionError::Lagged`]
+//! on its next receive and is expected to be disconnected. The limit is exact: the ring rounds
+//! its length up to a power of two, so each envelope carries its region's sequence number and
+//! the subscriber compares it with the region's count of published messages itself; the publisher never waits for anyone, so one stalled socket cannot delay
 //! delivery to any other client, in its region or elsewhere. Regions have separate rings and
 //! separate locks: no contention across regions.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use notify_proto::{Region, StreamId};
@@ -29,6 +32,8 @@ pub struct Envelope<T> {
     pub frame: T,
     /// When ingest handed it to the hub.
     pub received_at: Instant,
+    /// Its position in the region's sequence of published messages (1, 2, …).
+    sequence: u64,
 }
 
 /// The hub was asked about a region it does not serve.
@@ -56,17 +61,44 @@ pub enum SubscriptionError {
 /// Region → subscribers, for a fixed set of served regions.
 #[derive(Debug)]
 pub struct Hub<T> {
-    regions: HashMap<Region, broadcast::Sender<Envelope<T>>>,
+    regions: HashMap<Region, RegionRing<T>>,
+}
+
+/// One region's ring and the count that makes the queue limit exact.
+#[derive(Debug)]
+struct RegionRing<T> {
+    /// Taken around each send, so sequence numbers follow the ring's order.
+    sender: Mutex<broadcast::Sender<Envelope<T>>>,
+    /// Shared with every subscription of the region.
+    progress: Arc<Progress>,
+}
+
+/// How far a region's publishing has gone, for subscribers to measure their lag against.
+#[derive(Debug)]
+struct Progress {
+    /// Messages published so far (the last envelope's sequence number).
+    published: AtomicU64,
+    /// Most messages a subscriber may have outstanding.
+    queue_limit: u64,
 }
 
 impl<T: Clone + Send + Sync + 'static> Hub<T> {
     /// A hub serving `regions`, letting each client fall at most `queue_limit` messages behind
-    /// (rounded up to a power of two by the ring).
+    /// (exactly; at least 1).
     pub fn new(regions: impl IntoIterator<Item = Region>, queue_limit: usize) -> Self {
         let queue_limit = queue_limit.max(1);
         let regions = regions
             .into_iter()
-            .map(|region| (region, broadcast::channel(queue_limit).0))
+            .map(|region| {
+                let ring = RegionRing {
+                    sender: Mutex::new(broadcast::channel(queue_limit).0),
+                    progress: Arc::new(Progress {
+                        published: AtomicU64::new(0),
+                        queue_limit: u64::try_from(queue_limit).unwrap_or(u64::MAX),
+                    }),
+                };
+                (region, ring)
+            })
             .collect();
         Hub { regions }
     }
@@ -85,34 +117,44 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
 
     /// Subscribes a new client to `region`; it receives messages published from now on.
     pub fn subscribe(&self, region: Region) -> Result<Subscription<T>, HubError> {
-        let sender = self
+        let ring = self
             .regions
             .get(&region)
             .ok_or(HubError::NotServed(region))?;
+        let sender = ring.sender.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(Subscription {
             receiver: sender.subscribe(),
+            progress: Arc::clone(&ring.progress),
         })
     }
 
     /// Queues `frame` for every current subscriber of `region`; returns how many that is.
     /// Never waits. A region not served is a no-op returning 0.
     pub fn publish(&self, region: Region, id: Option<StreamId>, frame: T) -> usize {
-        let Some(sender) = self.regions.get(&region) else {
+        let Some(ring) = self.regions.get(&region) else {
             return 0;
         };
+        let sender = ring.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        let sequence = ring.progress.published.load(Ordering::Relaxed) + 1;
         let envelope = Envelope {
             id,
             frame,
             received_at: Instant::now(),
+            sequence,
         };
-        sender.send(envelope).unwrap_or(0)
+        let receivers = sender.send(envelope).unwrap_or(0);
+        ring.progress.published.store(sequence, Ordering::Release);
+        receivers
     }
 
     /// Current subscribers of `region`.
     pub fn subscribers(&self, region: Region) -> usize {
-        self.regions
-            .get(&region)
-            .map_or(0, broadcast::Sender::receiver_count)
+        self.regions.get(&region).map_or(0, |ring| {
+            ring.sender
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .receiver_count()
+        })
     }
 }
 
@@ -120,21 +162,38 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
 #[derive(Debug)]
 pub struct Subscription<T> {
     receiver: broadcast::Receiver<Envelope<T>>,
+    progress: Arc<Progress>,
 }
 
 impl<T: Clone> Subscription<T> {
     /// The next message, waiting for one.
     pub async fn recv(&mut self) -> Result<Envelope<T>, SubscriptionError> {
-        self.receiver.recv().await.map_err(|error| match error {
-            broadcast::error::RecvError::Lagged(skipped) => SubscriptionError::Lagged { skipped },
-            broadcast::error::RecvError::Closed => SubscriptionError::Closed,
-        })
+        match self.receiver.recv().await {
+            Ok(envelope) => self.within_limit(envelope),
+            Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                Err(SubscriptionError::Lagged { skipped })
+            }
+            Err(broadcast::error::RecvError::Closed) => Err(SubscriptionError::Closed),
+        }
+    }
+
+    /// `envelope`, unless the subscriber has more than the queue limit outstanding counting
+    /// it (then the messages past the limit are what it lost).
+    fn within_limit(&self, envelope: Envelope<T>) -> Result<Envelope<T>, SubscriptionError> {
+        let published = self.progress.published.load(Ordering::Acquire);
+        let outstanding = published.saturating_sub(envelope.sequence) + 1;
+        if outstanding > self.progress.queue_limit {
+            return Err(SubscriptionError::Lagged {
+                skipped: outstanding - self.progress.queue_limit,
+            });
+        }
+        Ok(envelope)
     }
 
     /// The next message if one is already queued, for batching several into one write.
     pub fn try_recv(&mut self) -> Result<Option<Envelope<T>>, SubscriptionError> {
         match self.receiver.try_recv() {
-            Ok(envelope) => Ok(Some(envelope)),
+            Ok(envelope) => self.within_limit(envelope).map(Some),
             Err(broadcast::error::TryRecvError::Empty) => Ok(None),
             Err(broadcast::error::TryRecvError::Lagged(skipped)) => {
                 Err(SubscriptionError::Lagged { skipped })
@@ -183,6 +242,35 @@ mod tests {
         assert_eq!(
             stalled.recv().await.unwrap_err(),
             SubscriptionError::Lagged { skipped: 6 }
+        );
+    }
+
+    #[tokio::test]
+    async fn the_queue_limit_is_exact_not_rounded_to_the_ring() {
+        // The ring behind a limit of 5 holds 8.
+        let hub: Hub<u8> = Hub::new([region("AE")], 5);
+        let mut within = hub.subscribe(region("AE")).unwrap();
+        for n in 0..5 {
+            hub.publish(region("AE"), None, n);
+        }
+        for n in 0..5 {
+            assert_eq!(within.try_recv().unwrap().map(|e| e.frame), Some(n));
+        }
+        let mut past = hub.subscribe(region("AE")).unwrap();
+        for n in 0..6 {
+            hub.publish(region("AE"), None, n);
+        }
+        assert_eq!(
+            past.recv().await.unwrap_err(),
+            SubscriptionError::Lagged { skipped: 1 }
+        );
+        let mut batching = hub.subscribe(region("AE")).unwrap();
+        for n in 0..7 {
+            hub.publish(region("AE"), None, n);
+        }
+        assert_eq!(
+            batching.try_recv().unwrap_err(),
+            SubscriptionError::Lagged { skipped: 2 }
         );
     }
 

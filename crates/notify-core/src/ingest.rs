@@ -1,11 +1,17 @@
-//! The one inbound path: raw channel payload → validated notification → one encoded frame →
-//! the region's history and the hub.
+//! The one inbound path: raw channel payload or stream entry → validated notification → one
+//! encoded frame → the region's history and the hub.
 //!
-//! Messages with an id are delivered at most once and in id order per region: an id at or
-//! below the newest one already delivered is a duplicate (the same message seen live and in a
-//! catch-up read) and is dropped, counted in `notify_duplicates_dropped_total`. Recording in
-//! history and publishing to the hub happen under the region's lock, so history order and
-//! delivery order are the same order.
+//! # Which ids are trusted
+//! Only ids issued by the region's Redis stream move the high-water mark and enter the history
+//! ([`deliver_stream_entry`](Ingest::deliver_stream_entry)). A live (pub/sub) message without
+//! an id is delivered at once; one with an id waits in the region's [`PendingIds`] until the
+//! stream settles it: our own publish (the stream delivers it, the live copy is dropped) or
+//! foreign (delivered without its id, counted in `notify_bad_payloads_total{reason="foreign_id"}`).
+//!
+//! Stream entries are delivered at most once and in id order per region: an id at or below the
+//! newest one already delivered is dropped and counted in `notify_duplicates_dropped_total`.
+//! Recording in history and publishing to the hub happen under the region's lock, so history
+//! order and delivery order are the same order.
 //!
 //! Every broker feeds payloads through [`Ingest`], so validation, counting and logging of bad
 //! input happen in exactly one place. A bad payload is counted in
@@ -13,14 +19,15 @@
 //! suppressed), and skipped; it never reaches a client and never stops the flow.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use notify_proto::{ChannelNames, ControlMessage, Notification, PayloadError, Region, StreamId};
 
 use crate::history::{Lookup, RegionHistory};
 use crate::hub::Hub;
+use crate::log_limit::RateLimitedLog;
+use crate::pending::{Offered, PendingIds};
 
 /// Why an inbound payload was skipped.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -38,6 +45,15 @@ pub enum IngestError {
     },
 }
 
+/// One region's inbound state, under one lock.
+#[derive(Debug)]
+struct RegionState<T> {
+    /// Recent stream-issued messages and the high-water mark.
+    history: RegionHistory<T>,
+    /// Id-carrying live messages waiting for the stream to settle them.
+    pending: PendingIds<Notification>,
+}
+
 /// Validates payloads, encodes them once and publishes them to the hub.
 #[derive(Debug)]
 pub struct Ingest<T> {
@@ -45,7 +61,8 @@ pub struct Ingest<T> {
     channels: ChannelNames,
     max_payload_bytes: usize,
     bad_payload_log: RateLimitedLog,
-    histories: HashMap<Region, Mutex<RegionHistory<T>>>,
+    foreign_id_log: RateLimitedLog,
+    regions: HashMap<Region, Mutex<RegionState<T>>>,
     /// `notify_messages_received_total{region}`, resolved once instead of per message.
     received: HashMap<Region, metrics::Counter>,
 }
@@ -62,10 +79,16 @@ where
         max_payload_bytes: usize,
         history_capacity: usize,
     ) -> Self {
-        let histories = hub
+        let regions = hub
             .regions()
             .into_iter()
-            .map(|region| (region, Mutex::new(RegionHistory::new(history_capacity))))
+            .map(|region| {
+                let state = RegionState {
+                    history: RegionHistory::new(history_capacity),
+                    pending: PendingIds::default(),
+                };
+                (region, Mutex::new(state))
+            })
             .collect();
         let received = hub
             .regions()
@@ -83,7 +106,8 @@ where
             channels,
             max_payload_bytes,
             bad_payload_log: RateLimitedLog::default(),
-            histories,
+            foreign_id_log: RateLimitedLog::default(),
+            regions,
             received,
         }
     }
@@ -119,7 +143,7 @@ where
                         })
                 });
         match result {
-            Ok(notification) => Ok(self.deliver(&notification)),
+            Ok(notification) => Ok(self.live_message(notification)),
             Err(error) => {
                 let reason = match &error {
                     IngestError::UnknownChannel(_) => "unknown_channel",
@@ -134,65 +158,112 @@ where
         }
     }
 
-    /// Encodes a valid notification once, records it in history when it has an id, and queues
-    /// it for its region's clients. Returns how many clients that is; 0 for a duplicate.
-    pub fn deliver(&self, notification: &Notification) -> usize {
-        let region: Region = notification.region;
-        let Some(mut history) = self.history(region) else {
+    /// A valid live message: delivered at once without an id; held for the stream to settle
+    /// with one. Returns how many clients it was queued for now.
+    fn live_message(&self, notification: Notification) -> usize {
+        let region = notification.region;
+        let Some(mut state) = self.region(region) else {
             return 0;
         };
-        if let (Some(id), Some(newest)) = (notification.id, history.newest()) {
-            if id <= newest {
-                metrics::counter!("notify_duplicates_dropped_total").increment(1);
-                return 0;
-            }
+        let Some(id) = notification.id else {
+            return self.publish_live(&notification);
+        };
+        match state.pending.offer(id, notification, Instant::now()) {
+            Offered::Duplicate | Offered::Held { evicted: None } => 0,
+            Offered::Held {
+                evicted: Some(foreign),
+            } => self.deliver_foreign(foreign),
         }
-        self.record_and_publish(&mut history, notification)
+    }
+
+    /// Queues a message without an id for the region's clients: no history, no mark.
+    fn publish_live(&self, notification: &Notification) -> usize {
+        self.count_received(notification.region);
+        self.hub
+            .publish(notification.region, None, T::from(notification.to_json()))
+    }
+
+    /// Delivers a live message whose id no stream issued, without that id; counts it.
+    fn deliver_foreign(&self, mut notification: Notification) -> usize {
+        let foreign_id = notification.id.take();
+        metrics::counter!("notify_bad_payloads_total", "reason" => "foreign_id").increment(1);
+        if let Some(suppressed) = self.foreign_id_log.allow() {
+            tracing::warn!(
+                region = %notification.region,
+                id = ?foreign_id,
+                suppressed,
+                "a live message carried an id its region's stream never issued; delivered without it"
+            );
+        }
+        self.publish_live(&notification)
     }
 
     /// Gives a notification the region's next id (embedded broker), then delivers it. Returns
     /// the id and how many clients it was queued for.
     pub fn deliver_new(&self, notification: &mut Notification) -> (Option<StreamId>, usize) {
-        let Some(mut history) = self.history(notification.region) else {
+        let Some(mut state) = self.region(notification.region) else {
             return (None, 0);
         };
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as u64);
-        let id = history.next_id(now_ms);
+        let id = state.history.next_id(now_ms);
         notification.id = Some(id);
-        let queued = self.record_and_publish(&mut history, notification);
+        let frame = T::from(notification.to_json());
+        self.count_received(notification.region);
+        state.history.record(id, frame.clone());
+        let queued = self.hub.publish(notification.region, Some(id), frame);
         (Some(id), queued)
     }
 
-    fn record_and_publish(
-        &self,
-        history: &mut RegionHistory<T>,
-        notification: &Notification,
-    ) -> usize {
-        let frame = T::from(notification.to_json());
-        self.count_received(notification.region);
-        if let Some(id) = notification.id {
-            history.record(id, frame.clone());
-        }
-        self.hub
-            .publish(notification.region, notification.id, frame)
-    }
-
-    /// Delivers an already encoded frame with an id (a catch-up read from a stream), unless
-    /// that id was delivered already. Returns whether it was delivered.
-    pub fn deliver_frame(&self, region: Region, id: StreamId, frame: T) -> bool {
-        let Some(mut history) = self.history(region) else {
+    /// Delivers an encoded stream entry with the id its stream issued, unless that id was
+    /// delivered already; settles the held live messages it proves ours or foreign. Returns
+    /// whether it was delivered.
+    pub fn deliver_stream_entry(&self, region: Region, id: StreamId, frame: T) -> bool {
+        let Some(mut state) = self.region(region) else {
             return false;
         };
-        if history.newest().is_some_and(|newest| id <= newest) {
+        for foreign in state.pending.stream_delivered(id) {
+            self.deliver_foreign(foreign);
+        }
+        if state.history.newest().is_some_and(|newest| id <= newest) {
             metrics::counter!("notify_duplicates_dropped_total").increment(1);
             return false;
         }
         self.count_received(region);
-        history.record(id, frame.clone());
+        state.history.record(id, frame.clone());
         self.hub.publish(region, Some(id), frame);
         true
+    }
+
+    /// Resolves `region`'s held live messages that arrived before `read_started` as foreign:
+    /// a complete read of its stream, started after they arrived, did not deliver them.
+    pub fn expire_pending(&self, region: Region, read_started: Instant) -> usize {
+        let mut expired = 0;
+        if let Some(mut state) = self.region(region) {
+            for foreign in state.pending.expire(read_started) {
+                self.deliver_foreign(foreign);
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    /// The stream skipped entries after the newest id delivered (a broker outage longer than
+    /// the retention): memory must not answer resumes from before the gap.
+    pub fn cut_history(&self, region: Region) {
+        if let Some(mut state) = self.region(region) {
+            state.history.cut();
+        }
+    }
+
+    /// The region's stream started over with smaller ids (Redis lost its data): forget the
+    /// mark and the history.
+    pub fn reset_region(&self, region: Region) {
+        if let Some(mut state) = self.region(region) {
+            state.history.reset();
+            state.pending.reset();
+        }
     }
 
     fn count_received(&self, region: Region) {
@@ -204,58 +275,30 @@ where
     /// Sends a control message to every client of `region` (e.g. a resync after an outage
     /// longer than the retained history).
     pub fn broadcast_control(&self, region: Region, message: &ControlMessage) -> usize {
-        let _history = self.history(region);
+        let _state = self.region(region);
         self.hub.publish(region, None, T::from(message.to_json()))
     }
 
     /// Newest id delivered for `region`.
     pub fn last_id(&self, region: Region) -> Option<StreamId> {
-        self.history(region)?.newest()
+        self.region(region)?.history.newest()
     }
 
     /// Messages after `since` from memory, when memory covers them.
     pub fn replay_from_memory(&self, region: Region, since: StreamId) -> Lookup<T> {
-        match self.history(region) {
-            Some(history) => history.after(since),
+        match self.region(region) {
+            Some(state) => state.history.after(since),
             None => Lookup::NotCovered,
         }
     }
 
-    fn history(&self, region: Region) -> Option<MutexGuard<'_, RegionHistory<T>>> {
-        let history = self.histories.get(&region)?;
+    fn region(&self, region: Region) -> Option<MutexGuard<'_, RegionState<T>>> {
+        let state = self.regions.get(&region)?;
         Some(
-            history
+            state
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         )
-    }
-}
-
-/// Lets one log line through per second and counts the ones it held back.
-#[derive(Debug, Default)]
-struct RateLimitedLog {
-    last_second: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl RateLimitedLog {
-    /// `Some(suppressed since the last allowed line)` when a line may be logged now.
-    fn allow(&self) -> Option<u64> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_secs());
-        let last = self.last_second.load(Ordering::Relaxed);
-        if now != last
-            && self
-                .last_second
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            Some(self.suppressed.swap(0, Ordering::Relaxed))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
     }
 }
 
@@ -296,7 +339,7 @@ mod tests {
     }
 
     #[test]
-    fn ids_deduplicate_and_feed_history() {
+    fn only_stream_ids_move_the_mark_and_feed_history() {
         let (ingest, mut subscription) = setup();
         let ae = Region::parse("AE").unwrap();
         let with_id = |id: &str| {
@@ -304,37 +347,59 @@ mod tests {
                 r#"{{"id":"{id}","event":"new_trending","region":"AE","video_id":"v{id}","title":"t","thumbnail":"https://x/y.jpg","channel":"c","ts":1}}"#
             )
         };
-        assert_eq!(
-            ingest.channel_message("tvs:AE", with_id("5-0").as_bytes()),
-            Ok(1)
-        );
+        // Live copies with ids wait for the stream.
         assert_eq!(
             ingest.channel_message("tvs:AE", with_id("5-0").as_bytes()),
             Ok(0)
         );
+        assert_eq!(
+            ingest.channel_message("tvs:AE", with_id("99-0").as_bytes()),
+            Ok(0)
+        );
+        assert_eq!(ingest.last_id(ae), None);
+        assert!(subscription.try_recv().unwrap().is_none());
+        // The stream issues 5-0 and 6-0; 5-0 is delivered once, from the stream.
+        assert!(ingest.deliver_stream_entry(ae, StreamId::new(5, 0), "five".to_owned()));
+        assert!(!ingest.deliver_stream_entry(ae, StreamId::new(5, 0), "again".to_owned()));
+        assert!(ingest.deliver_stream_entry(ae, StreamId::new(6, 0), "six".to_owned()));
+        assert_eq!(ingest.last_id(ae), Some(StreamId::new(6, 0)));
+        let first = subscription.try_recv().unwrap().unwrap();
+        assert_eq!(
+            (first.id, first.frame.as_str()),
+            (Some(StreamId::new(5, 0)), "five")
+        );
+        assert_eq!(subscription.try_recv().unwrap().unwrap().frame, "six");
+        // A small id below the mark waits too; a stream read started after it (and after
+        // 99-0) settles both as foreign: delivered without their ids.
         assert_eq!(
             ingest.channel_message("tvs:AE", with_id("4-0").as_bytes()),
             Ok(0)
         );
-        assert_eq!(
-            ingest.channel_message("tvs:AE", with_id("6-0").as_bytes()),
-            Ok(1)
-        );
-        assert_eq!(ingest.last_id(ae), Some(StreamId::new(6, 0)));
-        let first = subscription.try_recv().unwrap().unwrap();
-        assert_eq!(first.id, Some(StreamId::new(5, 0)));
-        assert_eq!(
-            subscription.try_recv().unwrap().unwrap().id,
-            Some(StreamId::new(6, 0))
-        );
+        assert!(subscription.try_recv().unwrap().is_none());
+        assert_eq!(ingest.expire_pending(ae, Instant::now()), 2);
+        for video in ["v4-0", "v99-0"] {
+            let foreign = subscription.try_recv().unwrap().unwrap();
+            assert_eq!(foreign.id, None);
+            assert!(!foreign.frame.contains("\"id\""), "{}", foreign.frame);
+            assert!(foreign.frame.contains(video), "{}", foreign.frame);
+        }
         assert!(subscription.try_recv().unwrap().is_none());
         match ingest.replay_from_memory(ae, StreamId::new(5, 0)) {
             Lookup::Entries(entries) => {
-                assert_eq!(entries.len(), 1);
-                assert!(entries[0].1.contains("\"id\":\"6-0\""));
+                assert_eq!(entries, vec![(StreamId::new(6, 0), "six".to_owned())])
             }
             Lookup::NotCovered => panic!("memory covers 5-0"),
         }
+        // A cut: memory no longer answers from before it.
+        ingest.cut_history(ae);
+        assert_eq!(
+            ingest.replay_from_memory(ae, StreamId::new(5, 0)),
+            Lookup::NotCovered
+        );
+        // A reset: smaller ids are delivered again.
+        ingest.reset_region(ae);
+        assert!(ingest.deliver_stream_entry(ae, StreamId::new(2, 0), "two".to_owned()));
+        assert_eq!(ingest.last_id(ae), Some(StreamId::new(2, 0)));
     }
 
     #[test]
@@ -347,13 +412,5 @@ mod tests {
         let (b, _) = ingest.deliver_new(&mut second);
         assert!(a.unwrap() < b.unwrap());
         assert_eq!(second.id, b);
-    }
-
-    #[test]
-    fn log_limiter_lets_one_line_a_second() {
-        let log = RateLimitedLog::default();
-        assert_eq!(log.allow(), Some(0));
-        assert_eq!(log.allow(), None);
-        assert_eq!(log.allow(), None);
     }
 }

@@ -12,6 +12,9 @@
 //!   or an embedded in-process broker (single node, no Redis).
 //! - [`history`]: the last messages of each region by id, for `?since=` resume (the whole
 //!   history with the embedded broker, a cache in front of Redis streams otherwise).
+//! - [`log_limit`]: one log line per second for events remote parties can trigger at will.
+//! - [`pending`]: which live ids to trust — id-carrying pub/sub messages held until the
+//!   region's stream shows them ours or foreign.
 //! - [`backoff`]: capped exponential backoff with jitter for reconnect loops.
 //!
 //! # Invariant
@@ -24,6 +27,8 @@ pub mod broker;
 pub mod history;
 pub mod hub;
 pub mod ingest;
+pub mod log_limit;
+pub mod pending;
 
 pub use broker::{Broker, BrokerError, BrokerState, PublishReceipt};
 pub use hub::{Envelope, Hub, HubError, Subscription, SubscriptionError};

@@ -20,8 +20,15 @@ pub const INDEX: Asset = Asset {
 };
 
 /// Every other asset, served at its path.
-pub const FILES: &[Asset] = &[Asset {
-    path: "/client.js",
-    content_type: "text/javascript; charset=utf-8",
-    body: include_str!("../assets/client.js"),
-}];
+pub const FILES: &[Asset] = &[
+    Asset {
+        path: "/client.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../assets/client.js"),
+    },
+    Asset {
+        path: "/demo.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../assets/demo.js"),
+    },
+];

@@ -1,15 +1,27 @@
-//! Connection capacity: the open-files limit, and the slots that cap concurrent WebSockets.
+//! Connection capacity: the open-files limit, and the slots that cap what the process holds.
 //!
-//! At start the soft `RLIMIT_NOFILE` is raised to the hard limit; the connection cap is the
-//! smaller of `--max-connections` and that limit less a reserve for Redis, the listener and
-//! HTTP requests. Past the cap a handshake is answered with HTTP 503 instead of accepting a
-//! connection the process cannot serve.
+//! At start the soft `RLIMIT_NOFILE` is raised to the hard limit. Two caps follow from it:
+//! - **sockets**: every accepted TCP connection — before its request head, plain HTTP
+//!   keep-alive, upgraded WebSocket — holds one socket slot for exactly as long as its
+//!   descriptor is open (the slot travels inside [`CountedStream`]). The socket cap is the
+//!   limit less [`RESERVED_DESCRIPTORS`], which the process keeps for itself: Redis
+//!   connections and their reconnects, the listener, logs. Past the cap the accept loop
+//!   answers a minimal 503 and closes the socket at once, so no client, however many sockets it
+//!   opens, can starve the gateway's own links.
+//! - **WebSockets**: the smaller of `--max-connections` and the socket cap; past it a handshake
+//!   is answered with HTTP 503.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-/// Descriptors kept free for the listener, Redis, logs and plain HTTP requests (a quarter of
-/// the limit when the limit is tiny).
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Descriptors kept free for the process itself: the listener, Redis connections (and the
+/// new one a reconnect opens before the old is gone), logs, the runtime's own descriptors.
+/// A quarter of the limit when the limit is tiny.
 pub const RESERVED_DESCRIPTORS: u64 = 100;
 
 /// Raises the soft open-files limit to the hard limit; returns the limit now in force.
@@ -23,14 +35,19 @@ pub fn raise_open_files_limit() -> u64 {
     }
 }
 
-/// The connection cap given `--max-connections` and the open-files limit.
-pub fn connection_capacity(max_connections: usize, open_files_limit: u64) -> usize {
+/// Sockets the process may hold at once given the open-files limit: the limit less the
+/// reserve.
+pub fn socket_capacity(open_files_limit: u64) -> usize {
     let reserve = RESERVED_DESCRIPTORS.min(open_files_limit / 4);
-    let by_descriptors = open_files_limit.saturating_sub(reserve);
-    max_connections.min(usize::try_from(by_descriptors).unwrap_or(usize::MAX))
+    usize::try_from(open_files_limit.saturating_sub(reserve)).unwrap_or(usize::MAX)
 }
 
-/// Counts open WebSockets against the cap.
+/// The WebSocket cap given `--max-connections` and the open-files limit.
+pub fn connection_capacity(max_connections: usize, open_files_limit: u64) -> usize {
+    max_connections.min(socket_capacity(open_files_limit))
+}
+
+/// Counts held resources (sockets, or WebSockets) against a cap.
 #[derive(Debug)]
 pub struct ConnectionSlots {
     open: AtomicUsize,
@@ -64,7 +81,7 @@ impl ConnectionSlots {
             })
     }
 
-    /// Connections open now.
+    /// Slots held now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
@@ -78,6 +95,65 @@ impl ConnectionSlots {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.slots.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A stream that holds a socket slot for as long as it lives: through the HTTP exchange and,
+/// after an upgrade, inside the WebSocket, so the slot is freed exactly when the descriptor
+/// is closed.
+#[derive(Debug)]
+pub struct CountedStream<S> {
+    stream: S,
+    _slot: ConnectionSlot,
+}
+
+impl<S> CountedStream<S> {
+    /// `stream`, counted by `slot`.
+    pub fn new(stream: S, slot: ConnectionSlot) -> Self {
+        CountedStream {
+            stream,
+            _slot: slot,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CountedStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountedStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }
 
@@ -96,5 +172,16 @@ mod tests {
         assert_eq!(connection_capacity(1_000_000, 20_000), 19_900);
         assert_eq!(connection_capacity(500, 20_000), 500);
         assert_eq!(connection_capacity(1_000, 64), 48);
+        assert_eq!(socket_capacity(64), 48);
+    }
+
+    #[tokio::test]
+    async fn a_counted_stream_frees_its_slot_when_dropped() {
+        let slots = ConnectionSlots::new(1);
+        let (near, _far) = tokio::io::duplex(64);
+        let counted = CountedStream::new(near, slots.try_take().unwrap());
+        assert!(slots.try_take().is_none());
+        drop(counted);
+        assert_eq!(slots.open(), 0);
     }
 }

@@ -1,11 +1,20 @@
 //! Command-line and environment configuration. Every flag has an `NOTIFY_*` variable, so the
 //! same binary runs from a shell, a systemd unit or a container spec.
+//!
+//! Every duration and size is checked before anything starts: each flag's own range in its
+//! value parser, and the rules between flags in [`GatewayConfig::validate`]. A bad value is a
+//! usage error (exit code 2, one line naming the flag), never a panic later.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use crate::admission::origins::OriginPattern;
+use crate::client_addr::parse_proxy_network;
+use crate::headers::parse_frame_ancestors;
+use crate::publish_access::{parse_api_key, read_key_file};
+use clap::{CommandFactory, Parser, ValueEnum};
+use ipnet::IpNet;
 use notify_proto::{Region, DEFAULT_CHANNEL_PREFIX, DEFAULT_MAX_PAYLOAD_BYTES};
 
 /// Log output format.
@@ -56,7 +65,7 @@ pub struct GatewayConfig {
 
     /// How often the Redis subscription is checked with PING; a link that stops answering is
     /// dropped and re-established (and /readyz says 503 meanwhile).
-    #[arg(long, env = "NOTIFY_REDIS_PING_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NOTIFY_REDIS_PING_INTERVAL", default_value = "5s", value_parser = parse_period)]
     pub redis_ping_interval: Duration,
 
     /// Regions served, comma-separated ISO 3166-1 alpha-2 codes.
@@ -73,43 +82,42 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_CHANNEL_PREFIX", default_value = DEFAULT_CHANNEL_PREFIX)]
     pub channel_prefix: String,
 
-    /// Messages a client may fall behind before it is disconnected as a slow consumer
-    /// (rounded up to a power of two).
-    #[arg(long, env = "NOTIFY_QUEUE_LIMIT", default_value_t = 256)]
+    /// Messages a client may fall behind before it is disconnected as a slow consumer.
+    #[arg(long, env = "NOTIFY_QUEUE_LIMIT", default_value_t = 256, value_parser = count_within::<1, MAX_QUEUE_LIMIT>)]
     pub queue_limit: usize,
 
     /// Most WebSocket connections held at once; further handshakes get HTTP 503. Also capped by
     /// the open-files limit.
-    #[arg(long, env = "NOTIFY_MAX_CONNECTIONS", default_value_t = 1_000_000)]
+    #[arg(long, env = "NOTIFY_MAX_CONNECTIONS", default_value_t = 1_000_000, value_parser = count_within::<1, 10_000_000>)]
     pub max_connections: usize,
 
     /// Messages kept per region for `?since=` resume: the length each Redis stream is trimmed
     /// to (approximately) on API publishes, and the size of the embedded broker's history.
-    #[arg(long, env = "NOTIFY_HISTORY_RETENTION", default_value_t = 10_000)]
+    #[arg(long, env = "NOTIFY_HISTORY_RETENTION", default_value_t = 10_000, value_parser = count_within::<1, 10_000_000>)]
     pub history_retention: usize,
 
     /// With Redis: recent messages per region kept in memory, so most resumes need no Redis
     /// round trip.
-    #[arg(long, env = "NOTIFY_HISTORY_CACHE", default_value_t = 1024)]
+    #[arg(long, env = "NOTIFY_HISTORY_CACHE", default_value_t = 1024, value_parser = count_within::<0, 1_000_000>)]
     pub history_cache: usize,
 
     /// Largest notification accepted from Redis or the HTTP API, in bytes.
-    #[arg(long, env = "NOTIFY_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
+    #[arg(long, env = "NOTIFY_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES, value_parser = count_within::<256, { 16 << 20 }>)]
     pub max_payload_bytes: usize,
 
     /// Largest frame a client may send, in bytes; a larger one closes that connection.
-    #[arg(long, env = "NOTIFY_MAX_CLIENT_FRAME_BYTES", default_value_t = 4096)]
+    #[arg(long, env = "NOTIFY_MAX_CLIENT_FRAME_BYTES", default_value_t = 4096, value_parser = count_within::<125, { 1 << 20 }>)]
     pub max_client_frame_bytes: usize,
 
     /// Per-connection WebSocket read buffer, in bytes. Clients only send pongs and close
     /// frames; a small buffer keeps idle connections cheap.
-    #[arg(long, env = "NOTIFY_WS_READ_BUFFER_BYTES", default_value_t = 128)]
+    #[arg(long, env = "NOTIFY_WS_READ_BUFFER_BYTES", default_value_t = 128, value_parser = count_within::<16, { 1 << 20 }>)]
     pub ws_read_buffer_bytes: usize,
 
     /// Per-connection WebSocket write buffer, in bytes: queued frames are written once a batch
     /// is complete or this much is buffered. Larger means fewer syscalls per delivery under
     /// bursts, and more memory kept by busy connections (up to about twice this).
-    #[arg(long, env = "NOTIFY_WS_WRITE_BUFFER_BYTES", default_value_t = 4096)]
+    #[arg(long, env = "NOTIFY_WS_WRITE_BUFFER_BYTES", default_value_t = 4096, value_parser = count_within::<1, { 16 << 20 }>)]
     pub ws_write_buffer_bytes: usize,
 
     /// PEM certificate chain (leaf first): serve https:// and wss:// on --listen. Reloaded
@@ -132,41 +140,117 @@ pub struct GatewayConfig {
     pub tls_key: Option<PathBuf>,
 
     /// How often --tls-cert and --tls-key are checked for a new certificate.
-    #[arg(long, env = "NOTIFY_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NOTIFY_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_period)]
     pub tls_reload_interval: Duration,
 
-    /// Time a new connection has to finish its TLS handshake, and then to send its complete
-    /// HTTP request head.
-    #[arg(long, env = "NOTIFY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Most bytes a WebSocket's unsent frames (messages, pongs, close) may take. A client
+    /// whose socket backs up past it is cut as a slow consumer; pongs to a ping flood stop
+    /// being queued. Must hold the largest notification on top of the write batch; default
+    /// twice (write buffer + max payload), 136 KiB with the other defaults.
+    #[arg(long, env = "NOTIFY_WS_MAX_WRITE_BUFFER_BYTES", value_parser = count_within::<1, { 64 << 20 }>)]
+    pub ws_max_write_buffer_bytes: Option<usize>,
+
+    /// Time a new connection has for each step before its request: the PROXY header (with
+    /// --proxy-protocol), the TLS handshake (with --tls-cert), then the complete HTTP request
+    /// head.
+    #[arg(long, env = "NOTIFY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_period)]
     pub handshake_timeout: Duration,
 
     /// Interval of server pings to each client.
-    #[arg(long, env = "NOTIFY_PING_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NOTIFY_PING_INTERVAL", default_value = "20s", value_parser = parse_period)]
     pub ping_interval: Duration,
 
     /// A client that sends nothing (not even a pong) for this long is dropped.
-    #[arg(long, env = "NOTIFY_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NOTIFY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_period)]
     pub idle_timeout: Duration,
 
     /// A write to a client that does not complete in this time drops the client.
-    #[arg(long, env = "NOTIFY_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NOTIFY_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_period)]
     pub write_timeout: Duration,
 
     /// On SIGTERM/SIGINT, time allowed for closing every connection before exiting.
-    #[arg(long, env = "NOTIFY_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NOTIFY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_period)]
     pub drain_timeout: Duration,
 
-    /// Bearer key required by POST /api/publish. Without it the API is open on a loopback
-    /// listen address and disabled on any other.
-    #[arg(long, env = "NOTIFY_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    /// Bearer key required by POST /api/publish; repeat the flag (or separate with commas) to
+    /// accept several during a rotation. Without any key the API is open on a loopback listen
+    /// address and disabled on any other. An empty key is refused.
+    #[arg(long, env = "NOTIFY_API_KEY", hide_env_values = true, value_delimiter = ',', value_parser = parse_api_key)]
+    pub api_key: Vec<String>,
+
+    /// File holding the API keys, one per line (blank lines and # comments ignored), so the
+    /// key is neither on the command line nor in the environment. Adds to --api-key.
+    #[arg(long, env = "NOTIFY_API_KEY_FILE", value_parser = parse_key_file)]
+    pub api_key_file: Option<KeyFile>,
+
+    /// Web pages allowed to open WebSockets, comma-separated: exact origins
+    /// (https://www.example.com) and subdomain patterns (https://*.example.com, which does not
+    /// match the apex). A handshake with another Origin gets 403; one without Origin (not a
+    /// browser) is allowed. Default: every origin.
+    #[arg(long, env = "NOTIFY_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin_pattern)]
+    pub allowed_origins: Vec<OriginPattern>,
+
+    /// Open WebSockets allowed per client address (IPv6: per /64); further handshakes get 429.
+    /// 0: no per-address cap (the default; --max-connections still applies).
+    #[arg(long, env = "NOTIFY_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// WebSocket handshakes per second allowed per client address (IPv6: per /64), after a
+    /// burst of --handshake-burst-per-ip; further ones get 429 with Retry-After. 0: no limit
+    /// (the default).
+    #[arg(long, env = "NOTIFY_HANDSHAKE_RATE_PER_IP", default_value_t = 0)]
+    pub handshake_rate_per_ip: u32,
+
+    /// Handshakes a client address may make at once before --handshake-rate-per-ip applies.
+    #[arg(long, env = "NOTIFY_HANDSHAKE_BURST_PER_IP", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub handshake_burst_per_ip: u32,
+
+    /// Proxies whose X-Forwarded-For / Forwarded headers name the client, comma-separated
+    /// CIDR blocks or addresses. Without it those headers are ignored and the TCP peer is the
+    /// client.
+    #[arg(long, env = "NOTIFY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_trusted_proxy)]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Connections from --trusted-proxies start with a PROXY protocol header (HAProxy v1 or
+    /// v2) naming the client; connections from other peers are plain HTTP.
+    #[arg(long, env = "NOTIFY_PROXY_PROTOCOL", requires = "trusted_proxies")]
+    pub proxy_protocol: bool,
+
+    /// Who may frame the pages: the Content-Security-Policy frame-ancestors source list.
+    #[arg(long, env = "NOTIFY_FRAME_ANCESTORS", default_value = "'none'", value_parser = parse_frame_ancestors_flag)]
+    pub frame_ancestors: String,
+
+    /// Separate address for /metrics, /api/*, /healthz and /readyz; when set, the public
+    /// address no longer serves /metrics and /api/*.
+    #[arg(long, env = "NOTIFY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
 
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "NOTIFY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
 
+/// The keys read from `--api-key-file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFile(pub Vec<String>);
+
+fn parse_key_file(path: &str) -> Result<KeyFile, String> {
+    read_key_file(path)
+        .map(KeyFile)
+        .map_err(|error| error.to_string())
+}
+
 impl GatewayConfig {
+    /// Every configured API key: `--api-key` values, then the key file's.
+    pub fn api_keys(&self) -> Vec<&str> {
+        let from_file = self.api_key_file.iter().flat_map(|file| &file.0);
+        self.api_key
+            .iter()
+            .chain(from_file)
+            .map(String::as_str)
+            .collect()
+    }
+
     /// The certificate files, when TLS is on.
     pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
         Some(crate::tls::TlsFiles {
@@ -176,13 +260,130 @@ impl GatewayConfig {
     }
 
     /// The Redis TLS files (CA, client certificate and key), for rediss:// URLs.
-    pub fn redis_tls(&self) -> notify_core::broker::redis_tls::RedisTls {
-        notify_core::broker::redis_tls::RedisTls::from_files(
+    pub fn redis_tls(&self) -> notify_core::broker::redis::RedisTls {
+        notify_core::broker::redis::RedisTls::from_files(
             self.redis_ca_cert.clone(),
             self.redis_client_cert.clone(),
             self.redis_client_key.clone(),
         )
     }
+}
+
+/// Largest `--queue-limit`: each region keeps a ring of this many shared frames.
+pub const MAX_QUEUE_LIMIT: usize = 65_536;
+
+/// Longest accepted duration for any period or timeout flag.
+const MAX_PERIOD: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A rule between flags that their own ranges cannot express.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Silence is measured between pings, so a timeout that is not longer than the ping
+    /// interval would drop clients that answer every ping.
+    #[error(
+        "--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?}): \
+         clients answer pings, so a shorter timeout drops healthy clients"
+    )]
+    IdleTimeoutNotAbovePing {
+        /// `--idle-timeout`.
+        idle: Duration,
+        /// `--ping-interval`.
+        ping: Duration,
+    },
+    /// The write-buffer cap must leave room for one full write batch plus the largest
+    /// notification, or every large message would cut its clients.
+    #[error(
+        "--ws-max-write-buffer-bytes ({cap}) must be more than --ws-write-buffer-bytes + \
+         --max-payload-bytes + {WRITE_BUFFER_HEADROOM} ({needed})"
+    )]
+    WriteBufferCapTooSmall {
+        /// `--ws-max-write-buffer-bytes`.
+        cap: usize,
+        /// The least value that works with the other two flags.
+        needed: usize,
+    },
+}
+
+/// Room in the write-buffer cap for a frame header and the `id` a notification gains.
+pub const WRITE_BUFFER_HEADROOM: usize = 1024;
+
+impl GatewayConfig {
+    /// Parses the command line and environment and checks the rules between flags; on any
+    /// error prints one clear message and exits with code 2 (before any logging starts).
+    pub fn parse_and_validate() -> Self {
+        let config = Self::parse();
+        if let Err(error) = config.validate() {
+            Self::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, error)
+                .exit();
+        }
+        config
+    }
+
+    /// Checks the rules between flags (each flag's own range is checked while parsing).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.idle_timeout <= self.ping_interval {
+            return Err(ConfigError::IdleTimeoutNotAbovePing {
+                idle: self.idle_timeout,
+                ping: self.ping_interval,
+            });
+        }
+        let needed = self.ws_write_buffer_bytes + self.max_payload_bytes + WRITE_BUFFER_HEADROOM;
+        if self.ws_max_write_buffer_bytes() <= needed {
+            return Err(ConfigError::WriteBufferCapTooSmall {
+                cap: self.ws_max_write_buffer_bytes(),
+                needed: needed + 1,
+            });
+        }
+        Ok(())
+    }
+
+    /// `--ws-max-write-buffer-bytes`, or its default: twice one write batch plus the largest
+    /// notification.
+    pub fn ws_max_write_buffer_bytes(&self) -> usize {
+        self.ws_max_write_buffer_bytes
+            .unwrap_or(2 * (self.ws_write_buffer_bytes + self.max_payload_bytes))
+    }
+}
+
+/// A duration flag: `humantime` syntax (`250ms`, `5s`, `1m`), at least 1 ms and at most a day.
+/// Zero would panic the timers that use it; longer than a day is a typo.
+fn parse_period(input: &str) -> Result<Duration, String> {
+    let period = humantime::parse_duration(input).map_err(|error| error.to_string())?;
+    if period < Duration::from_millis(1) {
+        return Err("must be at least 1ms".into());
+    }
+    if period > MAX_PERIOD {
+        return Err(format!(
+            "must be at most {}",
+            humantime::format_duration(MAX_PERIOD)
+        ));
+    }
+    Ok(period)
+}
+
+/// A count or size flag within `MIN..=MAX`.
+fn count_within<const MIN: usize, const MAX: usize>(input: &str) -> Result<usize, String> {
+    let value: usize = input
+        .trim()
+        .parse()
+        .map_err(|error| format!("not a whole number: {error}"))?;
+    if !(MIN..=MAX).contains(&value) {
+        return Err(format!("must be between {MIN} and {MAX}"));
+    }
+    Ok(value)
+}
+
+fn parse_origin_pattern(input: &str) -> Result<OriginPattern, String> {
+    OriginPattern::parse(input).map_err(|error| error.to_string())
+}
+
+fn parse_trusted_proxy(input: &str) -> Result<IpNet, String> {
+    parse_proxy_network(input).map_err(|error| error.to_string())
+}
+
+fn parse_frame_ancestors_flag(input: &str) -> Result<String, String> {
+    parse_frame_ancestors(input).map_err(|error| error.to_string())
 }
 
 fn parse_region(input: &str) -> Result<Region, String> {
@@ -228,10 +429,114 @@ mod tests {
     }
 
     #[test]
+    fn empty_api_keys_are_usage_errors() {
+        for value in ["", "   "] {
+            let error =
+                GatewayConfig::try_parse_from(["notify-gateway", "--api-key", value]).unwrap_err();
+            assert_eq!(error.exit_code(), 2);
+            assert!(error.to_string().contains("must not be empty"), "{error}");
+        }
+        let config = GatewayConfig::try_parse_from([
+            "notify-gateway",
+            "--api-key",
+            "old,new",
+            "--api-key",
+            "third",
+        ])
+        .unwrap();
+        assert_eq!(config.api_keys(), ["old", "new", "third"]);
+    }
+
+    #[test]
+    fn limit_flags_parse_and_refuse_nonsense() {
+        let config = GatewayConfig::try_parse_from([
+            "notify-gateway",
+            "--allowed-origins",
+            "https://www.example.com,https://*.example.com",
+            "--trusted-proxies",
+            "10.0.0.0/8,192.0.2.1",
+        ])
+        .unwrap();
+        assert_eq!(config.allowed_origins.len(), 2);
+        assert_eq!(config.trusted_proxies[1].to_string(), "192.0.2.1/32");
+        assert_eq!(config.max_connections_per_ip, 0);
+        assert_eq!(config.handshake_rate_per_ip, 0);
+        for args in [
+            ["--allowed-origins", "*.example.com"],
+            ["--trusted-proxies", "10.0.0.0/40"],
+            ["--handshake-burst-per-ip", "0"],
+            ["--frame-ancestors", "'none'; script-src *"],
+            ["--proxy-protocol", "--regions=AE"],
+        ] {
+            let error =
+                GatewayConfig::try_parse_from(["notify-gateway", args[0], args[1]]).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{args:?}: {error}");
+        }
+    }
+
+    #[test]
     fn bad_region_is_a_usage_error() {
         let error = GatewayConfig::try_parse_from(["notify-gateway", "--regions", "AE,XX"])
             .unwrap_err()
             .to_string();
         assert!(error.contains("\"XX\""), "{error}");
+    }
+
+    fn parse_error(args: &[&str]) -> String {
+        let mut argv = vec!["notify-gateway"];
+        argv.extend_from_slice(args);
+        match GatewayConfig::try_parse_from(argv) {
+            Ok(config) => match config.validate() {
+                Ok(()) => panic!("{args:?} was accepted"),
+                Err(error) => error.to_string(),
+            },
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn zero_and_absurd_values_name_their_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--ping-interval", "0s"], "--ping-interval"),
+            (&["--redis-ping-interval", "0s"], "--redis-ping-interval"),
+            (&["--idle-timeout", "0ms"], "--idle-timeout"),
+            (&["--write-timeout", "0s"], "--write-timeout"),
+            (&["--drain-timeout", "0s"], "--drain-timeout"),
+            (&["--handshake-timeout", "0s"], "--handshake-timeout"),
+            (&["--handshake-timeout", "400days"], "--handshake-timeout"),
+            (&["--queue-limit", "0"], "--queue-limit"),
+            (&["--queue-limit", "18446744073709551615"], "--queue-limit"),
+            (&["--max-connections", "0"], "--max-connections"),
+            (&["--history-retention", "0"], "--history-retention"),
+            (&["--max-payload-bytes", "0"], "--max-payload-bytes"),
+            (
+                &["--max-client-frame-bytes", "10"],
+                "--max-client-frame-bytes",
+            ),
+            (&["--ws-read-buffer-bytes", "0"], "--ws-read-buffer-bytes"),
+            (&["--ws-write-buffer-bytes", "0"], "--ws-write-buffer-bytes"),
+            (
+                &["--ping-interval", "30s", "--idle-timeout", "30s"],
+                "--idle-timeout",
+            ),
+            (
+                &["--ws-max-write-buffer-bytes", "4096"],
+                "--ws-max-write-buffer-bytes",
+            ),
+        ];
+        for (args, flag) in cases {
+            let error = parse_error(args);
+            assert!(error.contains(flag), "{args:?}: {error}");
+        }
+        for accepted in [
+            &["--queue-limit", "65536"][..],
+            &["--ws-write-buffer-bytes", "65536"],
+            &["--max-payload-bytes", "16777216"],
+        ] {
+            let mut argv = vec!["notify-gateway"];
+            argv.extend_from_slice(accepted);
+            let config = GatewayConfig::try_parse_from(argv).unwrap();
+            assert!(config.validate().is_ok(), "{accepted:?}");
+        }
     }
 }

@@ -12,10 +12,23 @@
 //! - [`capacity`]: the open-files limit and connection slots.
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`assets`]: the demo page and browser client compiled into the binary.
+//! - [`admission`]: whether a WebSocket handshake is let in (origin, per-address rate and
+//!   connection count).
+//! - [`client_addr`]: the client's address, through trusted proxies.
+//! - [`headers`]: security headers on every response.
+//! - [`admin`]: the optional admin listener.
+//! - [`proxy_protocol`]: PROXY protocol headers from trusted load balancers.
+//! - [`publish_access`]: who may publish over HTTP.
 
+pub mod admin;
+pub mod admission;
 pub mod assets;
 pub mod capacity;
+pub mod client_addr;
 pub mod config;
+pub mod headers;
+pub mod proxy_protocol;
+pub mod publish_access;
 pub mod server;
 pub mod socket;
 pub mod telemetry;

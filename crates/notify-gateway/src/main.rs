@@ -4,11 +4,10 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use notify_gateway::{config::GatewayConfig, telemetry};
 
 fn main() -> ExitCode {
-    let config = GatewayConfig::parse();
+    let config = GatewayConfig::parse_and_validate();
     telemetry::init_logging(config.log_format);
     match start(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,21 +3,24 @@
 //! One port serves everything. `GET /?region=XX` with an `Upgrade: websocket` header becomes a
 //! WebSocket ([`crate::socket`]); the same path without it is the demo page. The accept loop is
 //! our own (hyper's HTTP/1 connection builder) so that we control what ops need and
-//! `axum::serve` does not expose: the handshake (request head) timeout, `TCP_NODELAY`, and
-//! accept errors such as EMFILE, which pause the loop briefly instead of killing or spinning it.
-//! With `--tls-cert`/`--tls-key` each connection first completes its TLS handshake
-//! ([`crate::tls`]), in its own task and under the handshake timeout, then speaks HTTP/1.1.
+//! `axum::serve` does not expose: the handshake (request head) timeout, `TCP_NODELAY`, a socket
+//! slot for every accepted connection ([`crate::capacity`]; past the cap a minimal 503 and an
+//! immediate close), and accept errors such as EMFILE, which pause the loop briefly instead of
+//! killing or spinning it. With `--tls-cert`/`--tls-key` each connection completes its TLS
+//! handshake ([`crate::tls`]) in its own task and under the handshake timeout, after the PROXY
+//! protocol header (which a load balancer sends in the clear) and before HTTP/1.1.
 
 use std::future::Future;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,11 +29,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use notify_core::broker::redis::redact_url;
 use notify_core::broker::{EmbeddedBroker, RedisBroker, RedisBrokerConfig};
+use notify_core::log_limit::RateLimitedLog;
 use notify_core::{Broker, BrokerState, Hub, Ingest};
 use notify_proto::{ChannelNames, Notification, Region, StreamId};
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -38,9 +41,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
+use crate::admin;
+use crate::admission::{Admission, Refusal};
 use crate::assets;
-use crate::capacity::{self, ConnectionSlots};
+use crate::capacity::{self, ConnectionSlot, ConnectionSlots, CountedStream};
+use crate::client_addr::TrustedProxies;
 use crate::config::GatewayConfig;
+use crate::headers;
+use crate::proxy_protocol::ProxyProtocol;
+use crate::publish_access::{ApiKeys, PublishAccess, Rejection};
 use crate::socket::{self, Connection};
 use crate::telemetry::{self, ConnectionMetrics};
 use crate::tls::TlsTerminator;
@@ -67,27 +76,8 @@ pub struct Settings {
     /// WebSocket write buffer: the batch size in bytes before a write, and what a busy
     /// connection keeps after a burst (measured trade-off in docs/BENCHMARKS.md).
     pub ws_write_buffer_bytes: usize,
-}
-
-/// Who may use `POST /api/publish`.
-#[derive(Debug, Clone)]
-pub enum PublishAccess {
-    /// Anyone (loopback listen address, no key configured).
-    Open,
-    /// Requests with `Authorization: Bearer <key>`.
-    Key(String),
-    /// Nobody: non-loopback listen address and no key.
-    Disabled,
-}
-
-impl PublishAccess {
-    fn name(&self) -> &'static str {
-        match self {
-            PublishAccess::Open => "open",
-            PublishAccess::Key(_) => "key",
-            PublishAccess::Disabled => "disabled",
-        }
-    }
+    /// Cap on a WebSocket's unsent bytes; past it the client is a slow consumer.
+    pub ws_max_write_buffer_bytes: usize,
 }
 
 /// State shared by every route and connection.
@@ -97,8 +87,10 @@ pub struct App {
     pub hub: Arc<Hub<Utf8Bytes>>,
     /// Redis or embedded.
     pub broker: Broker<Utf8Bytes>,
-    /// Connection cap.
+    /// WebSocket cap.
     pub slots: Arc<ConnectionSlots>,
+    /// Socket cap: every accepted TCP connection, upgraded or not.
+    pub sockets: Arc<ConnectionSlots>,
     /// Hot-path metric handles.
     pub metrics: ConnectionMetrics,
     /// Renders `/metrics`.
@@ -107,6 +99,14 @@ pub struct App {
     pub settings: Settings,
     /// Who may publish over HTTP.
     pub publish_access: PublishAccess,
+    /// Refused publishes are logged at most once a second.
+    pub rejection_log: RateLimitedLog,
+    /// Origin, per-address rate and connection limits on WebSocket handshakes.
+    pub admission: Admission,
+    /// Handshakes refused by [`App::admission`] are logged at most once a second.
+    pub admission_log: RateLimitedLog,
+    /// Whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
     /// Cancelled at shutdown: every WebSocket sends 1001 and ends.
     pub closing: CancellationToken,
     /// True once shutdown began; `/readyz` answers 503.
@@ -127,8 +127,10 @@ pub async fn run(
     let prometheus = telemetry::install_metrics()?;
     let open_files = capacity::raise_open_files_limit();
     let capacity = capacity::connection_capacity(config.max_connections, open_files);
+    let socket_capacity = capacity::socket_capacity(open_files);
     tracing::info!(
         capacity,
+        socket_capacity,
         open_files_limit = open_files,
         max_connections = config.max_connections,
         "connection capacity"
@@ -167,20 +169,41 @@ pub async fn run(
             Broker::Embedded(EmbeddedBroker::new(Arc::clone(&ingest)))
         }
     };
-    let publish_access = match (&config.api_key, local_addr.ip().is_loopback()) {
-        (Some(key), _) => PublishAccess::Key(key.clone()),
-        (None, true) => PublishAccess::Open,
-        (None, false) => {
-            tracing::warn!("POST /api/publish is disabled: set --api-key to publish over HTTP on a non-loopback address");
-            PublishAccess::Disabled
-        }
+    let admin_listener = match config.admin_listen {
+        Some(address) => Some(admin::bind(address).await?),
+        None => None,
     };
+    // The publish API is served where /api/* is: the admin address when there is one.
+    let publish_listen = match &admin_listener {
+        Some(listener) => listener.local_addr().context("reading the admin address")?,
+        None => local_addr,
+    };
+    let publish_access =
+        PublishAccess::from_keys(ApiKeys::new(config.api_keys()), publish_listen.ip());
+    match &publish_access {
+        PublishAccess::Disabled => tracing::warn!(
+            "POST /api/publish is disabled: set --api-key or --api-key-file to publish over HTTP on a non-loopback address"
+        ),
+        PublishAccess::Keys(keys) => tracing::info!(keys = keys.len(), "POST /api/publish needs a bearer key"),
+        PublishAccess::Open => tracing::info!("POST /api/publish is open to local requests (loopback listen address, no key)"),
+    }
+    for rejection in Rejection::ALL {
+        metrics::counter!("notify_api_rejections_total", "reason" => rejection.reason())
+            .absolute(0);
+    }
+    for reason in Refusal::REASONS {
+        metrics::counter!("notify_handshakes_rejected_total", "reason" => reason).absolute(0);
+    }
+    let admission = Admission::from_config(&config);
+    let trusted_proxies = TrustedProxies::new(config.trusted_proxies.clone());
+    tracing::info!(limits = %admission.info(), trusted_proxies = ?trusted_proxies.networks(), "handshake limits");
     let regions = hub.regions();
     let app = Arc::new(App {
         metrics: ConnectionMetrics::new(&regions),
         hub,
         broker,
         slots: ConnectionSlots::new(capacity),
+        sockets: ConnectionSlots::new(socket_capacity),
         prometheus,
         settings: Settings {
             ping_interval: config.ping_interval,
@@ -190,8 +213,13 @@ pub async fn run(
             max_payload_bytes: config.max_payload_bytes,
             ws_read_buffer_bytes: config.ws_read_buffer_bytes,
             ws_write_buffer_bytes: config.ws_write_buffer_bytes,
+            ws_max_write_buffer_bytes: config.ws_max_write_buffer_bytes(),
         },
         publish_access,
+        rejection_log: RateLimitedLog::default(),
+        admission,
+        admission_log: RateLimitedLog::default(),
+        trusted_proxies,
         closing: CancellationToken::new(),
         draining: AtomicBool::new(false),
     });
@@ -202,6 +230,7 @@ pub async fn run(
         ("http", "ws")
     };
     tracing::info!(
+        listen = %local_addr,
         "listening on {http}://{local_addr}/ (WebSocket: {ws}://{local_addr}/?region=XX; regions {})",
         region_list.join(",")
     );
@@ -214,26 +243,48 @@ pub async fn run(
     }
 
     let tracker = TaskTracker::new();
-    let router = router(Arc::clone(&app), tracker.clone());
+    let pruning = Arc::clone(&app);
+    tokio::spawn(async move { pruning.admission.prune_until(pruning.closing.clone()).await });
+    let state = AppState {
+        app: Arc::clone(&app),
+        tracker: tracker.clone(),
+    };
+    let router = match admin_listener {
+        Some(listener) => {
+            let admin_router =
+                headers::secure(admin_router(state.clone()), &config.frame_ancestors)
+                    .context("building the security headers")?;
+            tracing::info!(
+                "admin: /metrics, /api/*, /healthz, /readyz on http://{}/",
+                listener.local_addr().context("reading the admin address")?
+            );
+            tracker.spawn(admin::serve(listener, admin_router, app.closing.clone()));
+            public_router(state, false)
+        }
+        None => public_router(state, true),
+    };
+    let router = headers::secure(router, &config.frame_ancestors)
+        .context("building the security headers")?;
     let accept_stop = CancellationToken::new();
-    let accept = accept_loop(
-        listener,
+    let connections = ConnectionServing {
         router,
-        config.handshake_timeout,
-        tls.as_ref().map(TlsTerminator::acceptor),
-        tracker.clone(),
-        accept_stop.clone(),
-        app.closing.clone(),
-    );
+        proxy_protocol: ProxyProtocol::from_config(&config),
+        handshake_timeout: config.handshake_timeout,
+        tls: tls.as_ref().map(TlsTerminator::acceptor),
+        tracker: tracker.clone(),
+        closing: app.closing.clone(),
+        sockets: Arc::clone(&app.sockets),
+    };
+    let accept = accept_loop(listener, connections, accept_stop.clone());
     tokio::pin!(accept);
     tokio::select! {
         () = &mut accept => {}
         () = shutdown => {}
     }
 
-    let open = app.slots.open();
     tracing::info!(
-        connections = open,
+        connections = app.slots.open(),
+        sockets = app.sockets.open(),
         "shutting down: closing every connection (1001)"
     );
     app.draining.store(true, Ordering::Release);
@@ -257,17 +308,45 @@ pub async fn run(
     Ok(())
 }
 
-/// Accepts connections until `stop`, serving each with hyper's HTTP/1 and upgrades.
-async fn accept_loop(
-    listener: TcpListener,
+/// Most bytes of a request head buffered per connection (hyper's minimum). This protocol's
+/// requests are a few hundred bytes; a longer head is answered 431 and the connection closed,
+/// so slow or endless heads cost a bounded amount per socket, and sockets are capped.
+const MAX_REQUEST_HEAD_BYTES: usize = 8192;
+
+/// Shortest time between two warnings about refused sockets.
+const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What a socket past the socket cap is told before it is closed.
+const REFUSED_RESPONSE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// What the accept loop needs to serve each accepted connection; each connection's task
+/// shares it (behind an `Arc`) for its router, PROXY setting, timeout, TLS and shutdown token.
+struct ConnectionServing {
+    /// The public routes.
     router: Router,
+    /// Whether (and from whom) a PROXY protocol header precedes the request.
+    proxy_protocol: ProxyProtocol,
+    /// Time for each step before a request: the PROXY header, the TLS handshake, the head.
     handshake_timeout: Duration,
+    /// The TLS handshake each connection completes first, when TLS is on.
     tls: Option<TlsAcceptor>,
+    /// Every connection task, so shutdown can wait for them.
     tracker: TaskTracker,
-    stop: CancellationToken,
+    /// Cancelled at shutdown: connections finish gracefully.
     closing: CancellationToken,
-) {
+    /// One slot per open socket, whatever its state.
+    sockets: Arc<ConnectionSlots>,
+}
+
+/// Accepts connections until `stop`, serving each with hyper's HTTP/1 and upgrades. Each
+/// connection holds a slot of `sockets` for its life; past the cap it is refused at once.
+async fn accept_loop(listener: TcpListener, serving: ConnectionServing, stop: CancellationToken) {
+    let serving = Arc::new(serving);
     let mut pause = Duration::from_millis(10);
+    let refused = metrics::counter!("notify_sockets_refused_total");
+    let mut refused_since_warning = 0u64;
+    let mut last_warning: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -276,16 +355,27 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 pause = Duration::from_millis(10);
-                let service = router.clone();
-                let closing = closing.clone();
-                tracker.spawn(serve_connection(
-                    stream,
-                    peer,
-                    service,
-                    handshake_timeout,
-                    tls.clone(),
-                    closing,
-                ));
+                let Some(slot) = serving.sockets.try_take() else {
+                    refuse(stream, peer);
+                    refused.increment(1);
+                    refused_since_warning += 1;
+                    if last_warning.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
+                        tracing::warn!(
+                            refused = refused_since_warning,
+                            capacity = serving.sockets.capacity(),
+                            "socket capacity reached: refusing new connections (503)"
+                        );
+                        refused_since_warning = 0;
+                        last_warning = Some(Instant::now());
+                    }
+                    continue;
+                };
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+                }
+                serving
+                    .tracker
+                    .spawn(serve_connection(stream, slot, peer, Arc::clone(&serving)));
             }
             Err(error) if is_per_connection_error(&error) => {}
             Err(error) => {
@@ -312,18 +402,61 @@ fn is_per_connection_error(error: &std::io::Error) -> bool {
     )
 }
 
-/// Serves one accepted connection: the TLS handshake first when TLS is on (bounded by
-/// `handshake_timeout` and by shutdown), then HTTP/1.1.
+/// Answers a socket past the socket cap with a minimal 503 and closes it at once. Bytes the
+/// client already sent are read first (without waiting) so the close is a FIN the client can
+/// read the answer before, not a reset.
+fn refuse(stream: TcpStream, peer: SocketAddr) {
+    let mut stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "refused socket closed without an answer");
+            return;
+        }
+    };
+    let mut discard = [0u8; 1024];
+    for _ in 0..8 {
+        match stream.read(&mut discard) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    if let Err(error) = stream.write_all(REFUSED_RESPONSE) {
+        tracing::debug!(%peer, %error, "refused socket closed without an answer");
+    }
+}
+
+/// Serves one accepted connection: the PROXY protocol header when it is on (read from the
+/// raw socket, before anything else), then the TLS handshake when TLS is on (bounded by
+/// `handshake_timeout` and by shutdown), then HTTP/1.1. The socket holds `slot` throughout.
 async fn serve_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
+    slot: ConnectionSlot,
     peer: SocketAddr,
-    router: Router,
-    handshake_timeout: Duration,
-    tls: Option<TlsAcceptor>,
-    closing: CancellationToken,
+    serving: Arc<ConnectionServing>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let Some(acceptor) = tls else {
+    let handshake_timeout = serving.handshake_timeout;
+    let router = serving.router.clone();
+    let closing = serving.closing.clone();
+    let peer = if serving.proxy_protocol.is_on() {
+        let header = serving.proxy_protocol.client_of(&mut stream, peer);
+        match tokio::time::timeout(handshake_timeout, header).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => {
+                metrics::counter!("notify_proxy_header_errors_total").increment(1);
+                tracing::debug!(%peer, %error, "closing a connection: bad PROXY header");
+                return;
+            }
+            Err(elapsed) => {
+                metrics::counter!("notify_proxy_header_errors_total").increment(1);
+                tracing::debug!(%peer, %elapsed, "closing a connection: no PROXY header in time");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    let stream = CountedStream::new(stream, slot);
+    let Some(acceptor) = &serving.tls else {
         return serve_http(stream, peer, router, handshake_timeout, closing).await;
     };
     let handshake = tokio::select! {
@@ -355,10 +488,14 @@ async fn serve_http<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request| router.clone().call(request));
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().call(request)
+    });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
@@ -374,22 +511,46 @@ async fn serve_http<S>(
     }
 }
 
-fn router(app: Arc<App>, tracker: TaskTracker) -> Router {
-    let body_limit = app.settings.max_payload_bytes.saturating_mul(2).max(4096);
+/// The public port: WebSocket, demo page and assets, health checks, and — unless an admin
+/// address takes them — `/metrics` and `/api/*`.
+fn public_router(state: AppState, with_operator_routes: bool) -> Router {
     let mut router = Router::new()
         .route("/", get(root))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    if with_operator_routes {
+        router = router.merge(operator_routes(&state));
+    }
+    for asset in assets::FILES {
+        router = router.route(asset.path, get(move || async move { serve_asset(asset) }));
+    }
+    router.with_state(state)
+}
+
+/// The admin port (`--admin-listen`): health checks, `/metrics` and `/api/*`.
+fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(operator_routes(&state))
+        .with_state(state)
+}
+
+/// `/metrics` and `/api/*`.
+fn operator_routes(state: &AppState) -> Router<AppState> {
+    let body_limit = state
+        .app
+        .settings
+        .max_payload_bytes
+        .saturating_mul(2)
+        .max(4096);
+    Router::new()
         .route("/metrics", get(metrics_text))
         .route("/api/info", get(info))
         .route(
             "/api/publish",
             post(publish).layer(DefaultBodyLimit::max(body_limit)),
-        );
-    for asset in assets::FILES {
-        router = router.route(asset.path, get(move || async move { serve_asset(asset) }));
-    }
-    router.with_state(AppState { app, tracker })
+        )
 }
 
 #[derive(Clone)]
@@ -433,6 +594,7 @@ struct RootQuery {
 
 async fn root(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
     headers: HeaderMap,
     query: Result<Query<RootQuery>, axum::extract::rejection::QueryRejection>,
@@ -447,6 +609,18 @@ async fn root(
         }
     };
     let app = &state.app;
+    let client = app.trusted_proxies.client(peer, &headers);
+    let admitted = match app.admission.admit(headers.get(header::ORIGIN), client) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            metrics::counter!("notify_handshakes_rejected_total", "reason" => refusal.reason())
+                .increment(1);
+            if let Some(suppressed) = app.admission_log.allow() {
+                tracing::info!(%client, %peer, reason = refusal.reason(), suppressed, "refused a WebSocket handshake: {refusal}");
+            }
+            return refusal.into_response();
+        }
+    };
     let reject = |reason: &'static str, status: StatusCode, text: String| {
         metrics::counter!("notify_handshakes_rejected_total", "reason" => reason).increment(1);
         plain(status, text)
@@ -511,10 +685,19 @@ async fn root(
     upgrade
         .read_buffer_size(app.settings.ws_read_buffer_bytes)
         .write_buffer_size(app.settings.ws_write_buffer_bytes)
+        .max_write_buffer_size(app.settings.ws_max_write_buffer_bytes)
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)
         .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(socket::serve(socket, connection)))
+        .on_upgrade(move |socket| {
+            // Built outside the block so the socket and connection are stored once, inside
+            // `serving`, not also as the block's captures.
+            let serving = socket::serve(socket, connection);
+            tracker.track_future(async move {
+                serving.await;
+                drop(admitted);
+            })
+        })
 }
 
 async fn healthz() -> Response {
@@ -543,6 +726,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
+    state.app.admission.record_tracked_addresses();
     (
         [(
             header::CONTENT_TYPE,
@@ -555,38 +739,39 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 
 async fn info(State(state): State<AppState>) -> Response {
     let app = &state.app;
+    let mut limits = app.admission.info();
+    limits["max_connections"] = json!(app.slots.capacity());
+    limits["trusted_proxies"] = json!(app.trusted_proxies.networks().len());
     Json(json!({
         "regions": app.hub.regions(),
         "broker": app.broker.kind(),
         "publish": app.publish_access.name(),
+        "limits": limits,
         "version": env!("CARGO_PKG_VERSION"),
     }))
     .into_response()
 }
 
-async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn publish(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let app = &state.app;
-    match &app.publish_access {
-        PublishAccess::Open => {}
-        PublishAccess::Disabled => {
-            return json_error(
-                StatusCode::FORBIDDEN,
-                "publishing over HTTP is disabled on a non-loopback address without --api-key",
-            );
+    if let Err(rejection) = app.publish_access.check(&headers) {
+        let client = app.trusted_proxies.client(peer, &headers);
+        metrics::counter!("notify_api_rejections_total", "reason" => rejection.reason())
+            .increment(1);
+        if let Some(suppressed) = app.rejection_log.allow() {
+            tracing::warn!(%client, %peer, reason = rejection.reason(), suppressed, "refused a publish request");
         }
-        PublishAccess::Key(key) => {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
-                return json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "missing or wrong API key: send Authorization: Bearer <key>",
-                );
-            }
-        }
+        let status = if rejection.is_unauthenticated() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        return json_error(status, rejection);
     }
     let notification = match Notification::from_slice(&body, app.settings.max_payload_bytes) {
         Ok(notification) => notification,

@@ -17,11 +17,14 @@
 //!
 //! Endings and their close codes:
 //! - fell behind the queue limit → 1008 (policy violation), `slow consumer: …`, counted;
-//! - a write that does not finish within `--write-timeout` → dropped without a close frame
-//!   (the socket is not draining), counted as a slow consumer;
+//! - a write that does not finish within `--write-timeout`, or unsent frames past
+//!   `--ws-max-write-buffer-bytes` → dropped without a close frame (the socket is not
+//!   draining), counted as a slow consumer. Pongs count too: a client that floods pings and
+//!   does not read its pongs is cut the same way, and at most one pong waits beyond the cap;
 //! - nothing heard for `--idle-timeout` → dropped;
 //! - a client frame over `--max-client-frame-bytes` → 1009 (message too big);
-//! - gateway shutdown → 1001 (going away);
+//! - gateway shutdown → 1001 (going away), also in the middle of a resume's replay;
+//! - the client's close frame → the same code echoed back (RFC 6455 §5.5.1);
 //! - resume asked while the history cannot be read (Redis down) → 1013 (try again later).
 
 use std::pin::Pin;
@@ -71,8 +74,12 @@ pub struct Connection {
 
 /// How a connection ended.
 enum Ending {
-    /// The client closed or vanished; nothing more to send.
+    /// The client's TCP stream ended; nothing more to send.
     ClientGone,
+    /// The client sent a close frame: flush the echo tungstenite queued, then drop.
+    ClientClosed,
+    /// Reading or writing failed; nothing more can be sent.
+    Failed(axum::Error),
     /// Send this close frame, then drop.
     Close(u16, String),
     /// Drop without a close frame.
@@ -97,8 +104,15 @@ pub async fn serve(mut socket: WebSocket, connection: Connection) {
     let ending = 'connection: {
         if let Some(since) = since {
             // Boxed: reading history (possibly from Redis) takes a large future, and inline
-            // it would make every connection's task that large for its whole life.
-            match Box::pin(replay(&mut socket, region, since, &app)).await {
+            // it would make every connection's task that large for its whole life. Shutdown
+            // interrupts it: a long replay to a client that does not read must not hold the
+            // drain.
+            let replayed = tokio::select! {
+                biased;
+                () = app.closing.cancelled() => Err(going_away()),
+                replayed = Box::pin(replay(&mut socket, region, since, &app)) => replayed,
+            };
+            match replayed {
                 Ok(through) => sent_through = through,
                 Err(ending) => break 'connection ending,
             }
@@ -110,18 +124,41 @@ pub async fn serve(mut socket: WebSocket, connection: Connection) {
     }
     match ending {
         Ending::ClientGone => {}
+        Ending::ClientClosed => {
+            // tungstenite queued the echo of the client's close frame; send it.
+            finish_close(region, socket.flush()).await;
+        }
+        Ending::Failed(error) => tracing::debug!(%region, %error, "connection failed"),
         Ending::Close(code, reason) => {
             tracing::debug!(%region, code, %reason, "closing connection");
             let frame = CloseFrame {
                 code,
                 reason: reason.into(),
             };
-            let _ =
-                tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+            finish_close(region, socket.send(Message::Close(Some(frame)))).await;
         }
         Ending::Drop(reason) => tracing::debug!(%region, reason, "dropping connection"),
     }
     drop(slot);
+}
+
+/// Sends the last frame of a connection within [`CLOSE_TIMEOUT`]; a client that does not take
+/// it in time, or whose socket fails, is dropped anyway (and the reason logged).
+async fn finish_close(
+    region: Region,
+    send: impl std::future::Future<Output = Result<(), axum::Error>>,
+) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, send).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%region, %error, "close frame not sent"),
+        Err(_) => {
+            tracing::debug!(%region, timeout = ?CLOSE_TIMEOUT, "close frame not taken in time")
+        }
+    }
+}
+
+fn going_away() -> Ending {
+    Ending::Close(CLOSE_GOING_AWAY, "server shutting down".into())
 }
 
 /// Sends what the client missed after `since`; returns the id live delivery must be past.
@@ -184,7 +221,7 @@ async fn send_frames(
         };
         match tokio::time::timeout(app.settings.write_timeout, batch).await {
             Ok(Ok(written)) => app.metrics.delivered.increment(written),
-            Ok(Err(_)) => return Err(Ending::ClientGone),
+            Ok(Err(error)) => return Err(write_error_ending(error, app)),
             Err(_) => {
                 app.metrics.slow_disconnects.increment(1);
                 return Err(Ending::Drop("write timed out"));
@@ -252,7 +289,7 @@ impl Outbox {
                 self.flushed(app);
                 Ok(())
             }
-            Poll::Ready(Err(_)) => Err(Ending::ClientGone),
+            Poll::Ready(Err(error)) => Err(Ending::Failed(error)),
             Poll::Pending => {
                 self.flushing = true;
                 let deadline = tokio::time::Instant::now() + app.settings.write_timeout;
@@ -292,15 +329,28 @@ fn ready_to_queue(socket: &mut WebSocket) -> Result<bool, Ending> {
     let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
     match Pin::new(&mut *socket).poll_ready(&mut cx) {
         Poll::Ready(Ok(())) => Ok(true),
-        Poll::Ready(Err(_)) => Err(Ending::ClientGone),
+        Poll::Ready(Err(error)) => Err(Ending::Failed(error)),
         Poll::Pending => Ok(false),
     }
 }
 
-fn queue(socket: &mut WebSocket, message: Message) -> Result<(), Ending> {
+fn queue(socket: &mut WebSocket, message: Message, app: &App) -> Result<(), Ending> {
     Pin::new(&mut *socket)
         .start_send(message)
-        .map_err(|_| Ending::ClientGone)
+        .map_err(|error| write_error_ending(error, app))
+}
+
+/// A write that failed because the socket's unsent bytes reached `--ws-max-write-buffer-bytes`
+/// is a slow consumer; any other write error ends the connection as failed.
+fn write_error_ending(error: axum::Error, app: &App) -> Ending {
+    let inner = error.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::WriteBufferFull(_)) => {
+            app.metrics.slow_disconnects.increment(1);
+            Ending::Drop("write buffer full")
+        }
+        _ => Ending::Failed(axum::Error::new(inner)),
+    }
 }
 
 /// Moves frames from the subscription to the socket until the connection ends.
@@ -327,13 +377,22 @@ async fn pump(
         let flushing = outbox.flushing;
         tokio::select! {
             biased;
-            () = app.closing.cancelled() => {
-                return Ending::Close(CLOSE_GOING_AWAY, "server shutting down".into());
-            }
+            () = app.closing.cancelled() => return going_away(),
             event = std::future::poll_fn(|cx| poll_socket(socket, flushing, cx)) => match event {
                 SocketEvent::Flushed(Ok(())) => outbox.flushed(app),
-                SocketEvent::Flushed(Err(_)) => return Ending::ClientGone,
-                SocketEvent::Inbound(None | Some(Ok(Message::Close(_)))) => return Ending::ClientGone,
+                SocketEvent::Flushed(Err(error)) => return Ending::Failed(error),
+                SocketEvent::Inbound(None) => return Ending::ClientGone,
+                SocketEvent::Inbound(Some(Ok(Message::Close(_)))) => return Ending::ClientClosed,
+                SocketEvent::Inbound(Some(Ok(Message::Ping(_)))) => {
+                    last_heard = Instant::now();
+                    // tungstenite queued a pong; if the socket does not take it, the write
+                    // timer runs, so a client that pings without reading is cut.
+                    if !flushing {
+                        if let Err(ending) = outbox.flush_now(socket, app) {
+                            return ending;
+                        }
+                    }
+                }
                 SocketEvent::Inbound(Some(Ok(_))) => last_heard = Instant::now(),
                 SocketEvent::Inbound(Some(Err(error))) => return read_error_ending(error),
             },
@@ -343,7 +402,7 @@ async fn pump(
             }
             delivery = subscription.recv(), if !flushing => match delivery {
                 Ok(first) => {
-                    let queued = queue_batch(socket, subscription, first, sent_through, &mut outbox)
+                    let queued = queue_batch(socket, subscription, first, sent_through, &mut outbox, app)
                         .and_then(|lagged| {
                             outbox.flush_now(socket, app)?;
                             lagged.map_or(Ok(()), |error| Err(subscription_ending(error, app)))
@@ -359,7 +418,7 @@ async fn pump(
                     return Ending::Drop("idle timeout");
                 }
                 if !flushing {
-                    let pinged = queue(socket, Message::Ping(Default::default()))
+                    let pinged = queue(socket, Message::Ping(Default::default()), app)
                         .and_then(|()| outbox.flush_now(socket, app));
                     if let Err(ending) = pinged {
                         return ending;
@@ -379,13 +438,14 @@ fn queue_batch(
     first: Envelope<Utf8Bytes>,
     sent_through: &mut Option<StreamId>,
     outbox: &mut Outbox,
+    app: &App,
 ) -> Result<Option<SubscriptionError>, Ending> {
     let mut next = Some(first);
     let mut taken = 0;
     while let Some(envelope) = next.take() {
         taken += 1;
         if !(sent_through.is_some() && already_sent(&envelope, sent_through)) {
-            queue(socket, Message::Text(envelope.frame))?;
+            queue(socket, Message::Text(envelope.frame), app)?;
             outbox.queued(envelope.received_at);
         }
         if taken == MAX_BATCH || !ready_to_queue(socket)? {
@@ -406,7 +466,7 @@ fn subscription_ending(error: SubscriptionError, app: &App) -> Ending {
             app.metrics.dropped.increment(skipped);
             Ending::Close(CLOSE_SLOW_CONSUMER, error.to_string())
         }
-        SubscriptionError::Closed => Ending::Close(CLOSE_GOING_AWAY, "server shutting down".into()),
+        SubscriptionError::Closed => going_away(),
     }
 }
 
@@ -416,6 +476,6 @@ fn read_error_ending(error: axum::Error) -> Ending {
         Some(tungstenite::Error::Capacity(capacity)) => {
             Ending::Close(CLOSE_TOO_BIG, format!("client frame too big: {capacity}"))
         }
-        _ => Ending::ClientGone,
+        _ => Ending::Failed(axum::Error::new(inner)),
     }
 }

@@ -91,6 +91,18 @@ fn describe() {
         "notify_handshakes_rejected_total",
         "WebSocket handshakes refused, by reason."
     );
+    describe_gauge!(
+        "notify_limit_tracked_addresses",
+        "Client addresses held by a per-address limit's map (per_ip: with open connections; rate: with a bucket not yet full)."
+    );
+    describe_counter!(
+        "notify_proxy_header_errors_total",
+        "Connections from trusted proxies closed for a missing, malformed or late PROXY header."
+    );
+    describe_counter!(
+        "notify_sockets_refused_total",
+        "TCP connections refused (503, closed at once) because the socket cap was reached."
+    );
     describe_counter!(
         "notify_accept_errors_total",
         "Errors accepting TCP connections (e.g. out of file descriptors)."

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use notify_core::broker::redis::redact_url;
-use notify_core::broker::redis_tls::RedisTls;
+use notify_core::broker::redis::RedisTls;
 
 use crate::input::FlagFields;
 use crate::output::Format;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 use notify_core::broker::redis::redact_url;
 use notify_core::broker::redis::{publish_command, publish_script};
-use notify_core::broker::redis_tls::{redis_client, RedisTls};
+use notify_core::broker::redis::{redis_client, RedisTls};
 use notify_proto::{ChannelNames, Notification};
 use redis::aio::MultiplexedConnection;
 use serde::Deserialize;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use notify_proto::{Notification, Region, StreamId};
 
-use super::{PublishReceipt, Replay};
+use super::{count_resume, PublishReceipt, Replay, ResumeSource};
 use crate::history::Lookup;
 use crate::ingest::Ingest;
 
@@ -43,11 +43,17 @@ where
     /// reach back that far.
     pub fn replay(&self, region: Region, since: StreamId) -> Replay<T> {
         match self.ingest.replay_from_memory(region, since) {
-            Lookup::Entries(entries) => Replay::Entries(entries),
-            Lookup::NotCovered => Replay::Resync {
-                latest: self.ingest.last_id(region),
-                reason: "since is not in the retained history",
-            },
+            Lookup::Entries(entries) => {
+                count_resume(ResumeSource::Memory);
+                Replay::Entries(entries)
+            }
+            Lookup::NotCovered => {
+                count_resume(ResumeSource::Resync);
+                Replay::Resync {
+                    latest: self.ingest.last_id(region),
+                    reason: "since is not in the retained history",
+                }
+            }
         }
     }
 }

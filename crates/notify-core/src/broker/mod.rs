@@ -6,16 +6,16 @@
 //! - [`embedded::EmbeddedBroker`]: in-process, for a single node with no Redis at all.
 //!
 //! Both feed the same [`Ingest`](crate::ingest::Ingest) path, so a message is validated,
-//! counted and fanned out identically whichever broker carried it.
+//! counted and fanned out identically whichever broker carried it. Both count every resume they
+//! serve in `notify_resumes_total{source="memory|stream|resync"}`.
 
 pub mod embedded;
 pub mod redis;
-pub mod redis_tls;
 
 use notify_proto::{Notification, StreamId};
 
 pub use self::embedded::EmbeddedBroker;
-pub use self::redis::{RedisBroker, RedisBrokerConfig};
+pub use self::redis::{BrokerError, RedisBroker, RedisBrokerConfig};
 
 /// What a client resuming with `?since=` gets before live messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,37 +64,31 @@ pub struct PublishReceipt {
     pub id: Option<StreamId>,
 }
 
-/// Why a broker could not start or publish.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    /// The Redis URL does not parse.
-    #[error("invalid Redis URL {url:?}: {source}")]
-    InvalidUrl {
-        /// The URL as given, password masked.
-        url: String,
-        /// The parser's complaint.
-        source: ::redis::RedisError,
-    },
-    /// A file named for Redis TLS (`--redis-ca-cert`, a client certificate or key) could
-    /// not be read.
-    #[error("cannot read {}", path.display())]
-    TlsFile {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The TLS settings do not fit the URL (not `rediss://`) or hold no usable PEM.
-    #[error("cannot set up TLS to Redis at {url}: {source}")]
-    TlsSetup {
-        /// The URL, password masked.
-        url: String,
-        /// The Redis client's complaint.
-        source: ::redis::RedisError,
-    },
-    /// Redis did not answer in time or refused the command.
-    #[error("Redis is unavailable: {0}")]
-    Unavailable(String),
+/// Which path served a resume, for `notify_resumes_total{source}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeSource {
+    /// The in-memory history covered it.
+    Memory,
+    /// The region's Redis stream covered it.
+    Stream,
+    /// Nothing covered it: the client gets a `resync`.
+    Resync,
+}
+
+impl ResumeSource {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResumeSource::Memory => "memory",
+            ResumeSource::Stream => "stream",
+            ResumeSource::Resync => "resync",
+        }
+    }
+}
+
+/// Counts one resume served by `source` in `notify_resumes_total{source}`.
+pub(crate) fn count_resume(source: ResumeSource) {
+    metrics::counter!("notify_resumes_total", "source" => source.as_str()).increment(1);
 }
 
 /// A configured broker.

@@ -7,8 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::redis::redact_url;
-use super::BrokerError;
+use super::{redact_url, BrokerError};
 
 /// A client certificate and its key, both PEM.
 #[derive(Debug, Clone, PartialEq, Eq)]

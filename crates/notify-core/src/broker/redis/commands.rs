@@ -1,0 +1,101 @@
+//! [`CommandConnection`]: the broker's shared multiplexed connection for publishes and
+//! history reads. Made on first use, every command bounded by the command timeout, and dropped
+//! (so the next command reconnects) when an error shows the link is broken.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+
+use super::error::BrokerError;
+
+/// A lazily made, shared, self-healing command connection.
+#[derive(Debug, Clone)]
+pub(super) struct CommandConnection {
+    client: redis::Client,
+    timeout: Duration,
+    /// The cached connection; `None` until first use and after an error that broke it.
+    cached: Arc<Mutex<Option<MultiplexedConnection>>>,
+}
+
+impl CommandConnection {
+    /// A connection to `client`'s server whose connects and commands each get `timeout`.
+    pub(super) fn new(client: redis::Client, timeout: Duration) -> Self {
+        CommandConnection {
+            client,
+            timeout,
+            cached: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Runs one command (`run` gets a handle to the connection) within the timeout.
+    pub(super) async fn run<R, F, Fut>(
+        &self,
+        operation: &'static str,
+        run: F,
+    ) -> Result<R, BrokerError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<R>>,
+    {
+        let connection = self.connection().await?;
+        let result = match tokio::time::timeout(self.timeout, run(connection)).await {
+            Ok(Ok(reply)) => return Ok(reply),
+            Ok(Err(source)) => BrokerError::from_redis(operation, source),
+            Err(_) => BrokerError::Timeout {
+                operation,
+                after: self.timeout,
+            },
+        };
+        if result.breaks_connection() {
+            self.forget();
+        }
+        Err(result)
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+        if let Some(connection) = self.lock().clone() {
+            return Ok(connection);
+        }
+        let connection = connect(&self.client, self.timeout, Some(self.timeout)).await?;
+        *self.lock() = Some(connection.clone());
+        Ok(connection)
+    }
+
+    fn forget(&self) {
+        *self.lock() = None;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+        self.cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Opens a multiplexed connection within `timeout`. `response_timeout` bounds each reply
+/// (`None` for a connection that runs blocking commands under its own timer).
+pub(super) async fn connect(
+    client: &redis::Client,
+    timeout: Duration,
+    response_timeout: Option<Duration>,
+) -> Result<MultiplexedConnection, BrokerError> {
+    const OPERATION: &str = "connect";
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(response_timeout);
+    match tokio::time::timeout(
+        timeout,
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(source)) => Err(BrokerError::from_redis(OPERATION, source)),
+        Err(_) => Err(BrokerError::Timeout {
+            operation: OPERATION,
+            after: timeout,
+        }),
+    }
+}
