@@ -16,13 +16,18 @@
 //!   its log), with helpers for HTTP and WebSocket clients; a gateway that dies at start is
 //!   reported with its log.
 //! - [`run_publish`]: runs `notify-publish` to completion with optional stdin.
+//! - [`certs`]: a private CA and the certificates it signs, for the TLS tests; a gateway
+//!   serving TLS is [`Gateway::start_tls`], a Redis speaking only TLS is
+//!   [`RedisServer::start_tls`].
+
+pub mod certs;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -91,15 +96,41 @@ const REDIS_START_ATTEMPTS: usize = 5;
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    tls: Option<RedisServerTls>,
+}
+
+/// The PEM files of a Redis that speaks only TLS ([`RedisServer::start_tls`]).
+#[derive(Debug, Clone)]
+pub struct RedisServerTls {
+    /// The server's certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The CA that signed it, and that client certificates must be signed by.
+    pub ca: PathBuf,
+    /// When set, the server requires a client certificate (`--tls-auth-clients yes`) and the
+    /// harness's own client presents this one (certificate, key).
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 impl RedisServer {
     /// Starts `redis-server` and waits until it answers PING. A port taken between choosing it
     /// and binding it (another test, another process) is retried on a new port.
     pub async fn start() -> Result<Self> {
+        Self::start_on_a_free_port(None).await
+    }
+
+    /// Starts `redis-server` listening only with TLS (`--port 0 --tls-port P`), with the
+    /// certificates in `tls`, and waits until it answers over TLS; retried like
+    /// [`start`](Self::start).
+    pub async fn start_tls(tls: RedisServerTls) -> Result<Self> {
+        Self::start_on_a_free_port(Some(tls)).await
+    }
+
+    async fn start_on_a_free_port(tls: Option<RedisServerTls>) -> Result<Self> {
         let mut failures = Vec::new();
         for _ in 0..REDIS_START_ATTEMPTS {
-            match Self::start_on(free_port()).await {
+            match Self::start_with(free_port(), tls.clone()).await {
                 Ok(server) => return Ok(server),
                 Err(error) => failures.push(format!("{error:#}")),
             }
@@ -112,9 +143,25 @@ impl RedisServer {
 
     /// Starts `redis-server` on `port` and waits until *this* child answers (its `INFO`
     /// `process_id` is the child's pid: a different server already on the port does not count).
-    async fn start_on(port: u16) -> Result<Self> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string()])
+    /// With `tls`, it listens only with TLS and the check goes over TLS.
+    async fn start_with(port: u16, tls: Option<RedisServerTls>) -> Result<Self> {
+        let mut command = Command::new("redis-server");
+        match &tls {
+            None => command.args(["--port", &port.to_string()]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args([
+                    "--tls-auth-clients",
+                    if tls.client.is_some() { "yes" } else { "no" },
+                ]),
+        };
+        let child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--dir", &std::env::temp_dir().to_string_lossy()])
             .stdout(Stdio::piped())
@@ -125,6 +172,7 @@ impl RedisServer {
         let mut server = RedisServer {
             child: Some(child),
             port,
+            tls,
         };
         let client = server.client();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -168,9 +216,14 @@ impl RedisServer {
             .and_then(|pid| pid.trim().parse().ok())
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`, or `rediss://…` when it speaks TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The port it listens on.
@@ -180,7 +233,22 @@ impl RedisServer {
 
     /// A client for direct commands (raw `PUBLISH`, `CLIENT KILL`).
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("valid redis url")
+        install_crypto_provider();
+        let Some(tls) = &self.tls else {
+            return redis::Client::open(self.url()).expect("valid redis url");
+        };
+        let read = |path: &Path| std::fs::read(path).expect("the test's own PEM file");
+        let certificates = redis::TlsCertificates {
+            client_tls: tls
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: read(cert),
+                    client_key: read(key),
+                }),
+            root_cert: Some(read(&tls.ca)),
+        };
+        redis::Client::build_with_tls(self.url(), certificates).expect("valid TLS settings")
     }
 
     /// A multiplexed connection.
@@ -225,7 +293,7 @@ impl RedisServer {
     /// Starts the server again on the same port (after [`kill`](Self::kill)).
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();
-        let restarted = Self::start_on(self.port).await?;
+        let restarted = Self::start_with(self.port, self.tls.clone()).await?;
         *self = restarted;
         Ok(())
     }
@@ -263,6 +331,9 @@ pub struct Gateway {
     child: Option<Child>,
     addr: SocketAddr,
     args: Vec<String>,
+    /// Set for a gateway serving TLS: the CA its certificate is checked against.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// How it was launched, so a restart launches it the same way.
     launch: Launch,
     log: LogLines,
 }
@@ -272,7 +343,14 @@ impl Gateway {
     /// `/healthz` answers. The environment's `NOTIFY_*` variables are cleared so the test
     /// controls every setting.
     pub async fn start(args: &[&str]) -> Result<Self> {
-        Self::launch(Launch::default(), None, owned(args)).await
+        Self::launch(Launch::default(), None, owned(args), None).await
+    }
+
+    /// Starts a gateway serving TLS (`args` carry `--tls-cert`/`--tls-key`) and waits until
+    /// `https://…/healthz` answers; its helpers then speak `https://` and `wss://`, trusting
+    /// only `tls` (e.g. [`certs::TestCa::client_config`]).
+    pub async fn start_tls(args: &[&str], tls: Arc<rustls::ClientConfig>) -> Result<Self> {
+        Self::launch(Launch::default(), None, owned(args), Some(tls)).await
     }
 
     /// Starts a gateway listening on all IPv4 interfaces (`0.0.0.0`, a non-loopback listen
@@ -282,7 +360,7 @@ impl Gateway {
             all_interfaces: true,
             ..Launch::default()
         };
-        Self::launch(launch, None, owned(args)).await
+        Self::launch(launch, None, owned(args), None).await
     }
 
     /// Starts a gateway whose hard open-files limit is `limit` (through the shell's `ulimit`),
@@ -292,10 +370,15 @@ impl Gateway {
             open_files_limit: Some(limit),
             ..Launch::default()
         };
-        Self::launch(launch, None, owned(args)).await
+        Self::launch(launch, None, owned(args), None).await
     }
 
-    async fn launch(launch: Launch, port: Option<u16>, args: Vec<String>) -> Result<Self> {
+    async fn launch(
+        launch: Launch,
+        port: Option<u16>,
+        args: Vec<String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self> {
         let mut command = match launch.open_files_limit {
             Some(limit) => {
                 let mut shell = Command::new("sh");
@@ -333,6 +416,7 @@ impl Gateway {
             child: Some(child),
             addr: ([127, 0, 0, 1], 0).into(),
             args,
+            tls,
             launch,
             log,
         };
@@ -390,14 +474,31 @@ impl Gateway {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when it serves TLS).
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// `ws://127.0.0.1:PORT{path_and_query}`.
+    /// `ws://127.0.0.1:PORT{path_and_query}` (`wss://` when it serves TLS).
     pub fn ws_url(&self, path_and_query: &str) -> String {
-        format!("ws://{}{}", self.addr, path_and_query)
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}{}", self.addr, path_and_query)
+    }
+
+    /// An HTTP client for this gateway: trusts its test CA when it serves TLS.
+    pub fn http(&self) -> reqwest::Client {
+        match &self.tls {
+            None => http_client(),
+            Some(tls) => {
+                install_crypto_provider();
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .tls_backend_preconfigured(rustls::ClientConfig::clone(tls))
+                    .build()
+                    .expect("https client")
+            }
+        }
     }
 
     /// The child's process id.
@@ -407,7 +508,8 @@ impl Gateway {
 
     /// `GET path`, returning status and body.
     pub async fn get(&self, path: &str) -> Result<(u16, String)> {
-        let response = http_client()
+        let response = self
+            .http()
             .get(format!("{}{}", self.http_url(), path))
             .send()
             .await?;
@@ -436,9 +538,15 @@ impl Gateway {
 
     /// Opens a WebSocket to `path_and_query` (e.g. `/?region=AE`).
     pub async fn connect(&self, path_and_query: &str) -> Result<WsClient> {
-        let (socket, _) = tokio_tungstenite::connect_async(self.ws_url(path_and_query))
-            .await
-            .with_context(|| format!("connecting to {path_and_query}"))?;
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+            self.ws_url(path_and_query),
+            None,
+            false,
+            connector,
+        )
+        .await
+        .with_context(|| format!("connecting to {path_and_query}"))?;
         Ok(socket)
     }
 
@@ -496,7 +604,8 @@ impl Gateway {
         self.kill();
         let port = self.addr.port();
         let args = std::mem::take(&mut self.args);
-        *self = Self::launch(self.launch, Some(port), args).await?;
+        let tls = self.tls.take();
+        *self = Self::launch(self.launch, Some(port), args, tls).await?;
         Ok(())
     }
 }
@@ -546,12 +655,29 @@ fn listen_address(line: &str) -> Option<SocketAddr> {
     entry["fields"]["listen"].as_str()?.parse().ok()
 }
 
-/// A shared HTTP client for test requests.
+/// An HTTP client for plain `http://` test requests (it trusts no certificate: a gateway
+/// serving TLS is reached through [`Gateway::http`]). Cheap to build: its TLS settings are
+/// made once, where a default client would load the system's roots every time (tens of
+/// milliseconds, enough to slow a test that publishes a thousand messages tenfold).
 pub fn http_client() -> reqwest::Client {
+    static NO_ROOTS: OnceLock<rustls::ClientConfig> = OnceLock::new();
+    install_crypto_provider();
+    let tls = NO_ROOTS.get_or_init(|| {
+        rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    });
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .tls_backend_preconfigured(tls.clone())
         .build()
         .expect("http client")
+}
+
+/// reqwest and redis use rustls without choosing a crypto provider; ring is the one this
+/// workspace builds. An error only means one is installed already.
+pub fn install_crypto_provider() {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Reads the next text frame within `timeout`, skipping pings/pongs. `None` on timeout.

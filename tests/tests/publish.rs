@@ -958,3 +958,217 @@ async fn closed_stdout_is_not_an_error() -> Result<()> {
     }
     Ok(())
 }
+
+/// Peak resident memory (`VmHWM`) of a running process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// Lines of stdin fed by [`stdin_streams_with_bounded_memory`], each about 2 KB: 24 MB in all.
+const STREAMED_LINES: usize = 12_000;
+
+/// Peak RSS allowed to the CLI while it streams [`STREAMED_LINES`] lines: windows of at most
+/// 1,000 messages or 1 MiB keep it near its idle size (about 14 MB), where reading the input
+/// whole would take more than twice the input (24 MB raw, then parsed).
+const STREAMING_RSS_BOUND_KIB: u64 = 24 * 1024;
+
+#[tokio::test]
+async fn stdin_streams_with_bounded_memory() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    let redis = RedisServer::start().await.unwrap();
+    let mut pubsub = subscriber(&redis, &["tvs:AE"]).await.unwrap();
+    let mut child = Command::new(notify_tests::binary("notify-publish"))
+        .args(["--redis-url", &redis.url(), "--input", "-", "--quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let padding = "ع".repeat(1000);
+    let line = move |number: usize| {
+        AE_ARABIC
+            .replace("dQw4w9WgXcQ", &format!("v{number}"))
+            .replace("أخبار عاجلة من دبي", &padding)
+            + "\n"
+    };
+
+    // The first lines are published while stdin is still open.
+    let mut head = String::new();
+    for number in 1..=10 {
+        head.push_str(&line(number));
+    }
+    stdin.write_all(head.as_bytes()).unwrap();
+    let (_, first) = next_message(&mut pubsub, WAIT)
+        .await
+        .expect("published before the input ended");
+    assert!(first.contains("\"video_id\":\"v1\""), "{first}");
+
+    // The rest from a writer thread, as fast as the pipe takes it; stdin stays open after.
+    let writer = std::thread::spawn(move || {
+        let mut chunk = String::new();
+        for number in 11..=STREAMED_LINES {
+            chunk.push_str(&line(number));
+            if chunk.len() > 64 * 1024 {
+                stdin.write_all(chunk.as_bytes()).unwrap();
+                chunk.clear();
+            }
+        }
+        stdin.write_all(chunk.as_bytes()).unwrap();
+        stdin
+    });
+    let started = Instant::now();
+    let mut received = 1;
+    while received < STREAMED_LINES {
+        let message = next_message(&mut pubsub, Duration::from_secs(20)).await;
+        assert!(
+            message.is_some(),
+            "only {received} of {STREAMED_LINES} published"
+        );
+        received += 1;
+    }
+    let elapsed = started.elapsed();
+    let peak = peak_rss_kib(pid);
+    let stdin = writer.join().unwrap();
+    drop(stdin);
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "published {STREAMED_LINES} of {STREAMED_LINES} lines"
+        )),
+        "{stderr}"
+    );
+    eprintln!("streamed {STREAMED_LINES} lines in {elapsed:?}, peak RSS {peak} KiB");
+    assert!(
+        peak < STREAMING_RSS_BOUND_KIB,
+        "peak RSS {peak} KiB over the {STREAMING_RSS_BOUND_KIB} KiB bound"
+    );
+}
+
+#[tokio::test]
+async fn an_overlong_stdin_line_is_a_bad_line_by_number() {
+    let redis = RedisServer::start().await.unwrap();
+    let mut pubsub = subscriber(&redis, &["tvs:AE"]).await.unwrap();
+    // 1 MB with no newline in it, between two good lines.
+    let long = format!("{{\"title\":\"{}\"}}", "x".repeat(1_000_000));
+    let input = format!("{AE_ARABIC}\n{long}\n{AE_ARABIC}\n");
+    let output = publish(&redis_args(&redis.url(), &["--input", "-"]), Some(&input))
+        .await
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(65), "{stderr}");
+    assert!(
+        stderr.contains("line 2: line is longer than the 65536-byte payload limit"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("published 2 of 3 lines (1 bad)"),
+        "{stderr}"
+    );
+    for _ in 0..2 {
+        assert!(next_message(&mut pubsub, WAIT).await.is_some());
+    }
+}
+
+#[tokio::test]
+async fn api_key_from_a_file_and_never_empty() -> Result<()> {
+    let gateway = Gateway::start(&["--api-key", "k-file"]).await?;
+    let dir = notify_tests::certs::CertDir::new()?;
+    let key_file = dir.write("key", "k-file\n")?;
+    let key_file = key_file.to_string_lossy().into_owned();
+    let url = gateway.http_url();
+
+    let mut args = vec![
+        "--gateway-url",
+        url.as_str(),
+        "--api-key-file",
+        key_file.as_str(),
+    ];
+    args.extend_from_slice(&AE_FLAGS);
+    let output = publish(&args, None).await?;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+
+    // An empty key, however it is given, is a usage error: nothing is sent without a key.
+    let blank_file = dir.write("blank", " \n")?;
+    let blank_file = blank_file.to_string_lossy().into_owned();
+    for key_args in [
+        vec!["--api-key", ""],
+        vec!["--api-key", "  "],
+        vec!["--api-key-file", blank_file.as_str()],
+    ] {
+        let mut args = vec!["--gateway-url", url.as_str()];
+        args.extend_from_slice(&key_args);
+        args.extend_from_slice(&AE_FLAGS);
+        let output = publish(&args, None).await?;
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{key_args:?}: {}",
+            text(&output.stderr)
+        );
+    }
+    let output = std::process::Command::new(notify_tests::binary("notify-publish"))
+        .env("NOTIFY_API_KEY", "")
+        .args(["--gateway-url", url.as_str()])
+        .args(AE_FLAGS)
+        .output()?;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("empty"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn secrets_stay_out_of_help_and_url_errors() {
+    let password = "pw/with-slash";
+    let url = format!("redis://:{password}@127.0.0.1:6379/0");
+    for binary in ["notify-publish", "notify-gateway"] {
+        let output = std::process::Command::new(notify_tests::binary(binary))
+            .env("NOTIFY_REDIS_URL", &url)
+            .env("NOTIFY_API_KEY", "secret-key")
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = text(&output.stdout);
+        assert!(help.contains("--redis-url"), "{binary}: {help}");
+        assert!(
+            !help.contains("pw/with"),
+            "{binary} --help shows the password"
+        );
+        assert!(
+            !help.contains("secret-key"),
+            "{binary} --help shows the key"
+        );
+    }
+    for (flag, url) in [
+        ("--redis-url", format!("redis://:{password}@host:notaport")),
+        ("--redis-url", format!("http://:{password}@host")),
+        ("--gateway-url", format!("ftp://user:{password}@host")),
+        (
+            "--gateway-url",
+            format!("https://user:{password}@host:notaport"),
+        ),
+    ] {
+        let output = run_publish(&[flag, &url, "--input", "-"], Some("")).unwrap();
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(flag), "{stderr}");
+        assert!(
+            !stderr.contains("pw/with"),
+            "{flag} error shows the password: {stderr}"
+        );
+    }
+}

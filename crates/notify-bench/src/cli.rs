@@ -79,6 +79,11 @@ pub struct Args {
     )]
     pub gateway: String,
 
+    /// PEM file of the CA that signed the gateway's certificate: clients connect with
+    /// `wss://` and HTTP goes over `https://` (a gateway started with `--tls-cert`).
+    #[arg(long, env = "NOTIFY_BENCH_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
     /// Redis URL the gateway subscribes to (loopback only); used with `--via redis`.
     #[arg(
         long,
@@ -474,10 +479,10 @@ fn parse_duration(input: &str) -> Result<Duration, String> {
     humantime::parse_duration(input).map_err(|error| format!("{input:?}: {error}"))
 }
 
-/// The gateway's socket address from `http://host:port` (or `ws://`), refusing anything that
-/// does not resolve only to loopback.
+/// The gateway's socket address from `http://host:port` (or `ws://`, `https://`, `wss://`),
+/// refusing anything that does not resolve only to loopback.
 pub fn gateway_addr(url: &str) -> Result<SocketAddr> {
-    let rest = ["http://", "ws://"]
+    let rest = ["http://", "ws://", "https://", "wss://"]
         .iter()
         .find_map(|scheme| url.strip_prefix(scheme))
         .with_context(|| format!("--gateway {url:?}: expected http://HOST:PORT"))?;
@@ -573,6 +578,7 @@ mod tests {
             "127.0.0.1:8765".parse().unwrap()
         );
         assert!(gateway_addr("ws://127.0.0.5:1/x").is_ok());
+        assert!(gateway_addr("https://127.0.0.1:8443").is_ok());
         assert!(gateway_addr("http://localhost:8765").is_ok());
         let error = gateway_addr("http://10.1.2.3:8765")
             .unwrap_err()

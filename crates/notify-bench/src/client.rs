@@ -23,14 +23,14 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::latency;
 use crate::messages::{now_ns, MessageLog};
 use crate::report::Verdict;
 
-/// A connected client socket.
-pub type Socket = WebSocketStream<TcpStream>;
+/// A connected client socket, plain or TLS.
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const NONE: u64 = u64::MAX;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +43,25 @@ pub struct Connector {
     next_source: AtomicUsize,
     permits: Semaphore,
     config: WebSocketConfig,
+    /// Set: `wss://` with this rustls configuration.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// A rustls client configuration trusting only the CA certificates in the PEM file `ca`.
+pub fn tls_config(ca: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("reading --tls-ca {}", ca.display()))?
+    {
+        let cert = cert.with_context(|| format!("--tls-ca {}: not PEM", ca.display()))?;
+        roots.add(cert).context("--tls-ca: not a CA certificate")?;
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(config))
 }
 
 impl Connector {
@@ -62,7 +81,14 @@ impl Connector {
             next_source: AtomicUsize::new(0),
             permits: Semaphore::new(concurrency),
             config,
+            tls: None,
         }
+    }
+
+    /// Connects with `wss://`, verifying the gateway with `tls`.
+    pub fn with_tls(mut self, tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// TCP connect from the next source address, then the WebSocket handshake for
@@ -87,14 +113,25 @@ impl Connector {
         socket
             .bind(SocketAddr::new(source, 0))
             .with_context(|| format!("binding to {source}"))?;
-        let url = format!("ws://{gateway}{path_and_query}");
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        let url = format!("{scheme}://{gateway}{path_and_query}");
         let handshake = async {
             let stream = socket
                 .connect(gateway)
                 .await
                 .with_context(|| format!("TCP connect {source} -> {gateway}"))?;
             stream.set_nodelay(true)?;
-            match tokio_tungstenite::client_async_with_config(url, stream, Some(self.config)).await
+            let connector = match &self.tls {
+                Some(tls) => tokio_tungstenite::Connector::Rustls(tls.clone()),
+                None => tokio_tungstenite::Connector::Plain,
+            };
+            match tokio_tungstenite::client_async_tls_with_config(
+                url,
+                stream,
+                Some(self.config),
+                Some(connector),
+            )
+            .await
             {
                 Ok((socket, _response)) => Ok(socket),
                 Err(WsError::Http(response)) => {

@@ -51,6 +51,9 @@ use clap::{CommandFactory, FromArgMatches};
 use crate::cli::{Args, Scenario};
 
 fn main() -> ExitCode {
+    // reqwest and tokio-tungstenite use rustls without choosing a crypto provider; ring is the
+    // one this workspace builds. An error only means one is installed already.
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
     let matches = Args::command().get_matches();
     let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     // `chaos` runs a steady phase and then a catch-up phase: without an explicit --timeout

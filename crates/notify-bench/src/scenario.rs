@@ -48,11 +48,18 @@ impl Bench {
     /// Checks the gateway is up, serves the regions, and sets up the connector and log.
     pub async fn new(args: Args, gateway: SocketAddr) -> Result<Self> {
         let deadline = Instant::now() + args.timeout;
-        let gateway_url = format!("http://{gateway}");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .context("building the HTTP client")?;
+        let tls = args
+            .tls_ca
+            .as_deref()
+            .map(crate::client::tls_config)
+            .transpose()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let gateway_url = format!("{scheme}://{gateway}");
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        if let Some(tls) = &tls {
+            http = http.tls_backend_preconfigured(rustls::ClientConfig::clone(tls));
+        }
+        let http = http.build().context("building the HTTP client")?;
         let ready_by = (Instant::now() + Duration::from_secs(10)).min(deadline);
         loop {
             match http.get(format!("{gateway_url}/readyz")).send().await {
@@ -107,11 +114,11 @@ impl Bench {
             args.source_ips,
             crate::cli::source_block(args.fixed_sources),
         );
-        let connector = Arc::new(Connector::new(
-            gateway,
-            sources.clone(),
-            args.connect_concurrency,
-        ));
+        let mut connector = Connector::new(gateway, sources.clone(), args.connect_concurrency);
+        if let Some(tls) = tls {
+            connector = connector.with_tls(tls);
+        }
+        let connector = Arc::new(connector);
         Ok(Bench {
             args,
             gateway_url,

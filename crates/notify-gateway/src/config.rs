@@ -6,6 +6,7 @@
 //! usage error (exit code 2, one line naming the flag), never a panic later.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::admission::origins::OriginPattern;
@@ -33,10 +34,34 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_LISTEN", default_value = "127.0.0.1:8765")]
     pub listen: SocketAddr,
 
-    /// Redis URL (redis://[:password@]host:port[/db]). Without it the embedded single-node
-    /// broker is used.
-    #[arg(long, env = "NOTIFY_REDIS_URL")]
+    /// Redis URL (redis://[:password@]host:port[/db], or rediss:// for TLS). Without it the
+    /// embedded single-node broker is used.
+    #[arg(long, env = "NOTIFY_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// PEM file of the CA that signed the Redis server's certificate (rediss://), instead of
+    /// the system's roots.
+    #[arg(long, env = "NOTIFY_REDIS_CA_CERT", value_name = "FILE")]
+    pub redis_ca_cert: Option<PathBuf>,
+
+    /// PEM certificate presented to Redis when it asks for one (rediss://; with
+    /// --redis-client-key).
+    #[arg(
+        long,
+        env = "NOTIFY_REDIS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "redis_client_key"
+    )]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert.
+    #[arg(
+        long,
+        env = "NOTIFY_REDIS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "redis_client_cert"
+    )]
+    pub redis_client_key: Option<PathBuf>,
 
     /// How often the Redis subscription is checked with PING; a link that stops answering is
     /// dropped and re-established (and /readyz says 503 meanwhile).
@@ -95,6 +120,29 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_WS_WRITE_BUFFER_BYTES", default_value_t = 4096, value_parser = count_within::<1, { 16 << 20 }>)]
     pub ws_write_buffer_bytes: usize,
 
+    /// PEM certificate chain (leaf first): serve https:// and wss:// on --listen. Reloaded
+    /// when the file changes or on SIGHUP. Needs --tls-key.
+    #[arg(
+        long,
+        env = "NOTIFY_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "NOTIFY_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// How often --tls-cert and --tls-key are checked for a new certificate.
+    #[arg(long, env = "NOTIFY_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_period)]
+    pub tls_reload_interval: Duration,
+
     /// Most bytes a WebSocket's unsent frames (messages, pongs, close) may take. A client
     /// whose socket backs up past it is cut as a slow consumer; pongs to a ping flood stop
     /// being queued. Must hold the largest notification on top of the write batch; default
@@ -102,7 +150,9 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_WS_MAX_WRITE_BUFFER_BYTES", value_parser = count_within::<1, { 64 << 20 }>)]
     pub ws_max_write_buffer_bytes: Option<usize>,
 
-    /// Time a new connection has to send its complete HTTP request head.
+    /// Time a new connection has for each step before its request: the PROXY header (with
+    /// --proxy-protocol), the TLS handshake (with --tls-cert), then the complete HTTP request
+    /// head.
     #[arg(long, env = "NOTIFY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_period)]
     pub handshake_timeout: Duration,
 
@@ -199,6 +249,23 @@ impl GatewayConfig {
             .chain(from_file)
             .map(String::as_str)
             .collect()
+    }
+
+    /// The certificate files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
+
+    /// The Redis TLS files (CA, client certificate and key), for rediss:// URLs.
+    pub fn redis_tls(&self) -> notify_core::broker::redis::RedisTls {
+        notify_core::broker::redis::RedisTls::from_files(
+            self.redis_ca_cert.clone(),
+            self.redis_client_cert.clone(),
+            self.redis_client_key.clone(),
+        )
     }
 }
 
@@ -334,6 +401,31 @@ mod tests {
         let regions: Vec<&str> = config.regions.iter().map(Region::as_str).collect();
         assert_eq!(regions, ["AE", "FI", "CZ", "DK", "BE", "GB", "CH", "US"]);
         assert!(config.redis_url.is_none());
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        for flag in ["--tls-cert", "--tls-key"] {
+            let error =
+                GatewayConfig::try_parse_from(["notify-gateway", flag, "x.pem"]).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument
+            );
+            assert_eq!(error.exit_code(), 2);
+        }
+        let both = GatewayConfig::try_parse_from([
+            "notify-gateway",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .unwrap();
+        assert_eq!(both.tls_files().unwrap().key, PathBuf::from("k.pem"));
+        assert!(
+            GatewayConfig::try_parse_from(["notify-gateway", "--redis-client-cert", "c"]).is_err()
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`server`]: shared state, HTTP routes, the accept loop, shutdown and drain.
 //! - [`handshake`]: what a WebSocket request's query asks for (`region`, `since`).
 //! - [`socket`]: one WebSocket connection: batching writes, pings, close codes.
+//! - [`tls`]: TLS for clients (`wss://`, `https://`) and certificate reload.
 //! - [`capacity`]: the open-files limit and connection slots.
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`assets`]: the demo page and browser client compiled into the binary.
@@ -33,6 +34,7 @@ pub mod publish_access;
 pub mod server;
 pub mod socket;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::GatewayConfig;
 pub use server::run;

@@ -6,7 +6,9 @@
 //! `axum::serve` does not expose: the handshake (request head) timeout, `TCP_NODELAY`, a socket
 //! slot for every accepted connection ([`crate::capacity`]; past the cap a minimal 503 and an
 //! immediate close), and accept errors such as EMFILE, which pause the loop briefly instead of
-//! killing or spinning it.
+//! killing or spinning it. With `--tls-cert`/`--tls-key` each connection completes its TLS
+//! handshake ([`crate::tls`]) in its own task and under the handshake timeout, after the PROXY
+//! protocol header (which a load balancer sends in the clear) and before HTTP/1.1.
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -31,7 +33,9 @@ use notify_core::log_limit::RateLimitedLog;
 use notify_core::{Broker, BrokerState, Hub, Ingest};
 use notify_proto::{ChannelNames, Notification, Region};
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
@@ -48,6 +52,7 @@ use crate::proxy_protocol::ProxyProtocol;
 use crate::publish_access::{ApiKeys, PublishAccess, Rejection};
 use crate::socket::{self, Connection};
 use crate::telemetry::{self, ConnectionMetrics};
+use crate::tls::TlsTerminator;
 
 /// Settings the per-connection tasks read.
 #[derive(Debug, Clone)]
@@ -128,6 +133,10 @@ pub async fn run(
         "connection capacity"
     );
 
+    let tls = match config.tls_files() {
+        Some(files) => Some(TlsTerminator::new(files).context("loading the TLS certificate")?),
+        None => None,
+    };
     let hub = Arc::new(Hub::new(config.regions.iter().copied(), config.queue_limit));
     let history_capacity = match config.redis_url {
         Some(_) => config.history_cache,
@@ -143,6 +152,7 @@ pub async fn run(
     let broker = match &config.redis_url {
         Some(url) => {
             let mut redis_config = RedisBrokerConfig::new(url.clone());
+            redis_config.tls = config.redis_tls();
             redis_config.retention = config.history_retention;
             redis_config.ping_interval = config.redis_ping_interval;
             let (broker, _task) =
@@ -211,11 +221,23 @@ pub async fn run(
         draining: AtomicBool::new(false),
     });
     let region_list: Vec<&str> = regions.iter().map(Region::as_str).collect();
+    let (http, ws) = if tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     tracing::info!(
         listen = %local_addr,
-        "listening on http://{local_addr}/ (WebSocket: ws://{local_addr}/?region=XX; regions {})",
+        "listening on {http}://{local_addr}/ (WebSocket: {ws}://{local_addr}/?region=XX; regions {})",
         region_list.join(",")
     );
+    let tls_watch_stop = CancellationToken::new();
+    if let Some(tls) = &tls {
+        tokio::spawn(
+            tls.clone()
+                .watch(config.tls_reload_interval, tls_watch_stop.clone()),
+        );
+    }
 
     let tracker = TaskTracker::new();
     let pruning = Arc::clone(&app);
@@ -245,6 +267,7 @@ pub async fn run(
         router,
         proxy_protocol: ProxyProtocol::from_config(&config),
         handshake_timeout: config.handshake_timeout,
+        tls: tls.as_ref().map(TlsTerminator::acceptor),
         tracker: tracker.clone(),
         closing: app.closing.clone(),
         sockets: Arc::clone(&app.sockets),
@@ -277,6 +300,7 @@ pub async fn run(
         );
     }
     broker_shutdown.cancel();
+    tls_watch_stop.cancel();
     tracing::info!("stopped");
     Ok(())
 }
@@ -293,14 +317,17 @@ const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 const REFUSED_RESPONSE: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
-/// What the accept loop needs to serve each accepted connection.
+/// What the accept loop needs to serve each accepted connection; each connection's task
+/// shares it (behind an `Arc`) for its router, PROXY setting, timeout, TLS and shutdown token.
 struct ConnectionServing {
     /// The public routes.
     router: Router,
     /// Whether (and from whom) a PROXY protocol header precedes the request.
     proxy_protocol: ProxyProtocol,
-    /// Time to send the request head.
+    /// Time for each step before a request: the PROXY header, the TLS handshake, the head.
     handshake_timeout: Duration,
+    /// The TLS handshake each connection completes first, when TLS is on.
+    tls: Option<TlsAcceptor>,
     /// Every connection task, so shutdown can wait for them.
     tracker: TaskTracker,
     /// Cancelled at shutdown: connections finish gracefully.
@@ -312,14 +339,7 @@ struct ConnectionServing {
 /// Accepts connections until `stop`, serving each with hyper's HTTP/1 and upgrades. Each
 /// connection holds a slot of `sockets` for its life; past the cap it is refused at once.
 async fn accept_loop(listener: TcpListener, serving: ConnectionServing, stop: CancellationToken) {
-    let ConnectionServing {
-        router,
-        proxy_protocol,
-        handshake_timeout,
-        tracker,
-        closing,
-        sockets,
-    } = serving;
+    let serving = Arc::new(serving);
     let mut pause = Duration::from_millis(10);
     let refused = metrics::counter!("notify_sockets_refused_total");
     let mut refused_since_warning = 0u64;
@@ -332,14 +352,14 @@ async fn accept_loop(listener: TcpListener, serving: ConnectionServing, stop: Ca
         match accepted {
             Ok((stream, peer)) => {
                 pause = Duration::from_millis(10);
-                let Some(slot) = sockets.try_take() else {
+                let Some(slot) = serving.sockets.try_take() else {
                     refuse(stream, peer);
                     refused.increment(1);
                     refused_since_warning += 1;
                     if last_warning.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
                         tracing::warn!(
                             refused = refused_since_warning,
-                            capacity = sockets.capacity(),
+                            capacity = serving.sockets.capacity(),
                             "socket capacity reached: refusing new connections (503)"
                         );
                         refused_since_warning = 0;
@@ -350,17 +370,9 @@ async fn accept_loop(listener: TcpListener, serving: ConnectionServing, stop: Ca
                 if let Err(error) = stream.set_nodelay(true) {
                     tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
                 }
-                let service = router.clone();
-                let closing = closing.clone();
-                tracker.spawn(serve_connection(
-                    stream,
-                    slot,
-                    peer,
-                    service,
-                    proxy_protocol.clone(),
-                    handshake_timeout,
-                    closing,
-                ));
+                serving
+                    .tracker
+                    .spawn(serve_connection(stream, slot, peer, Arc::clone(&serving)));
             }
             Err(error) if is_per_connection_error(&error) => {}
             Err(error) => {
@@ -410,17 +422,20 @@ fn refuse(stream: TcpStream, peer: SocketAddr) {
     }
 }
 
+/// Serves one accepted connection: the PROXY protocol header when it is on (read from the
+/// raw socket, before anything else), then the TLS handshake when TLS is on (bounded by
+/// `handshake_timeout` and by shutdown), then HTTP/1.1. The socket holds `slot` throughout.
 async fn serve_connection(
     mut stream: TcpStream,
     slot: ConnectionSlot,
     peer: SocketAddr,
-    router: Router,
-    proxy_protocol: ProxyProtocol,
-    handshake_timeout: Duration,
-    closing: CancellationToken,
+    serving: Arc<ConnectionServing>,
 ) {
-    let peer = if proxy_protocol.is_on() {
-        let header = proxy_protocol.client_of(&mut stream, peer);
+    let handshake_timeout = serving.handshake_timeout;
+    let router = serving.router.clone();
+    let closing = serving.closing.clone();
+    let peer = if serving.proxy_protocol.is_on() {
+        let header = serving.proxy_protocol.client_of(&mut stream, peer);
         match tokio::time::timeout(handshake_timeout, header).await {
             Ok(Ok(client)) => client,
             Ok(Err(error)) => {
@@ -438,6 +453,38 @@ async fn serve_connection(
         peer
     };
     let stream = CountedStream::new(stream, slot);
+    let Some(acceptor) = &serving.tls else {
+        return serve_http(stream, peer, router, handshake_timeout, closing).await;
+    };
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => handshake,
+        () = closing.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => serve_http(stream, peer, router, handshake_timeout, closing).await,
+        Ok(Err(error)) => {
+            metrics::counter!("notify_tls_handshake_failures_total", "reason" => "error")
+                .increment(1);
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+        }
+        Err(_elapsed) => {
+            metrics::counter!("notify_tls_handshake_failures_total", "reason" => "timeout")
+                .increment(1);
+            tracing::debug!(%peer, timeout = ?handshake_timeout, "TLS handshake timed out");
+        }
+    }
+}
+
+/// HTTP/1.1 with upgrades on a plain or TLS stream, until it ends or shutdown asks it to.
+async fn serve_http<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    handshake_timeout: Duration,
+    closing: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         router.clone().call(request)

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use notify_core::broker::redis::redact_url;
+use notify_core::broker::redis::RedisTls;
 
 use crate::input::FlagFields;
 use crate::output::Format;
@@ -18,14 +20,17 @@ Input (--input FILE, or --input - for stdin): one JSON object per line, the seed
 
 Exit status:
   0   every message was published
-  1   any other failure (an unexpected reply from Redis or the gateway)
-  2   usage error: a missing or malformed flag
+  1   any other failure (an unexpected reply from Redis or the gateway, a --ca-cert or
+      --redis-* TLS file that cannot be read)
+  2   usage error: a missing or malformed flag or URL, an empty or blank API key (also an
+      empty NOTIFY_API_KEY), an --api-key-file that cannot be read or holds no key
   65  some input was bad: a flag value that makes no valid notification (\"invalid --title:
       field `title` is empty\"), or NDJSON lines, each named (\"line 3: field `title` is
       missing\"); the good lines were still published
   66  the --input file cannot be read
-  69  Redis or the gateway is unavailable (connection refused, no answer within --timeout,
-      or the gateway's broker is down); the summary counts what was not published
+  69  Redis or the gateway is unavailable (connection refused, a failed TLS handshake such
+      as a certificate from an unknown CA, no answer within --timeout, or the gateway's
+      broker is down); the summary counts what was not published
   77  permission denied: the gateway answered 401/403 (missing or wrong --api-key), or Redis
       refused the credentials in --redis-url
 When several apply, 77 and 69 win over 1, and 1 over 65.";
@@ -71,14 +76,38 @@ pub struct Cli {
     #[arg(long, short, value_name = "FILE")]
     pub input: Option<PathBuf>,
 
-    /// Redis to PUBLISH to (ignored with --gateway-url)
+    /// Redis to PUBLISH to: redis://[:password@]host:port[/db], or rediss://… for TLS
+    /// (ignored with --gateway-url)
     #[arg(
         long,
         env = "NOTIFY_REDIS_URL",
         default_value = "redis://127.0.0.1:6379",
-        value_parser = parse_redis_url
+        hide_env_values = true
     )]
     pub redis_url: String,
+
+    /// PEM file of the CA that signed the Redis server's certificate (rediss://), instead of
+    /// the system's roots
+    #[arg(long, env = "NOTIFY_REDIS_CA_CERT", value_name = "FILE")]
+    pub redis_ca_cert: Option<PathBuf>,
+
+    /// PEM certificate presented to Redis when it asks for one (rediss://)
+    #[arg(
+        long,
+        env = "NOTIFY_REDIS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "redis_client_key"
+    )]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert
+    #[arg(
+        long,
+        env = "NOTIFY_REDIS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "redis_client_cert"
+    )]
+    pub redis_client_key: Option<PathBuf>,
 
     /// Channel prefix: messages go to {prefix}{REGION}
     #[arg(long, env = "NOTIFY_CHANNEL_PREFIX", default_value = notify_proto::DEFAULT_CHANNEL_PREFIX)]
@@ -88,13 +117,30 @@ pub struct Cli {
     #[arg(long, env = "NOTIFY_HISTORY_RETENTION", default_value_t = notify_core::broker::redis::DEFAULT_RETENTION)]
     pub retention: usize,
 
-    /// Publish through a gateway's POST /api/publish instead of Redis (http://host:port)
-    #[arg(long, env = "NOTIFY_GATEWAY_URL", value_parser = parse_gateway_url)]
+    /// Publish through a gateway's POST /api/publish instead of Redis (http://host:port or
+    /// https://host:port)
+    #[arg(long, env = "NOTIFY_GATEWAY_URL", hide_env_values = true)]
     pub gateway_url: Option<String>,
 
-    /// Bearer key for the gateway's /api/publish
-    #[arg(long, env = "NOTIFY_API_KEY", hide_env_values = true)]
+    /// PEM file of the CA that signed the gateway's certificate (https://), trusted instead
+    /// of the system's roots
+    #[arg(long, env = "NOTIFY_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Bearer key for the gateway's /api/publish; empty or blank is an error
+    #[arg(long, env = "NOTIFY_API_KEY", hide_env_values = true, value_parser = parse_api_key)]
     pub api_key: Option<String>,
+
+    /// File holding the bearer key (surrounding whitespace and the final newline are
+    /// ignored), so the key is neither on the command line nor in the environment
+    #[arg(
+        long = "api-key-file",
+        env = "NOTIFY_API_KEY_FILE",
+        value_name = "FILE",
+        value_parser = read_api_key_file,
+        conflicts_with = "api_key"
+    )]
+    pub api_key_from_file: Option<String>,
 
     /// Connect and reply timeout for Redis or the gateway (humantime: 5s, 500ms)
     #[arg(long, env = "NOTIFY_TIMEOUT", default_value = "5s", value_parser = parse_timeout)]
@@ -139,21 +185,90 @@ impl Cli {
     }
 }
 
-fn parse_redis_url(url: &str) -> Result<String, String> {
-    redis::Client::open(url)
-        .map(|_| url.to_owned())
-        .map_err(|error| format!("not a Redis URL (redis://host:port[/db]): {error}"))
+impl Cli {
+    /// Parses the command line and checks the URLs and key variables, exiting with status 2
+    /// and a usage message on error, like clap does for the checks it can make itself.
+    pub fn parse_checked() -> Cli {
+        let cli = Cli::parse();
+        if let Err(message) = cli.check(|name| std::env::var_os(name)) {
+            Cli::command()
+                .error(clap::error::ErrorKind::ValueValidation, message)
+                .exit();
+        }
+        cli
+    }
+
+    /// What clap cannot check without echoing a secret: the URLs (a URL in an error is
+    /// always redacted) and a key variable that is set but empty (never taken as "no key").
+    /// `env` reads an environment variable.
+    pub fn check(&self, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<(), String> {
+        check_redis_url(&self.redis_url)?;
+        if let Some(url) = &self.gateway_url {
+            check_gateway_url(url)?;
+        }
+        for variable in ["NOTIFY_API_KEY", "NOTIFY_API_KEY_FILE"] {
+            let set_but_empty = env(variable).is_some_and(|value| value.is_empty());
+            if set_but_empty && self.api_key().is_none() {
+                return Err(format!(
+                    "{variable} is set but empty: give a key, or unset it to publish without one"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The bearer key, from --api-key or --api-key-file.
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key
+            .as_deref()
+            .or(self.api_key_from_file.as_deref())
+    }
+
+    /// The TLS files for a rediss:// URL.
+    pub fn redis_tls(&self) -> RedisTls {
+        RedisTls::from_files(
+            self.redis_ca_cert.clone(),
+            self.redis_client_cert.clone(),
+            self.redis_client_key.clone(),
+        )
+    }
 }
 
-fn parse_gateway_url(url: &str) -> Result<String, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("expected http://host:port (plain HTTP; terminate TLS in front of the gateway)")?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() || rest.contains(char::is_whitespace) {
-        return Err("expected http://host:port".to_owned());
+fn check_redis_url(url: &str) -> Result<(), String> {
+    redis::Client::open(url).map(drop).map_err(|error| {
+        format!(
+            "invalid --redis-url {}: not a Redis URL (redis://[:password@]host:port[/db] or \
+             rediss://…): {error}",
+            redact_url(url)
+        )
+    })
+}
+
+fn check_gateway_url(url: &str) -> Result<(), String> {
+    let expected = "expected http://host:port or https://host:port";
+    let invalid = |why: &str| format!("invalid --gateway-url {}: {why}", redact_url(url));
+    let parsed =
+        reqwest::Url::parse(url).map_err(|error| invalid(&format!("{error}; {expected}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(expected));
     }
-    Ok(url.trim_end_matches('/').to_owned())
+    Ok(())
+}
+
+fn parse_api_key(key: &str) -> Result<String, String> {
+    if key.trim().is_empty() {
+        return Err("the key is empty or blank".to_owned());
+    }
+    Ok(key.to_owned())
+}
+
+fn read_api_key_file(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read it: {error}"))?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err("the file holds no key (it is empty or blank)".to_owned());
+    }
+    Ok(key.to_owned())
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -167,7 +282,6 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn clap_definition_is_valid() {
@@ -215,11 +329,71 @@ mod tests {
         assert!(Cli::try_parse_from(["notify-publish"]).is_err());
         assert!(Cli::try_parse_from(["notify-publish", "--input", "-", "--region", "AE"]).is_err());
         assert!(Cli::try_parse_from(["notify-publish", "-i", "-", "--timeout", "0s"]).is_err());
-        assert!(
-            Cli::try_parse_from(["notify-publish", "-i", "-", "--gateway-url", "ftp://x"]).is_err()
-        );
-        assert!(
-            Cli::try_parse_from(["notify-publish", "-i", "-", "--redis-url", "http://x"]).is_err()
-        );
+    }
+
+    fn checked(args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["notify-publish", "-i", "-"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().check(|_| None)
+    }
+
+    #[test]
+    fn url_errors_are_redacted() {
+        assert!(checked(&["--gateway-url", "https://gw.example:8443"]).is_ok());
+        assert!(checked(&["--redis-url", "rediss://:pw@127.0.0.1:6380/0"]).is_ok());
+        for (flag, url) in [
+            ("--gateway-url", "ftp://user:s3cr/et@x"),
+            ("--gateway-url", "https://user:s3cr/et@"),
+            ("--redis-url", "http://:s3cr/et@x"),
+            ("--redis-url", "redis://:s3cr/et@host:port"),
+            ("--redis-url", "redis://user:s3cr@et@host:nope"),
+        ] {
+            let error = checked(&[flag, url]).unwrap_err();
+            assert!(error.contains(flag), "{error}");
+            assert!(!error.contains("s3cr"), "{flag} {url}: {error}");
+            assert!(!error.contains("et@"), "{flag} {url}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_key_is_never_empty() {
+        for key in ["", "   ", "\t"] {
+            let error =
+                Cli::try_parse_from(["notify-publish", "-i", "-", "--api-key", key]).unwrap_err();
+            assert_eq!(error.exit_code(), 2);
+        }
+        let given = Cli::try_parse_from(["notify-publish", "-i", "-", "--api-key", "k1"]).unwrap();
+        assert_eq!(given.api_key(), Some("k1"));
+        // A variable set but empty is refused, not read as "no key".
+        let cli = Cli::try_parse_from(["notify-publish", "-i", "-"]).unwrap();
+        let empty = |name: &str| (name == "NOTIFY_API_KEY").then(std::ffi::OsString::new);
+        assert!(cli.check(empty).unwrap_err().contains("NOTIFY_API_KEY"));
+        assert!(cli.check(|_| None).is_ok());
+    }
+
+    #[test]
+    fn key_file_is_trimmed_and_never_blank() {
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("notify-publish-key-{}", std::process::id()));
+        std::fs::write(&path, "  k-from-file\n").unwrap();
+        let file = path.to_str().unwrap();
+        let cli = Cli::try_parse_from(["notify-publish", "-i", "-", "--api-key-file", file]);
+        assert_eq!(cli.unwrap().api_key(), Some("k-from-file"));
+        std::fs::write(&path, " \n\n").unwrap();
+        let blank = Cli::try_parse_from(["notify-publish", "-i", "-", "--api-key-file", file]);
+        assert_eq!(blank.unwrap_err().exit_code(), 2);
+        std::fs::remove_file(&path).unwrap();
+        let missing = Cli::try_parse_from(["notify-publish", "-i", "-", "--api-key-file", file]);
+        assert_eq!(missing.unwrap_err().exit_code(), 2);
+        let both = Cli::try_parse_from([
+            "notify-publish",
+            "-i",
+            "-",
+            "--api-key",
+            "a",
+            "--api-key-file",
+            "/dev/null",
+        ]);
+        assert!(both.is_err());
     }
 }

@@ -3,20 +3,10 @@
 //!
 //! Validation is notify-proto's ([`Notification::from_value`]); this module only fills in what a
 //! cron job's input may leave out: `ts` (now) and `rtl` (from the region, done by notify-proto).
-//! Every error names the field, and for NDJSON the 1-based line number in the file, counting
-//! blank lines, so `line 3` is line 3 in an editor.
+//! Every error names the field; reading the lines of NDJSON input is [`crate::lines`].
 
 use notify_proto::{Notification, PayloadError, EVENT_NEW_TRENDING};
 use serde_json::{Map, Value};
-
-/// One non-blank input line and what it parsed to.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Line {
-    /// 1-based line number in the input, blank lines included.
-    pub number: usize,
-    /// The notification, or why the line is not one.
-    pub parsed: Result<Notification, PayloadError>,
-}
 
 /// The flags that describe one notification on the command line.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -109,26 +99,6 @@ pub fn parse_line(line: &[u8], now: i64, max_bytes: usize) -> Result<Notificatio
     Ok(notification)
 }
 
-/// Splits NDJSON input into lines and parses each. Blank (whitespace-only) lines are skipped
-/// but counted; `\r\n` endings and a leading UTF-8 byte-order mark are accepted.
-pub fn parse_ndjson(input: &[u8], now: i64, max_bytes: usize) -> Vec<Line> {
-    let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
-    input
-        .split(|byte| *byte == b'\n')
-        .enumerate()
-        .filter_map(|(index, line)| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                return None;
-            }
-            Some(Line {
-                number: index + 1,
-                parsed: parse_line(line, now, max_bytes),
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,23 +185,6 @@ mod tests {
             parse_line(line.as_bytes(), NOW, exact).unwrap_err().kind(),
             "too_large"
         );
-    }
-
-    #[test]
-    fn ndjson_numbers_lines_and_skips_blanks() {
-        let good = r#"{"event":"new_trending","region":"DK","video_id":"v","title":"ø å","thumbnail":"https://x.dk/a.jpg","channel":"c"}"#;
-        let input = format!("\u{feff}{good}\r\n\n   \n{{\"event\":\"new_trending\"}}\n{good}\n");
-        let lines = parse_ndjson(input.as_bytes(), NOW, MAX);
-        let numbers: Vec<usize> = lines.iter().map(|line| line.number).collect();
-        assert_eq!(numbers, [1, 4, 5]);
-        assert!(lines[0].parsed.is_ok());
-        assert_eq!(
-            lines[1].parsed.as_ref().unwrap_err().to_string(),
-            "field `region` is missing"
-        );
-        assert_eq!(lines[2].parsed.as_ref().unwrap().title, "ø å");
-        assert!(parse_ndjson(b"", NOW, MAX).is_empty());
-        assert!(parse_ndjson(b"\n\n", NOW, MAX).is_empty());
     }
 
     #[test]

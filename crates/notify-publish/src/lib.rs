@@ -8,20 +8,25 @@
 //! # Layout
 //! - [`cli`]: flags and `--help`.
 //! - [`input`]: flags and NDJSON lines to validated notifications (defaults for `ts`, `rtl`).
+//! - [`lines`]: reading NDJSON input line by line with bounded memory.
 //! - [`sink`]: the Redis and gateway destinations, batching, error classification.
 //! - [`output`]: human and JSON results, summary, closed-stdout tolerance.
-//! - [`run`]: ties them together; `main` only parses flags and prints the final error.
+//! - [`run`]: ties them together, publishing NDJSON input in bounded windows as it is read;
+//!   `main` only parses flags and prints the final error.
 
 pub mod cli;
 pub mod input;
+pub mod lines;
 pub mod output;
 pub mod sink;
 
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use lines::InputLines;
 use notify_proto::Notification;
+use tokio::io::AsyncRead;
 
 pub use cli::Cli;
 use input::FlagError;
@@ -99,13 +104,15 @@ async fn connect(cli: &Cli) -> Result<Sink, PublishError> {
     match &cli.gateway_url {
         Some(url) => Ok(Sink::Gateway(GatewaySink::new(
             url,
-            cli.api_key.clone(),
+            cli.api_key().map(str::to_owned),
+            cli.ca_cert.as_deref(),
             cli.timeout,
             usize::from(cli.concurrency),
         )?)),
         None => Ok(Sink::Redis(
             RedisSink::connect(
                 &cli.redis_url,
+                &cli.redis_tls(),
                 &cli.channel_prefix,
                 cli.retention,
                 cli.timeout,
@@ -138,6 +145,20 @@ async fn run_single<O: Write, E: Write>(
     }
 }
 
+/// Valid messages published per round trip window: the Redis pipeline chunk.
+pub const WINDOW_MESSAGES: usize = sink::REDIS_PIPELINE_CHUNK;
+
+/// Input bytes per window: with the largest payloads a window holds fewer messages, so the
+/// memory a run holds stays about this much whatever the input.
+pub const WINDOW_BYTES: usize = 1024 * 1024;
+
+/// A window that is not full is published once the input pauses this long, so a slow
+/// producer's messages go out as they come.
+const INPUT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Reads the input line by line and publishes it in windows of at most [`WINDOW_MESSAGES`]
+/// messages or [`WINDOW_BYTES`] bytes, one window at a time: memory stays bounded however
+/// long the input is, and the first messages are published before it ends.
 async fn run_batch<O: Write, E: Write>(
     cli: &Cli,
     path: &Path,
@@ -145,66 +166,64 @@ async fn run_batch<O: Write, E: Write>(
     started: Instant,
     reporter: &mut Reporter<O, E>,
 ) -> anyhow::Result<u8> {
-    let bytes = read_input(path)?;
-    let lines = input::parse_ndjson(&bytes, now, cli.max_payload_bytes);
-    drop(bytes);
-    let mut valid: Vec<(usize, &Notification)> = Vec::with_capacity(lines.len());
-    for line in &lines {
-        match &line.parsed {
-            Ok(notification) => valid.push((line.number, notification)),
-            Err(error) => reporter.bad(line.number, &error.to_string()),
-        }
-    }
-
+    let mut lines = InputLines::new(open_input(path).await?, now, cli.max_payload_bytes);
+    let mut publisher = WindowPublisher {
+        cli,
+        sink: None,
+        window: Vec::new(),
+        window_bytes: 0,
+    };
+    let mut non_blank = 0;
+    let mut read_error = None;
     let mut fatal = None;
-    if !valid.is_empty() {
-        match connect(cli).await {
-            Ok(mut sink) => {
-                let batch: Vec<&Notification> = valid.iter().map(|(_, n)| *n).collect();
-                let destinations: Vec<Destination> =
-                    batch.iter().map(|n| sink.destination(n)).collect();
-                let mut reported = vec![false; batch.len()];
-                let result = sink
-                    .publish_all(&batch, |index, result| {
-                        let number = valid[index].0;
-                        match result {
-                            Ok(delivery) => {
-                                reporter.published(
-                                    Some(number),
-                                    batch[index],
-                                    &destinations[index],
-                                    &delivery,
-                                );
-                            }
-                            // The fatal error is reported once, with the lines it stopped.
-                            Err(error) if error.is_fatal() => return,
-                            Err(PublishError::Rejected(reason)) => reporter.bad(number, &reason),
-                            Err(error) => reporter.failed(number, &error.to_string()),
-                        }
-                        reported[index] = true;
-                    })
-                    .await;
-                if let Err(error) = result {
-                    let stopped: Vec<usize> = valid
-                        .iter()
-                        .zip(&reported)
-                        .filter(|(_, done)| !**done)
-                        .map(|((number, _), _)| *number)
-                        .collect();
-                    reporter.not_attempted(&stopped, &error.to_string());
-                    fatal = Some(error);
+    let mut finished = false;
+    while fatal.is_none() {
+        let next = if publisher.window.is_empty() {
+            lines.next().await
+        } else {
+            match tokio::time::timeout(INPUT_PAUSE, lines.next()).await {
+                Ok(next) => next,
+                Err(_input_paused) => {
+                    fatal = publisher.publish(reporter).await.err();
+                    continue;
                 }
             }
-            Err(error) => {
-                let numbers: Vec<usize> = valid.iter().map(|(number, _)| *number).collect();
-                reporter.not_attempted(&numbers, &error.to_string());
-                fatal = Some(error);
+        };
+        let line = match next {
+            None => {
+                finished = true;
+                break;
             }
+            Some(Err(source)) => {
+                read_error = Some(InputError {
+                    path: path.to_owned(),
+                    source,
+                });
+                break;
+            }
+            Some(Ok(line)) => line,
+        };
+        non_blank += 1;
+        match line.parsed {
+            Ok(notification) => publisher.push(line.number, line.bytes, notification),
+            Err(error) => reporter.bad(line.number, &error.to_string()),
+        }
+        if publisher.is_full() {
+            fatal = publisher.publish(reporter).await.err();
         }
     }
+    if fatal.is_none() && !publisher.window.is_empty() {
+        fatal = publisher.publish(reporter).await.err();
+    }
+    if fatal.is_some() && !finished {
+        reporter.unread_after(lines.lines_read());
+    }
 
-    reporter.summary(lines.len(), started.elapsed());
+    reporter.summary(non_blank, started.elapsed());
     if let Some(error) = fatal {
+        return Err(error.into());
+    }
+    if let Some(error) = read_error {
         return Err(error.into());
     }
     let counts = reporter.counts();
@@ -217,18 +236,94 @@ async fn run_batch<O: Write, E: Write>(
     })
 }
 
-fn read_input(path: &Path) -> Result<Vec<u8>, InputError> {
-    let mut bytes = Vec::new();
-    let result = if path == Path::new("-") {
-        io::stdin().lock().read_to_end(&mut bytes).map(|_| ())
-    } else {
-        std::fs::File::open(path).and_then(|mut file| file.read_to_end(&mut bytes).map(|_| ()))
-    };
-    result.map_err(|source| InputError {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(bytes)
+/// The valid messages read but not yet published, and the destination, connected when the
+/// first window is published.
+struct WindowPublisher<'a> {
+    cli: &'a Cli,
+    sink: Option<Sink>,
+    /// (line number, message).
+    window: Vec<(usize, Notification)>,
+    window_bytes: usize,
+}
+
+impl WindowPublisher<'_> {
+    fn push(&mut self, number: usize, bytes: usize, notification: Notification) {
+        self.window_bytes += bytes;
+        self.window.push((number, notification));
+    }
+
+    fn is_full(&self) -> bool {
+        self.window.len() >= WINDOW_MESSAGES || self.window_bytes >= WINDOW_BYTES
+    }
+
+    /// Publishes the window and reports each message; empties the window. Returns the error
+    /// that stops the run (its unpublished lines are reported as not attempted).
+    async fn publish<O: Write, E: Write>(
+        &mut self,
+        reporter: &mut Reporter<O, E>,
+    ) -> Result<(), PublishError> {
+        let window = std::mem::take(&mut self.window);
+        self.window_bytes = 0;
+        let sink = match &mut self.sink {
+            Some(sink) => sink,
+            None => match connect(self.cli).await {
+                Ok(sink) => self.sink.insert(sink),
+                Err(error) => {
+                    let numbers: Vec<usize> = window.iter().map(|(number, _)| *number).collect();
+                    reporter.not_attempted(&numbers, &error.to_string());
+                    return Err(error);
+                }
+            },
+        };
+        let batch: Vec<&Notification> = window.iter().map(|(_, n)| n).collect();
+        let destinations: Vec<Destination> = batch.iter().map(|n| sink.destination(n)).collect();
+        let mut reported = vec![false; batch.len()];
+        let result = sink
+            .publish_all(&batch, |index, result| {
+                let number = window[index].0;
+                match result {
+                    Ok(delivery) => {
+                        reporter.published(
+                            Some(number),
+                            batch[index],
+                            &destinations[index],
+                            &delivery,
+                        );
+                    }
+                    // The fatal error is reported once, with the lines it stopped.
+                    Err(error) if error.is_fatal() => return,
+                    Err(PublishError::Rejected(reason)) => reporter.bad(number, &reason),
+                    Err(error) => reporter.failed(number, &error.to_string()),
+                }
+                reported[index] = true;
+            })
+            .await;
+        if let Err(error) = result {
+            let stopped: Vec<usize> = window
+                .iter()
+                .zip(&reported)
+                .filter(|(_, done)| !**done)
+                .map(|((number, _), _)| *number)
+                .collect();
+            reporter.not_attempted(&stopped, &error.to_string());
+            return Err(error);
+        }
+        Ok(())
+    }
+}
+
+/// The `--input` file, or stdin for `-`.
+async fn open_input(path: &Path) -> Result<Box<dyn AsyncRead + Unpin + Send>, InputError> {
+    if path == Path::new("-") {
+        return Ok(Box::new(tokio::io::stdin()));
+    }
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|source| InputError {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(Box::new(file))
 }
 
 #[cfg(test)]

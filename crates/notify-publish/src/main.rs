@@ -4,11 +4,13 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
 use notify_publish::{exit, exit_code_of, run, Cli};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // reqwest and redis use rustls without choosing a crypto provider; ring is the one this
+    // workspace builds. An error only means one is installed already.
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse_checked();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

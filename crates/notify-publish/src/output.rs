@@ -154,6 +154,19 @@ impl<O: Write, E: Write> Reporter<O, E> {
         }
     }
 
+    /// The run stopped before the end of the input: lines after `line` were never read.
+    pub fn unread_after(&mut self, line: usize) {
+        match self.format {
+            Format::Human => {
+                let _ = writeln!(self.err, "input after line {line} was not read");
+            }
+            Format::Json => {
+                let text = json!({ "unread_after_line": line }).to_string();
+                self.write_out(&text);
+            }
+        }
+    }
+
     /// The batch summary: `published 998 of 1000 lines (2 bad) in 41 ms` on stderr, or
     /// `{"summary":{…}}` on stdout.
     pub fn summary(&mut self, lines: usize, elapsed: Duration) {

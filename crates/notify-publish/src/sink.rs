@@ -14,11 +14,13 @@
 //! The Redis command for one message is built by [`add_redis_publish`] and its reply read by
 //! [`read_redis_reply`].
 
+use std::path::Path;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 use notify_core::broker::redis::redact_url;
 use notify_core::broker::redis::{publish_command, publish_script};
+use notify_core::broker::redis::{redis_client, RedisTls};
 use notify_proto::{ChannelNames, Notification};
 use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
@@ -156,18 +158,19 @@ pub struct RedisSink {
 }
 
 impl RedisSink {
-    /// Connects to `url` (connect and reply timeouts = `timeout`).
+    /// Connects to `url`, with `tls` for `rediss://` (connect and reply timeouts = `timeout`).
     /// The publish script is loaded once here, so pipelines can use `EVALSHA`.
     pub async fn connect(
         url: &str,
+        tls: &RedisTls,
         channel_prefix: &str,
         retention: usize,
         timeout: Duration,
     ) -> Result<Self, PublishError> {
         let target = format!("Redis at {}", redact_url(url));
-        let client = redis::Client::open(url).map_err(|error| {
-            PublishError::Failed(format!("invalid Redis URL {}: {error}", redact_url(url)))
-        })?;
+        // Its errors mask the URL's password already.
+        let client =
+            redis_client(url, tls).map_err(|error| PublishError::Failed(error.to_string()))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
@@ -344,27 +347,34 @@ struct GatewayErrorBody {
 }
 
 impl GatewaySink {
-    /// A client for the gateway at `base` (`http://host:port`); `timeout` bounds connecting
-    /// and each request.
+    /// A client for the gateway at `base` (`http://host:port` or `https://host:port`);
+    /// `ca_cert` is a PEM file of the only CAs trusted for `https://` (default: the system's
+    /// roots); `timeout` bounds connecting and each request.
     pub fn new(
         base: &str,
         api_key: Option<String>,
+        ca_cert: Option<&Path>,
         timeout: Duration,
         concurrency: usize,
     ) -> Result<Self, PublishError> {
-        let base = base.trim_end_matches('/').to_owned();
-        let client = reqwest::Client::builder()
+        let endpoint = format!("{}/api/publish", base.trim_end_matches('/'));
+        let base = redact_url(base.trim_end_matches('/'));
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(timeout)
             .timeout(timeout)
-            .user_agent(concat!("notify-publish/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("notify-publish/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_cert {
+            builder = builder.tls_certs_only(read_ca_certs(path)?);
+        }
+        let client = builder
             .build()
             .map_err(|error| PublishError::Failed(format!("HTTP client: {error}")))?;
         Ok(GatewaySink {
             client,
-            endpoint: format!("{base}/api/publish"),
+            endpoint,
             target: format!("gateway at {base}"),
             base,
-            api_key: api_key.filter(|key| !key.is_empty()),
+            api_key,
             concurrency: concurrency.max(1),
             timeout,
         })
@@ -494,6 +504,18 @@ impl GatewaySink {
             reason,
         }
     }
+}
+
+/// The certificates of a `--ca-cert` PEM file.
+fn read_ca_certs(path: &Path) -> Result<Vec<reqwest::Certificate>, PublishError> {
+    let failed = |why: String| PublishError::Failed(format!("--ca-cert {}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|error| failed(format!("cannot read it: {error}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|error| failed(format!("not PEM certificates: {error}")))?;
+    if certs.is_empty() {
+        return Err(failed("holds no certificate".to_owned()));
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]

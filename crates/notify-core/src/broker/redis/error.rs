@@ -17,6 +17,23 @@ pub enum BrokerError {
         /// The parser's complaint.
         source: redis::RedisError,
     },
+    /// A file named for Redis TLS (`--redis-ca-cert`, a client certificate or key) could
+    /// not be read.
+    #[error("cannot read {}", path.display())]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS settings do not fit the URL (not `rediss://`) or hold no usable PEM.
+    #[error("cannot set up TLS to Redis at {url}: {source}")]
+    TlsSetup {
+        /// The URL, password masked.
+        url: String,
+        /// The Redis client's complaint.
+        source: redis::RedisError,
+    },
     /// Redis could not be reached, dropped the connection or refused the command.
     #[error("Redis is unavailable ({operation}): {source}")]
     Unavailable {
@@ -71,6 +88,8 @@ impl BrokerError {
             }
             BrokerError::Timeout { .. } => true,
             BrokerError::InvalidUrl { .. }
+            | BrokerError::TlsFile { .. }
+            | BrokerError::TlsSetup { .. }
             | BrokerError::BadReply { .. }
             | BrokerError::BadId { .. } => false,
         }

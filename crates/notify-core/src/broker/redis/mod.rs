@@ -21,6 +21,7 @@
 //! - [`subscriber`]: the pub/sub loop for live messages, with its `PING` health check.
 //! - [`links`]: readiness from both links.
 //! - [`error`]: the typed [`BrokerError`].
+//! - [`tls`]: the client for a URL, `rediss://` with a private CA and a client certificate.
 //! - [`url`]: [`redact_url`], for logs.
 
 mod commands;
@@ -32,6 +33,7 @@ pub mod scripts;
 mod stream_follower;
 mod stream_reader;
 mod subscriber;
+pub mod tls;
 pub mod url;
 
 use std::collections::HashMap;
@@ -46,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::error::BrokerError;
 pub use self::publisher::publish_command;
 pub use self::scripts::{publish_script, PUBLISH_SCRIPT, READ_SCRIPT};
+pub use self::tls::{redis_client, ClientIdentity, RedisTls};
 pub use self::url::redact_url;
 
 use self::commands::CommandConnection;
@@ -63,7 +66,7 @@ pub const DEFAULT_RETENTION: usize = 10_000;
 /// Settings for [`RedisBroker::start`].
 #[derive(Debug, Clone)]
 pub struct RedisBrokerConfig {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (see [`tls`](Self::tls)).
     pub url: String,
     /// Limit for connecting and for each command.
     pub command_timeout: Duration,
@@ -75,6 +78,8 @@ pub struct RedisBrokerConfig {
     pub retention: usize,
     /// How often the subscription connection is checked with `PING`.
     pub ping_interval: Duration,
+    /// CA and client certificate for a `rediss://` URL.
+    pub tls: RedisTls,
 }
 
 impl RedisBrokerConfig {
@@ -88,6 +93,7 @@ impl RedisBrokerConfig {
             backoff_cap: Duration::from_secs(5),
             retention: DEFAULT_RETENTION,
             ping_interval: Duration::from_secs(5),
+            tls: RedisTls::default(),
         }
     }
 }
@@ -115,11 +121,7 @@ where
         ingest: Arc<Ingest<T>>,
         shutdown: CancellationToken,
     ) -> Result<(Self, JoinHandle<()>), BrokerError> {
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|source| BrokerError::InvalidUrl {
-                url: redact_url(&config.url),
-                source,
-            })?;
+        let client = redis_client(&config.url, &config.tls)?;
         let (links, state) = Links::new();
         let links = Arc::new(links);
         let reader = StreamReader::new(Arc::clone(&ingest));

@@ -82,6 +82,19 @@ mod tests {
             redact_url("http://user:s/e:c@example.com/x"),
             "http://user:***@example.com/x"
         );
+        assert_eq!(
+            redact_url("redis://:pa/ss@h:6379/0"),
+            "redis://:***@h:6379/0"
+        );
+        assert_eq!(redact_url("rediss://u:a@b/c@h/0"), "rediss://u:***@h/0");
+    }
+
+    #[test]
+    fn an_at_sign_in_the_query_is_not_userinfo() {
+        assert_eq!(
+            redact_url("https://gw:8443/api?x=@"),
+            "https://gw:8443/api?x=@"
+        );
     }
 
     #[test]
