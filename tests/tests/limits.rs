@@ -614,3 +614,40 @@ async fn proxy_protocol_headers_name_clients_only_from_trusted_proxies() {
     assert!(again.body.contains("127.0.0.10"), "{again:?}");
     assert_eq!(rejected(&gateway, "per_ip").await, 2.0);
 }
+
+/// Idle sockets count toward the per-address cap too: one address opening TCP connections
+/// that never send a byte cannot hold every socket slot. The cap is
+/// `--max-connections-per-ip` + 16 sockets per address.
+#[tokio::test]
+async fn idle_sockets_from_one_address_are_capped_before_they_send_anything() {
+    let gateway = Gateway::start(&["--max-connections-per-ip", "1"])
+        .await
+        .unwrap();
+    let cap = 1 + 16;
+    let mut idle = Vec::new();
+    for _ in 0..cap {
+        idle.push(connect_from(&gateway, 5).await);
+    }
+    // Give the gateway time to accept them all, then one more from the same address is
+    // answered 429 at once, before it sends anything.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut over = connect_from(&gateway, 5).await;
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, over.read_to_string(&mut answer))
+        .await
+        .expect("answered at once")
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert_eq!(rejected(&gateway, "sockets_per_ip").await, 1.0);
+    // Another address still connects and receives.
+    let mut other = handshake(&gateway, 6, &[]).await.expect("another address");
+    publish(&gateway.http_url(), "still-served").await;
+    assert_eq!(
+        next_json_plain(&mut other).await.expect("delivered")["video_id"],
+        "still-served"
+    );
+    // Closing the idle sockets frees the address.
+    drop(idle);
+    let freed = wait_until(WAIT, || async { handshake(&gateway, 5, &[]).await.is_ok() }).await;
+    assert!(freed, "closed sockets give their count back");
+}

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::admission::per_ip::PerIpSlot;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Descriptors kept free for the process itself: the listener, Redis connections (and the
@@ -105,14 +106,17 @@ impl Drop for ConnectionSlot {
 pub struct CountedStream<S> {
     stream: S,
     _slot: ConnectionSlot,
+    /// The peer address's socket count, when sockets per address are capped.
+    _address_slot: Option<Box<PerIpSlot>>,
 }
 
 impl<S> CountedStream<S> {
-    /// `stream`, counted by `slot`.
-    pub fn new(stream: S, slot: ConnectionSlot) -> Self {
+    /// `stream`, counted by `slot` and, when sockets per address are capped, `address_slot`.
+    pub fn new(stream: S, slot: ConnectionSlot, address_slot: Option<Box<PerIpSlot>>) -> Self {
         CountedStream {
             stream,
             _slot: slot,
+            _address_slot: address_slot,
         }
     }
 }
@@ -179,7 +183,7 @@ mod tests {
     async fn a_counted_stream_frees_its_slot_when_dropped() {
         let slots = ConnectionSlots::new(1);
         let (near, _far) = tokio::io::duplex(64);
-        let counted = CountedStream::new(near, slots.try_take().unwrap());
+        let counted = CountedStream::new(near, slots.try_take().unwrap(), None);
         assert!(slots.try_take().is_none());
         drop(counted);
         assert_eq!(slots.open(), 0);

@@ -39,6 +39,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// File holding the Redis URL (first non-comment line), so its password is neither on the
+    /// command line nor in the environment of every child. Instead of --redis-url.
+    #[arg(long, env = "NOTIFY_REDIS_URL_FILE", value_name = "FILE", conflicts_with = "redis_url", value_parser = parse_redis_url_file)]
+    pub redis_url_file: Option<String>,
+
     /// PEM file of the CA that signed the Redis server's certificate (rediss://), instead of
     /// the system's roots.
     #[arg(long, env = "NOTIFY_REDIS_CA_CERT", value_name = "FILE")]
@@ -230,6 +235,11 @@ pub struct GatewayConfig {
     pub log_format: LogFormat,
 }
 
+fn parse_redis_url_file(path: &str) -> Result<String, String> {
+    notify_core::broker::redis::read_url_file(std::path::Path::new(path))
+        .map_err(|error| error.to_string())
+}
+
 /// The keys read from `--api-key-file`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyFile(pub Vec<String>);
@@ -241,6 +251,11 @@ fn parse_key_file(path: &str) -> Result<KeyFile, String> {
 }
 
 impl GatewayConfig {
+    /// The Redis URL, from `--redis-url` or `--redis-url-file`; `None`: the embedded broker.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis_url.as_deref().or(self.redis_url_file.as_deref())
+    }
+
     /// Every configured API key: `--api-key` values, then the key file's.
     pub fn api_keys(&self) -> Vec<&str> {
         let from_file = self.api_key_file.iter().flat_map(|file| &file.0);

@@ -41,6 +41,8 @@ use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::admin;
+use crate::admission::per_ip::PerIpSlot;
+use crate::admission::sockets::SocketsPerAddress;
 use crate::admission::{Admission, Refusal};
 use crate::assets;
 use crate::capacity::{self, ConnectionSlot, ConnectionSlots, CountedStream};
@@ -138,7 +140,7 @@ pub async fn run(
         None => None,
     };
     let hub = Arc::new(Hub::new(config.regions.iter().copied(), config.queue_limit));
-    let history_capacity = match config.redis_url {
+    let history_capacity = match config.redis_url() {
         Some(_) => config.history_cache,
         None => config.history_retention,
     };
@@ -149,9 +151,9 @@ pub async fn run(
         history_capacity,
     ));
     let broker_shutdown = CancellationToken::new();
-    let broker = match &config.redis_url {
+    let broker = match config.redis_url() {
         Some(url) => {
-            let mut redis_config = RedisBrokerConfig::new(url.clone());
+            let mut redis_config = RedisBrokerConfig::new(url);
             redis_config.tls = config.redis_tls();
             redis_config.retention = config.history_retention;
             redis_config.ping_interval = config.redis_ping_interval;
@@ -271,6 +273,10 @@ pub async fn run(
         tracker: tracker.clone(),
         closing: app.closing.clone(),
         sockets: Arc::clone(&app.sockets),
+        sockets_per_address: SocketsPerAddress::new(
+            config.max_connections_per_ip,
+            app.trusted_proxies.clone(),
+        ),
     };
     let accept = accept_loop(listener, connections, accept_stop.clone());
     tokio::pin!(accept);
@@ -313,6 +319,9 @@ const MAX_REQUEST_HEAD_BYTES: usize = 8192;
 /// Shortest time between two warnings about refused sockets.
 const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
+/// What a socket past its address's socket cap is told before it is closed.
+const TOO_MANY_SOCKETS_RESPONSE: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 40\r\nConnection: close\r\n\r\ntoo many open sockets from this address\n";
+
 /// What a socket past the socket cap is told before it is closed.
 const REFUSED_RESPONSE: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
@@ -334,6 +343,8 @@ struct ConnectionServing {
     closing: CancellationToken,
     /// One slot per open socket, whatever its state.
     sockets: Arc<ConnectionSlots>,
+    /// Open sockets per peer address, when `--max-connections-per-ip` caps addresses.
+    sockets_per_address: SocketsPerAddress,
 }
 
 /// Accepts connections until `stop`, serving each with hyper's HTTP/1 and upgrades. Each
@@ -353,7 +364,7 @@ async fn accept_loop(listener: TcpListener, serving: ConnectionServing, stop: Ca
             Ok((stream, peer)) => {
                 pause = Duration::from_millis(10);
                 let Some(slot) = serving.sockets.try_take() else {
-                    refuse(stream, peer);
+                    refuse(stream, peer, REFUSED_RESPONSE);
                     refused.increment(1);
                     refused_since_warning += 1;
                     if last_warning.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
@@ -367,12 +378,26 @@ async fn accept_loop(listener: TcpListener, serving: ConnectionServing, stop: Ca
                     }
                     continue;
                 };
+                let address_slot = match serving.sockets_per_address.try_take(peer.ip()) {
+                    Ok(address_slot) => address_slot,
+                    Err(refusal) => {
+                        refuse(stream, peer, TOO_MANY_SOCKETS_RESPONSE);
+                        metrics::counter!("notify_handshakes_rejected_total", "reason" => "sockets_per_ip")
+                            .increment(1);
+                        tracing::debug!(%peer, %refusal, "refused a socket");
+                        continue;
+                    }
+                };
                 if let Err(error) = stream.set_nodelay(true) {
                     tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
                 }
-                serving
-                    .tracker
-                    .spawn(serve_connection(stream, slot, peer, Arc::clone(&serving)));
+                serving.tracker.spawn(serve_connection(
+                    stream,
+                    slot,
+                    address_slot,
+                    peer,
+                    Arc::clone(&serving),
+                ));
             }
             Err(error) if is_per_connection_error(&error) => {}
             Err(error) => {
@@ -399,10 +424,11 @@ fn is_per_connection_error(error: &std::io::Error) -> bool {
     )
 }
 
-/// Answers a socket past the socket cap with a minimal 503 and closes it at once. Bytes the
+/// Answers a refused socket (past the socket cap: 503; past its address's socket cap: 429)
+/// with a minimal response and closes it at once. Bytes the
 /// client already sent are read first (without waiting) so the close is a FIN the client can
 /// read the answer before, not a reset.
-fn refuse(stream: TcpStream, peer: SocketAddr) {
+fn refuse(stream: TcpStream, peer: SocketAddr, response: &[u8]) {
     let mut stream = match stream.into_std() {
         Ok(stream) => stream,
         Err(error) => {
@@ -417,7 +443,7 @@ fn refuse(stream: TcpStream, peer: SocketAddr) {
             Ok(_) => {}
         }
     }
-    if let Err(error) = stream.write_all(REFUSED_RESPONSE) {
+    if let Err(error) = stream.write_all(response) {
         tracing::debug!(%peer, %error, "refused socket closed without an answer");
     }
 }
@@ -428,6 +454,7 @@ fn refuse(stream: TcpStream, peer: SocketAddr) {
 async fn serve_connection(
     mut stream: TcpStream,
     slot: ConnectionSlot,
+    address_slot: Option<Box<PerIpSlot>>,
     peer: SocketAddr,
     serving: Arc<ConnectionServing>,
 ) {
@@ -452,7 +479,7 @@ async fn serve_connection(
     } else {
         peer
     };
-    let stream = CountedStream::new(stream, slot);
+    let stream = CountedStream::new(stream, slot, address_slot);
     let Some(acceptor) = &serving.tls else {
         return serve_http(stream, peer, router, handshake_timeout, closing).await;
     };

@@ -86,6 +86,11 @@ pub struct Cli {
     )]
     pub redis_url: String,
 
+    /// File holding the Redis URL (first non-comment line), so its password is neither on the
+    /// command line nor in the environment; instead of --redis-url
+    #[arg(long, env = "NOTIFY_REDIS_URL_FILE", value_name = "FILE", conflicts_with = "redis_url", value_parser = parse_redis_url_file)]
+    pub redis_url_file: Option<String>,
+
     /// PEM file of the CA that signed the Redis server's certificate (rediss://), instead of
     /// the system's roots
     #[arg(long, env = "NOTIFY_REDIS_CA_CERT", value_name = "FILE")]
@@ -202,7 +207,7 @@ impl Cli {
     /// always redacted) and a key variable that is set but empty (never taken as "no key").
     /// `env` reads an environment variable.
     pub fn check(&self, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<(), String> {
-        check_redis_url(&self.redis_url)?;
+        check_redis_url(self.redis_url())?;
         if let Some(url) = &self.gateway_url {
             check_gateway_url(url)?;
         }
@@ -215,6 +220,11 @@ impl Cli {
             }
         }
         Ok(())
+    }
+
+    /// The Redis URL, from --redis-url-file when given, else --redis-url.
+    pub fn redis_url(&self) -> &str {
+        self.redis_url_file.as_deref().unwrap_or(&self.redis_url)
     }
 
     /// The bearer key, from --api-key or --api-key-file.
@@ -232,6 +242,11 @@ impl Cli {
             self.redis_client_key.clone(),
         )
     }
+}
+
+fn parse_redis_url_file(path: &str) -> Result<String, String> {
+    notify_core::broker::redis::read_url_file(std::path::Path::new(path))
+        .map_err(|error| error.to_string())
 }
 
 fn check_redis_url(url: &str) -> Result<(), String> {

@@ -111,7 +111,7 @@ async fn connect(cli: &Cli) -> Result<Sink, PublishError> {
         )?)),
         None => Ok(Sink::Redis(
             RedisSink::connect(
-                &cli.redis_url,
+                cli.redis_url(),
                 &cli.redis_tls(),
                 &cli.channel_prefix,
                 cli.retention,

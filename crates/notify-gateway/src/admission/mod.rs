@@ -11,10 +11,12 @@
 //! - [`rate`]: the per-address token bucket.
 //! - [`per_ip`]: open connections per address, and [`per_ip::ClientKey`] (IPv4 address or
 //!   IPv6 /64).
+//! - [`sockets`]: open sockets per peer address, checked at accept, before any byte is read.
 
 pub mod origins;
 pub mod per_ip;
 pub mod rate;
+pub mod sockets;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;

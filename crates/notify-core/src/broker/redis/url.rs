@@ -1,5 +1,42 @@
-//! [`redact_url`]: a Redis URL fit for logs and error messages, with every secret it may carry
-//! masked.
+//! Redis URLs and their secrets: [`redact_url`] makes a URL fit for logs and error messages,
+//! with every secret it may carry masked; [`read_url_file`] reads a URL (password included)
+//! from a file, so the password is neither on a command line nor in every child's environment.
+
+use std::path::Path;
+
+/// Why a Redis URL file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlFileError {
+    /// The file cannot be read.
+    #[error("cannot read the Redis URL file {path}: {source}")]
+    Unreadable {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file holds no URL.
+    #[error("the Redis URL file {path} is empty")]
+    Empty {
+        /// The path given.
+        path: String,
+    },
+}
+
+/// Reads a Redis URL from `path`: the first line that is not blank or a `#` comment, trimmed
+/// (a trailing newline from `echo` or a secrets mount does not become part of the password).
+pub fn read_url_file(path: &Path) -> Result<String, UrlFileError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| UrlFileError::Unreadable {
+        path: shown.clone(),
+        source,
+    })?;
+    text.lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .ok_or(UrlFileError::Empty { path: shown })
+}
 
 /// Query parameters that carry a password (`redis+unix:///run/redis.sock?pass=secret`).
 const SECRET_PARAMETERS: [&str; 2] = ["pass", "password"];
@@ -54,6 +91,26 @@ fn redact_query(query: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_files_give_their_first_url_line() {
+        let path = std::env::temp_dir().join(format!("notify-url-{}", std::process::id()));
+        std::fs::write(&path, "# primary\n\n  redis://:p%2Fw@10.0.0.1:6379/0  \n").unwrap();
+        assert_eq!(
+            read_url_file(&path).unwrap(),
+            "redis://:p%2Fw@10.0.0.1:6379/0"
+        );
+        std::fs::write(&path, "# nothing\n").unwrap();
+        assert!(matches!(
+            read_url_file(&path),
+            Err(UrlFileError::Empty { .. })
+        ));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            read_url_file(&path),
+            Err(UrlFileError::Unreadable { .. })
+        ));
+    }
 
     #[test]
     fn secrets_are_masked() {
