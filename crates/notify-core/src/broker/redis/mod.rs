@@ -49,12 +49,13 @@ pub use self::scripts::{publish_script, PUBLISH_SCRIPT, READ_SCRIPT};
 pub use self::url::redact_url;
 
 use self::commands::CommandConnection;
+use self::coverage::Gap;
 use self::links::Links;
 use self::stream_follower::StreamFollower;
 use self::stream_reader::StreamReader;
 use self::subscriber::Subscriber;
-use super::{count_resume, BrokerState, PublishReceipt, Replay, ResumeSource};
-use crate::history::Lookup;
+use super::replay::{ReplayCursor, ReplayStep, REPLAY_PAGE};
+use super::{BrokerState, PublishReceipt, ResumeSource};
 use crate::ingest::Ingest;
 
 /// Default retention of each region's stream, in messages.
@@ -172,36 +173,44 @@ where
         .await
     }
 
-    /// Messages of `region` after `since`: from memory when it covers them, else from the
-    /// region's stream when the stream covers them (see [`coverage`]), else a resync.
-    pub async fn replay(&self, region: Region, since: StreamId) -> Result<Replay<T>, BrokerError> {
-        if let Lookup::Entries(entries) = self.ingest.replay_from_memory(region, since) {
-            count_resume(ResumeSource::Memory);
-            return Ok(Replay::Entries(entries));
+    /// The ingest path it feeds.
+    pub fn ingest(&self) -> &Ingest<T> {
+        &self.ingest
+    }
+
+    /// The next page of `cursor`'s replay: from memory when it covers the cursor, else from
+    /// the region's stream when the stream covers it (see [`coverage`]), else a resync. One
+    /// page is one bounded read (`XRANGE … COUNT` [`REPLAY_PAGE`](super::REPLAY_PAGE)), so a
+    /// replay costs Redis one page's reply at a time.
+    pub async fn replay_step(
+        &self,
+        cursor: &mut ReplayCursor,
+    ) -> Result<ReplayStep<T>, BrokerError> {
+        if cursor.finished() {
+            return Ok(ReplayStep::Done);
         }
-        // Pages of at most this many entries; a replay holds at most the stream's length.
-        let page = self.retention.clamp(100, 1000);
-        let mut entries = Vec::new();
-        let mut cursor = since;
-        loop {
-            let read = self.read_region(region, cursor, page).await?;
-            // Every page is judged on its own start: a stream trimmed past the cursor between
-            // two pages is a gap too.
-            if let Some(gap) = read.facts.gap(cursor) {
-                count_resume(ResumeSource::Resync);
-                return Ok(Replay::Resync {
-                    latest: read.facts.last_generated,
-                    reason: gap.reason(),
-                });
-            }
-            entries.extend(read.entries);
-            match read.last_read {
-                Some(last) if read.full => cursor = last,
-                _ => break,
-            }
+        if let Some(step) = cursor.memory_page(&self.ingest) {
+            return Ok(step);
         }
-        count_resume(ResumeSource::Stream);
-        Ok(Replay::Entries(entries))
+        let position = cursor.position();
+        let read = self
+            .read_region(cursor.region(), position, REPLAY_PAGE)
+            .await?;
+        // Every page is judged on its own start: a stream trimmed past the cursor between two
+        // pages is a gap too.
+        if let Some(gap) = read.facts.gap(position) {
+            return Ok(cursor.resync(read.facts.last_generated, gap.reason()));
+        }
+        // Ids below the newest one delivered when the replay began: Redis lost its data and
+        // the follower has not announced the new epoch yet. These ids may repeat old ones.
+        if cursor
+            .origin_newest()
+            .is_some_and(|newest| read.facts.went_back_from(newest))
+        {
+            return Ok(cursor.resync(read.facts.last_generated, Gap::Reset.reason()));
+        }
+        cursor.count(ResumeSource::Stream);
+        Ok(cursor.take_page(read.entries, read.last_read, read.full))
     }
 
     /// One read of `region`'s stream after `since`, on the command connection.
