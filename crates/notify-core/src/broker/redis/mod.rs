@@ -13,7 +13,8 @@
 //! # Layout
 //! - [`scripts`]: the Lua scripts (publish; read streams with coverage facts).
 //! - [`publisher`]: publish commands for one notification.
-//! - [`commands`]: the shared, self-healing connection for publishes and history reads.
+//! - [`commands`]: the self-healing command connections: one for publishes, one for replays'
+//!   history reads.
 //! - [`stream_reader`]: reading streams after ids, decoding entries into frames.
 //! - [`coverage`]: whether a stream still holds everything after an id.
 //! - [`stream_follower`]: the `XREAD BLOCK` loop delivering stream entries; catch-up, gaps,
@@ -54,9 +55,15 @@ use self::links::Links;
 use self::stream_follower::StreamFollower;
 use self::stream_reader::StreamReader;
 use self::subscriber::Subscriber;
-use super::replay::{ReplayCursor, ReplayStep, REPLAY_PAGE};
+use super::replay::{ReplayCursor, ReplayStep};
 use super::{BrokerState, PublishReceipt, ResumeSource};
 use crate::ingest::Ingest;
+
+/// Most entries one replay reads from a stream at once. Smaller than a memory page: each
+/// read's reply waits in Redis's output buffer (and its Lua heap) until the gateway takes it,
+/// so the replay budget times this (at 2 KB entries: 64 × 128 KiB = 8 MiB by default) bounds
+/// what a resume storm costs Redis.
+pub const STREAM_PAGE: usize = 64;
 
 /// Default retention of each region's stream, in messages.
 pub const DEFAULT_RETENTION: usize = 10_000;
@@ -98,7 +105,11 @@ impl RedisBrokerConfig {
 pub struct RedisBroker<T> {
     ingest: Arc<Ingest<T>>,
     retention: usize,
+    /// Publishes.
     commands: CommandConnection,
+    /// Replays' history reads, apart from publishes: a resume storm queues behind its own
+    /// replies, never in front of a publish.
+    replays: CommandConnection,
     reader: StreamReader<T>,
     state: watch::Receiver<BrokerState>,
     publish_script: redis::Script,
@@ -144,7 +155,8 @@ where
         let broker = RedisBroker {
             ingest,
             retention: config.retention,
-            commands: CommandConnection::new(client, config.command_timeout),
+            commands: CommandConnection::new(client.clone(), config.command_timeout),
+            replays: CommandConnection::new(client, config.command_timeout),
             reader,
             state,
             publish_script: publish_script(),
@@ -194,7 +206,7 @@ where
         }
         let position = cursor.position();
         let read = self
-            .read_region(cursor.region(), position, REPLAY_PAGE)
+            .read_region(cursor.region(), position, STREAM_PAGE)
             .await?;
         // Every page is judged on its own start: a stream trimmed past the cursor between two
         // pages is a gap too.
@@ -213,7 +225,8 @@ where
         Ok(cursor.take_page(read.entries, read.last_read, read.full))
     }
 
-    /// One read of `region`'s stream after `since`, on the command connection.
+    /// One read of `region`'s stream after `since`, on the replay connection. The timeout
+    /// bounds the Redis round trip; the entries are decoded after it.
     async fn read_region(
         &self,
         region: Region,
@@ -222,15 +235,15 @@ where
     ) -> Result<stream_reader::RegionRead<T>, BrokerError> {
         const OPERATION: &str = "read history";
         let reader = self.reader.clone();
-        let reads = self
-            .commands
+        let positions = [(region, since)];
+        let replies = self
+            .replays
             .run(OPERATION, |mut connection| async move {
-                reader
-                    .read(&mut connection, &[(region, since)], limit)
-                    .await
+                reader.fetch(&mut connection, &positions, limit).await
             })
             .await?;
-        reads
+        self.reader
+            .decode(&positions, limit, replies)
             .into_iter()
             .next()
             .ok_or_else(|| BrokerError::BadReply {
