@@ -304,11 +304,19 @@ where
         self.region(region)?.history.newest()
     }
 
-    /// The first `limit` messages after `since` from memory, when memory covers `since`.
-    pub fn replay_from_memory(&self, region: Region, since: StreamId, limit: usize) -> Lookup<T> {
+    /// The first `limit` messages after `since` from memory, when memory covers `since` and
+    /// the region is still in history epoch `epoch` (a replay begun before a reset must not
+    /// mix the two epochs' ids).
+    pub fn replay_from_memory(
+        &self,
+        region: Region,
+        since: StreamId,
+        limit: usize,
+        epoch: u64,
+    ) -> Lookup<T> {
         match self.region(region) {
-            Some(state) => state.history.after(since, limit),
-            None => Lookup::NotCovered,
+            Some(state) if state.epoch == epoch => state.history.after(since, limit),
+            _ => Lookup::NotCovered,
         }
     }
 
@@ -446,7 +454,7 @@ mod tests {
             assert!(foreign.frame.contains(video), "{}", foreign.frame);
         }
         assert!(subscription.try_recv().unwrap().is_none());
-        match ingest.replay_from_memory(ae, StreamId::new(5, 0), 16) {
+        match ingest.replay_from_memory(ae, StreamId::new(5, 0), 16, 0) {
             Lookup::Entries(entries) => {
                 assert_eq!(entries, vec![(StreamId::new(6, 0), "six".to_owned())])
             }
@@ -455,7 +463,7 @@ mod tests {
         // A cut: memory no longer answers from before it.
         ingest.cut_history(ae);
         assert_eq!(
-            ingest.replay_from_memory(ae, StreamId::new(5, 0), 16),
+            ingest.replay_from_memory(ae, StreamId::new(5, 0), 16, 0),
             Lookup::NotCovered
         );
         // A reset: a new epoch, announced to the clients; smaller ids are delivered again.
@@ -470,6 +478,13 @@ mod tests {
         let announced = subscription.try_recv().unwrap().unwrap();
         assert_eq!(announced.starts_epoch, Some(1));
         assert_eq!(ingest.replay_origin(ae).epoch, 1);
+        ingest.deliver_stream_entry(ae, StreamId::new(1, 0), "one".to_owned());
+        subscription.try_recv().unwrap();
+        assert_eq!(
+            ingest.replay_from_memory(ae, StreamId::new(1, 0), 16, 0),
+            Lookup::NotCovered,
+            "a replay of the old epoch is not answered from the new one"
+        );
         assert!(ingest.deliver_stream_entry(ae, StreamId::new(2, 0), "two".to_owned()));
         assert_eq!(ingest.last_id(ae), Some(StreamId::new(2, 0)));
         assert_eq!(subscription.try_recv().unwrap().unwrap().starts_epoch, None);

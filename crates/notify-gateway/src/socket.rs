@@ -232,11 +232,15 @@ async fn replay(
                     reason: reason.into(),
                 };
                 send_frames(socket, [Utf8Bytes::from(message.to_json())], app).await?;
-                // Pages already sent are of this history: their ids still hold. With nothing
-                // sent, `since` may come from a history that no longer exists: compare nothing.
+                // The client refreshes its view up to `latest` and continues from there, so
+                // live messages at or below it (the stream follower may still be delivering
+                // them) are not sent again. Without a `latest`, pages already sent are of this
+                // history and their ids still hold; with nothing sent, `since` may come from
+                // a history that no longer exists: compare nothing.
                 let sent_any = cursor.position() != since;
-                return Ok(sent_any.then(|| Seam {
-                    through: cursor.position(),
+                let through = latest.or(sent_any.then(|| cursor.position()));
+                return Ok(through.map(|through| Seam {
+                    through,
                     epoch: cursor.epoch(),
                 }));
             }

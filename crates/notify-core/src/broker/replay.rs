@@ -182,7 +182,8 @@ impl ReplayCursor {
     where
         T: From<String> + Clone + Send + Sync + 'static,
     {
-        match ingest.replay_from_memory(self.region, self.position, REPLAY_PAGE) {
+        match ingest.replay_from_memory(self.region, self.position, REPLAY_PAGE, self.origin.epoch)
+        {
             Lookup::Entries(entries) => {
                 self.count(ResumeSource::Memory);
                 let last = entries.last().map(|(id, _)| *id);
