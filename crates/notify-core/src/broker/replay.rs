@@ -2,10 +2,11 @@
 //! bounded page at a time.
 //!
 //! A [`ReplayCursor`] remembers how far one client's replay got; each
-//! [`Broker::replay_step`](super::Broker::replay_step) reads the next page of at most
-//! [`REPLAY_PAGE`] messages after it — from the in-memory history when memory covers the
-//! cursor, else (Redis) from the region's stream — and the caller sends that page before asking
-//! for the next. So a replay holds one page at a time, however long the history, and a client
+//! [`Broker::replay_step`](super::Broker::replay_step) reads the next page after it — at most
+//! [`REPLAY_PAGE`] messages from the in-memory history when memory covers the cursor (shared
+//! frames, no copy), else (Redis) at most
+//! [`STREAM_PAGE`](super::redis::STREAM_PAGE) entries from the region's stream — and the
+//! caller sends that page before asking for the next. So a replay holds one page at a time, however long the history, and a client
 //! that does not read stops its own replay (its write times out) instead of piling frames up.
 //!
 //! # Where a replay stops, and the seam with live delivery
@@ -28,7 +29,7 @@ use super::{count_resume, ResumeSource};
 use crate::history::Lookup;
 use crate::ingest::{Ingest, ReplayOrigin};
 
-/// Most messages one replay reads, holds and sends at once.
+/// Most messages one replay takes from the in-memory history at once.
 pub const REPLAY_PAGE: usize = 256;
 
 /// Why a replay that had started could not finish.
