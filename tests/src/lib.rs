@@ -748,6 +748,16 @@ pub fn run_publish(args: &[&str], stdin: Option<&str>) -> Result<Output> {
     Ok(child.wait_with_output()?)
 }
 
+/// Resident memory of a process, from `/proc/PID/status`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
 /// A seed-shaped `new_trending` payload, as the PHP publisher would produce it.
 pub fn seed_payload(region: &str, video_id: &str, title: &str) -> String {
     let rtl = matches!(region, "AE" | "IL");

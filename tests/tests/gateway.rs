@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use notify_tests::{
-    expect_silence, http_client, next_json, next_text, seed_payload, wait_until, Gateway,
+    expect_silence, http_client, next_json, next_text, rss_kib, seed_payload, wait_until, Gateway,
     RedisServer,
 };
 use serde_json::{json, Value};
@@ -838,16 +838,6 @@ async fn idle_sockets_cannot_eat_the_descriptor_reserve_redis_needs() {
         0.0,
         "the process never ran out of descriptors"
     );
-}
-
-/// Resident memory of a process, from `/proc/PID/status`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
 }
 
 /// Samples a process's RSS every 20 ms until `done`; returns the peak in KiB.

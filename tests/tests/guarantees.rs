@@ -350,6 +350,72 @@ async fn redis_restarted_empty_resyncs_clients_and_delivers_the_new_ids() {
     );
 }
 
+/// A client resumed with `since` skips live ids at or below what its replay sent (the seam),
+/// until Redis restarts empty: the `resync` that starts the new epoch ends that comparison, so
+/// the new epoch's ids, smaller than the old ones, all arrive. Both resume paths: from memory
+/// and from the stream.
+#[tokio::test]
+async fn clients_resumed_before_redis_restarted_empty_get_every_new_id() {
+    let mut redis = RedisServer::start().await.unwrap();
+    let url = redis.url();
+    // No memory cache: a resume from before the newest id is read from the stream.
+    let gateway = Gateway::start(&["--redis-url", &url, "--history-cache", "0"])
+        .await
+        .unwrap();
+    assert!(gateway.wait_ready_status(200, WAIT).await);
+    let mut watcher = gateway.connect_counted("/?region=DK", "DK").await.unwrap();
+    let old_first = publish_api(&gateway, "DK", "old-0").await;
+    next_message(&mut watcher, "old-0").await;
+    // The old epoch's ids run ahead of the clock the new one will use.
+    redis_command(&redis, &["XSETID", "tvs:DK:stream", "99999999999999-0"]).await;
+    let old_mark = publish_api(&gateway, "DK", "old-1").await;
+    assert_eq!(
+        next_message(&mut watcher, "old-1").await["id"],
+        old_mark.as_str()
+    );
+
+    let mut from_memory = gateway
+        .connect(&format!("/?region=DK&since={old_mark}"))
+        .await
+        .unwrap();
+    let mut from_stream = gateway
+        .connect(&format!("/?region=DK&since={old_first}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut from_stream, "resume from the stream").await["id"],
+        old_mark.as_str()
+    );
+    let served = notify_tests::wait_until(WAIT, || async {
+        gateway
+            .metric("notify_resumes_total{source=\"memory\"}")
+            .await
+            .unwrap_or(0.0)
+            == 1.0
+            && gateway
+                .metric("notify_resumes_total{source=\"stream\"}")
+                .await
+                .unwrap_or(0.0)
+                == 1.0
+    })
+    .await;
+    assert!(served, "one resume from memory, one from the stream");
+
+    redis.restart().await.unwrap();
+    let first_new = publish_api(&gateway, "DK", "new-0").await;
+    let second_new = publish_api(&gateway, "DK", "new-1").await;
+    assert!(first_new < old_mark);
+    for (client, path) in [(&mut from_memory, "memory"), (&mut from_stream, "stream")] {
+        let seen = read_until_video(client, "new-0").await;
+        assert!(
+            seen.iter().any(|message| message["event"] == "resync"),
+            "resumed from {path}: told of the reset first: {seen:?}"
+        );
+        let next = next_message(client, "new-1").await;
+        assert_eq!(next["id"], second_new.as_str(), "resumed from {path}");
+    }
+}
+
 #[tokio::test]
 async fn a_stream_trimmed_with_approximate_maxlen_does_not_cover_since_zero() {
     let redis = RedisServer::start().await.unwrap();

@@ -96,8 +96,10 @@ impl<T: Clone> RegionHistory<T> {
         }
     }
 
-    /// Every held message after `since`, if memory covers it (see the module docs).
-    pub fn after(&self, since: StreamId) -> Lookup<T> {
+    /// The first `limit` held messages after `since`, if memory covers `since` (see the
+    /// module docs). A resume pages through the history with this, so it never holds more
+    /// than one page.
+    pub fn after(&self, since: StreamId, limit: usize) -> Lookup<T> {
         let Some(newest) = self.newest else {
             return Lookup::NotCovered;
         };
@@ -113,7 +115,8 @@ impl<T: Clone> RegionHistory<T> {
             return Lookup::NotCovered;
         }
         let start = self.entries.partition_point(|(id, _)| *id <= since);
-        Lookup::Entries(self.entries.range(start..).cloned().collect())
+        let end = start.saturating_add(limit).min(self.entries.len());
+        Lookup::Entries(self.entries.range(start..end).cloned().collect())
     }
 }
 
@@ -128,30 +131,52 @@ mod tests {
     #[test]
     fn answers_only_what_it_covers() {
         let mut history = RegionHistory::new(3);
-        assert_eq!(history.after(id(1)), Lookup::NotCovered);
+        assert_eq!(history.after(id(1), usize::MAX), Lookup::NotCovered);
         for ms in [10, 20, 30] {
             history.record(id(ms), ms);
         }
         assert_eq!(
-            history.after(id(10)),
+            history.after(id(10), usize::MAX),
             Lookup::Entries(vec![(id(20), 20), (id(30), 30)])
         );
-        assert_eq!(history.after(id(30)), Lookup::Entries(vec![]));
+        assert_eq!(history.after(id(30), usize::MAX), Lookup::Entries(vec![]));
         // Before the oldest held and nothing evicted: another epoch.
-        assert_eq!(history.after(id(5)), Lookup::NotCovered);
+        assert_eq!(history.after(id(5), usize::MAX), Lookup::NotCovered);
         // From the future: another history.
-        assert_eq!(history.after(id(31)), Lookup::NotCovered);
+        assert_eq!(history.after(id(31), usize::MAX), Lookup::NotCovered);
         history.record(id(40), 40);
         // 10 was evicted: since=10 still covered (nothing after it lost), since=9 is not.
         assert_eq!(
-            history.after(id(10)).clone(),
+            history.after(id(10), usize::MAX).clone(),
             Lookup::Entries(vec![(id(20), 20), (id(30), 30), (id(40), 40)])
         );
-        assert_eq!(history.after(id(9)), Lookup::NotCovered);
+        assert_eq!(history.after(id(9), usize::MAX), Lookup::NotCovered);
         assert_eq!(
-            history.after(id(25)),
+            history.after(id(25), usize::MAX),
             Lookup::Entries(vec![(id(30), 30), (id(40), 40)])
         );
+    }
+
+    #[test]
+    fn pages_hold_at_most_the_limit_and_follow_on() {
+        let mut history = RegionHistory::new(10);
+        for ms in 1..=7 {
+            history.record(id(ms), ms);
+        }
+        assert_eq!(
+            history.after(id(1), 3),
+            Lookup::Entries(vec![(id(2), 2), (id(3), 3), (id(4), 4)])
+        );
+        assert_eq!(
+            history.after(id(4), 3),
+            Lookup::Entries(vec![(id(5), 5), (id(6), 6), (id(7), 7)])
+        );
+        assert_eq!(history.after(id(7), 3), Lookup::Entries(vec![]));
+        // Evicted past the cursor while paging: not covered any more.
+        for ms in 8..=20 {
+            history.record(id(ms), ms);
+        }
+        assert_eq!(history.after(id(4), 3), Lookup::NotCovered);
     }
 
     #[test]
@@ -162,15 +187,15 @@ mod tests {
         }
         history.cut();
         assert_eq!(history.newest(), Some(id(30)));
-        assert_eq!(history.after(id(30)), Lookup::NotCovered);
-        assert_eq!(history.after(id(10)), Lookup::NotCovered);
+        assert_eq!(history.after(id(30), usize::MAX), Lookup::NotCovered);
+        assert_eq!(history.after(id(10), usize::MAX), Lookup::NotCovered);
         // The first message after the gap: only resumes from it on are covered.
         history.record(id(500), 500);
         history.record(id(600), 600);
-        assert_eq!(history.after(id(30)), Lookup::NotCovered);
-        assert_eq!(history.after(id(499)), Lookup::NotCovered);
+        assert_eq!(history.after(id(30), usize::MAX), Lookup::NotCovered);
+        assert_eq!(history.after(id(499), usize::MAX), Lookup::NotCovered);
         assert_eq!(
-            history.after(id(500)),
+            history.after(id(500), usize::MAX),
             Lookup::Entries(vec![(id(600), 600)])
         );
     }
@@ -181,11 +206,14 @@ mod tests {
         history.record(id(100), 100);
         history.reset();
         assert_eq!(history.newest(), None);
-        assert_eq!(history.after(id(100)), Lookup::NotCovered);
+        assert_eq!(history.after(id(100), usize::MAX), Lookup::NotCovered);
         history.record(id(5), 5);
         history.record(id(6), 6);
-        assert_eq!(history.after(id(5)), Lookup::Entries(vec![(id(6), 6)]));
-        assert_eq!(history.after(id(100)), Lookup::NotCovered);
+        assert_eq!(
+            history.after(id(5), usize::MAX),
+            Lookup::Entries(vec![(id(6), 6)])
+        );
+        assert_eq!(history.after(id(100), usize::MAX), Lookup::NotCovered);
     }
 
     #[test]

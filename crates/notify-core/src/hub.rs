@@ -32,6 +32,11 @@ pub struct Envelope<T> {
     pub frame: T,
     /// When ingest handed it to the hub.
     pub received_at: Instant,
+    /// Set only on the `resync` that says the region's ids started over (Redis lost its
+    /// data): the number of the history epoch that begins with it. A client resumed in an
+    /// earlier epoch must stop comparing ids with what its replay sent, since the new epoch's
+    /// ids may be smaller. `None` for every other message.
+    pub starts_epoch: Option<u64>,
     /// Its position in the region's sequence of published messages (1, 2, …).
     sequence: u64,
 }
@@ -131,6 +136,22 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
     /// Queues `frame` for every current subscriber of `region`; returns how many that is.
     /// Never waits. A region not served is a no-op returning 0.
     pub fn publish(&self, region: Region, id: Option<StreamId>, frame: T) -> usize {
+        self.send(region, id, frame, None)
+    }
+
+    /// Queues the control message announcing that `region`'s history epoch `epoch` begins
+    /// (see [`Envelope::starts_epoch`]); returns how many subscribers it was queued for.
+    pub fn publish_epoch_start(&self, region: Region, epoch: u64, frame: T) -> usize {
+        self.send(region, None, frame, Some(epoch))
+    }
+
+    fn send(
+        &self,
+        region: Region,
+        id: Option<StreamId>,
+        frame: T,
+        starts_epoch: Option<u64>,
+    ) -> usize {
         let Some(ring) = self.regions.get(&region) else {
             return 0;
         };
@@ -140,6 +161,7 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
             id,
             frame,
             received_at: Instant::now(),
+            starts_epoch,
             sequence,
         };
         let receivers = sender.send(envelope).unwrap_or(0);

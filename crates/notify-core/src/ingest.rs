@@ -52,6 +52,19 @@ struct RegionState<T> {
     history: RegionHistory<T>,
     /// Id-carrying live messages waiting for the stream to settle them.
     pending: PendingIds<Notification>,
+    /// How many times the region's ids started over: a replay's ids are comparable with
+    /// live ids of the same epoch only.
+    epoch: u64,
+}
+
+/// Where a replay starts from, read in one critical section with the region's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayOrigin {
+    /// The newest id delivered to the hub when the replay began: every later message is in
+    /// the ring of a client subscribed before, so a replay need not read past it.
+    pub newest: Option<StreamId>,
+    /// The region's history epoch (see [`Envelope::starts_epoch`](crate::hub::Envelope)).
+    pub epoch: u64,
 }
 
 /// Validates payloads, encodes them once and publishes them to the hub.
@@ -86,6 +99,7 @@ where
                 let state = RegionState {
                     history: RegionHistory::new(history_capacity),
                     pending: PendingIds::default(),
+                    epoch: 0,
                 };
                 (region, Mutex::new(state))
             })
@@ -258,12 +272,18 @@ where
     }
 
     /// The region's stream started over with smaller ids (Redis lost its data): forget the
-    /// mark and the history.
-    pub fn reset_region(&self, region: Region) {
-        if let Some(mut state) = self.region(region) {
-            state.history.reset();
-            state.pending.reset();
-        }
+    /// mark and the history, begin a new epoch and tell the region's clients with
+    /// `announcement` (a `resync`), all at once, so a resume is either wholly before the new
+    /// epoch (and its client gets the announcement) or wholly in it.
+    pub fn reset_region(&self, region: Region, announcement: &ControlMessage) -> usize {
+        let Some(mut state) = self.region(region) else {
+            return 0;
+        };
+        state.history.reset();
+        state.pending.reset();
+        state.epoch += 1;
+        self.hub
+            .publish_epoch_start(region, state.epoch, T::from(announcement.to_json()))
     }
 
     fn count_received(&self, region: Region) {
@@ -284,11 +304,33 @@ where
         self.region(region)?.history.newest()
     }
 
-    /// Messages after `since` from memory, when memory covers them.
-    pub fn replay_from_memory(&self, region: Region, since: StreamId) -> Lookup<T> {
+    /// The first `limit` messages after `since` from memory, when memory covers `since` and
+    /// the region is still in history epoch `epoch` (a replay begun before a reset must not
+    /// mix the two epochs' ids).
+    pub fn replay_from_memory(
+        &self,
+        region: Region,
+        since: StreamId,
+        limit: usize,
+        epoch: u64,
+    ) -> Lookup<T> {
         match self.region(region) {
-            Some(state) => state.history.after(since),
-            None => Lookup::NotCovered,
+            Some(state) if state.epoch == epoch => state.history.after(since, limit),
+            _ => Lookup::NotCovered,
+        }
+    }
+
+    /// The newest id and the epoch of `region`, for a replay beginning now.
+    pub fn replay_origin(&self, region: Region) -> ReplayOrigin {
+        match self.region(region) {
+            Some(state) => ReplayOrigin {
+                newest: state.history.newest(),
+                epoch: state.epoch,
+            },
+            None => ReplayOrigin {
+                newest: None,
+                epoch: 0,
+            },
         }
     }
 
@@ -384,7 +426,7 @@ mod tests {
             assert!(foreign.frame.contains(video), "{}", foreign.frame);
         }
         assert!(subscription.try_recv().unwrap().is_none());
-        match ingest.replay_from_memory(ae, StreamId::new(5, 0)) {
+        match ingest.replay_from_memory(ae, StreamId::new(5, 0), 16, 0) {
             Lookup::Entries(entries) => {
                 assert_eq!(entries, vec![(StreamId::new(6, 0), "six".to_owned())])
             }
@@ -393,13 +435,31 @@ mod tests {
         // A cut: memory no longer answers from before it.
         ingest.cut_history(ae);
         assert_eq!(
-            ingest.replay_from_memory(ae, StreamId::new(5, 0)),
+            ingest.replay_from_memory(ae, StreamId::new(5, 0), 16, 0),
             Lookup::NotCovered
         );
-        // A reset: smaller ids are delivered again.
-        ingest.reset_region(ae);
+        // A reset: a new epoch, announced to the clients; smaller ids are delivered again.
+        assert_eq!(ingest.replay_origin(ae).epoch, 0);
+        let announcement = ControlMessage::Resync {
+            region: ae,
+            since: StreamId::new(6, 0),
+            latest: None,
+            reason: "reset".into(),
+        };
+        assert_eq!(ingest.reset_region(ae, &announcement), 1);
+        let announced = subscription.try_recv().unwrap().unwrap();
+        assert_eq!(announced.starts_epoch, Some(1));
+        assert_eq!(ingest.replay_origin(ae).epoch, 1);
+        ingest.deliver_stream_entry(ae, StreamId::new(1, 0), "one".to_owned());
+        subscription.try_recv().unwrap();
+        assert_eq!(
+            ingest.replay_from_memory(ae, StreamId::new(1, 0), 16, 0),
+            Lookup::NotCovered,
+            "a replay of the old epoch is not answered from the new one"
+        );
         assert!(ingest.deliver_stream_entry(ae, StreamId::new(2, 0), "two".to_owned()));
         assert_eq!(ingest.last_id(ae), Some(StreamId::new(2, 0)));
+        assert_eq!(subscription.try_recv().unwrap().unwrap().starts_epoch, None);
     }
 
     #[test]

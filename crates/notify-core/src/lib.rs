@@ -9,7 +9,8 @@
 //!   counts and skips bad ones (with rate-limited logs), encodes good ones once, hands them to
 //!   the hub.
 //! - [`broker`]: where payloads come from and where API publishes go: Redis pub/sub (multi-node)
-//!   or an embedded in-process broker (single node, no Redis).
+//!   or an embedded in-process broker (single node, no Redis); and resumes, replayed a bounded
+//!   page at a time ([`broker::replay`]).
 //! - [`history`]: the last messages of each region by id, for `?since=` resume (the whole
 //!   history with the embedded broker, a cache in front of Redis streams otherwise).
 //! - [`log_limit`]: one log line per second for events remote parties can trigger at will.

@@ -106,6 +106,16 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_HISTORY_CACHE", default_value_t = 1024, value_parser = count_within::<0, 1_000_000>)]
     pub history_cache: usize,
 
+    /// Most resumes (`?since=`) replaying history at once, across all clients; each replay
+    /// reads and sends one page at a time. A resume beyond it waits for a turn.
+    #[arg(long, env = "NOTIFY_MAX_CONCURRENT_REPLAYS", default_value_t = 64, value_parser = count_within::<1, 100_000>)]
+    pub max_concurrent_replays: usize,
+
+    /// How long a resume waits for a turn to replay; past it the connection is closed with
+    /// 1013 (try again later) so the client backs off and retries.
+    #[arg(long, env = "NOTIFY_REPLAY_WAIT", default_value = "5s", value_parser = parse_period)]
+    pub replay_wait: Duration,
+
     /// Largest notification accepted from Redis or the HTTP API, in bytes.
     #[arg(long, env = "NOTIFY_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES, value_parser = count_within::<256, { 16 << 20 }>)]
     pub max_payload_bytes: usize,

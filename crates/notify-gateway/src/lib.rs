@@ -20,6 +20,7 @@
 //! - [`admin`]: the optional admin listener.
 //! - [`proxy_protocol`]: PROXY protocol headers from trusted load balancers.
 //! - [`publish_access`]: who may publish over HTTP.
+//! - [`replay_budget`]: how many resumes replay history at once.
 
 pub mod admin;
 pub mod admission;
@@ -31,6 +32,7 @@ pub mod handshake;
 pub mod headers;
 pub mod proxy_protocol;
 pub mod publish_access;
+pub mod replay_budget;
 pub mod server;
 pub mod socket;
 pub mod telemetry;

@@ -52,6 +52,7 @@ use crate::handshake::ResumeQuery;
 use crate::headers;
 use crate::proxy_protocol::ProxyProtocol;
 use crate::publish_access::{ApiKeys, PublishAccess, Rejection};
+use crate::replay_budget::ReplayBudget;
 use crate::socket::{self, Connection};
 use crate::telemetry::{self, ConnectionMetrics};
 use crate::tls::TlsTerminator;
@@ -77,6 +78,8 @@ pub struct Settings {
     pub ws_write_buffer_bytes: usize,
     /// Cap on a WebSocket's unsent bytes; past it the client is a slow consumer.
     pub ws_max_write_buffer_bytes: usize,
+    /// Longest wait of a resume for a replay turn before 1013.
+    pub replay_wait: Duration,
 }
 
 /// State shared by every route and connection.
@@ -92,6 +95,10 @@ pub struct App {
     pub sockets: Arc<ConnectionSlots>,
     /// Hot-path metric handles.
     pub metrics: ConnectionMetrics,
+    /// The global budget of concurrent replays (`--max-concurrent-replays`).
+    pub replays: ReplayBudget,
+    /// Resumes refused for want of a replay turn are logged at most once a second.
+    pub replay_refusal_log: RateLimitedLog,
     /// Renders `/metrics`.
     pub prometheus: PrometheusHandle,
     /// Per-connection settings.
@@ -213,7 +220,10 @@ pub async fn run(
             ws_read_buffer_bytes: config.ws_read_buffer_bytes,
             ws_write_buffer_bytes: config.ws_write_buffer_bytes,
             ws_max_write_buffer_bytes: config.ws_max_write_buffer_bytes(),
+            replay_wait: config.replay_wait,
         },
+        replays: ReplayBudget::new(config.max_concurrent_replays),
+        replay_refusal_log: RateLimitedLog::default(),
         publish_access,
         rejection_log: RateLimitedLog::default(),
         admission,

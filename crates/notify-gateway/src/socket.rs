@@ -12,8 +12,17 @@
 //! A client that connects with `?since=<id>` first gets every retained message after that id,
 //! in order, then live ones. The subscription is taken before the history is read, so nothing
 //! published meanwhile is missed; live messages at or below the last id already sent are
-//! skipped, so nothing is sent twice. When the history does not reach back to `since`, the
-//! client gets a `resync` control message instead, then live messages.
+//! skipped, so nothing is sent twice — until a `resync` that starts a new history epoch
+//! (Redis lost its data, ids start over) ends that comparison. When the history does not
+//! reach back to `since`, the client gets a `resync` control message instead, then live
+//! messages.
+//!
+//! The replay runs under a turn of the gateway's [`ReplayBudget`](crate::replay_budget)
+//! (`--max-concurrent-replays`; a resume that waits longer than `--replay-wait` for one is
+//! closed with 1013) and reads and sends one page
+//! ([`REPLAY_PAGE`](notify_core::broker::REPLAY_PAGE) messages) at a time, each under the
+//! write timeout: a replay holds one page, and a client that does not read is cut, ending its
+//! turn.
 //!
 //! Endings and their close codes:
 //! - fell behind the queue limit → 1008 (policy violation), `slow consumer: …`, counted;
@@ -25,7 +34,8 @@
 //! - a client frame over `--max-client-frame-bytes` → 1009 (message too big);
 //! - gateway shutdown → 1001 (going away), also in the middle of a resume's replay;
 //! - the client's close frame → the same code echoed back (RFC 6455 §5.5.1);
-//! - resume asked while the history cannot be read (Redis down) → 1013 (try again later).
+//! - resume asked while the history cannot be read (Redis down), or while every replay turn
+//!   stays taken for `--replay-wait` → 1013 (try again later).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{Sink, SinkExt, Stream};
-use notify_core::broker::Replay;
+use notify_core::broker::ReplayStep;
 use notify_core::{Envelope, Subscription, SubscriptionError};
 use notify_proto::{ControlMessage, Region, StreamId};
 use tokio_tungstenite::tungstenite;
@@ -100,7 +110,7 @@ pub async fn serve(mut socket: WebSocket, connection: Connection) {
         gauge.increment(1.0);
     }
     // One `pump` call site: the task's future holds one pump state, not one per branch.
-    let mut sent_through = None;
+    let mut seam = None;
     let ending = 'connection: {
         if let Some(since) = since {
             // Boxed: reading history (possibly from Redis) takes a large future, and inline
@@ -113,11 +123,11 @@ pub async fn serve(mut socket: WebSocket, connection: Connection) {
                 replayed = Box::pin(replay(&mut socket, region, since, &app)) => replayed,
             };
             match replayed {
-                Ok(through) => sent_through = through,
+                Ok(handover) => seam = handover,
                 Err(ending) => break 'connection ending,
             }
         }
-        pump(&mut socket, &mut subscription, &mut sent_through, &app).await
+        pump(&mut socket, &mut subscription, &mut seam, &app).await
     };
     if let Some(gauge) = &gauge {
         gauge.decrement(1.0);
@@ -161,58 +171,94 @@ fn going_away() -> Ending {
     Ending::Close(CLOSE_GOING_AWAY, "server shutting down".into())
 }
 
-/// Sends what the client missed after `since`; returns the id live delivery must be past.
+/// Where a replay handed over to live delivery: live messages with ids at or below `through`
+/// were sent by the replay — while the region's history epoch is still `epoch`. A `resync`
+/// that starts a later epoch (Redis lost its data; ids start over, possibly below `through`)
+/// ends the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seam {
+    through: StreamId,
+    epoch: u64,
+}
+
+/// Sends what the client missed after `since`, one page at a time under a replay turn;
+/// returns where live delivery takes over (`None`: compare nothing).
 async fn replay(
     socket: &mut WebSocket,
     region: Region,
     since: StreamId,
     app: &App,
-) -> Result<Option<StreamId>, Ending> {
-    let replay = match app.broker.replay(region, since).await {
-        Ok(replay) => replay,
-        Err(error) => {
-            tracing::warn!(%region, %since, %error, "cannot read history for a resume");
+) -> Result<Option<Seam>, Ending> {
+    let _turn = match app.replays.take_turn(app.settings.replay_wait).await {
+        Ok(turn) => turn,
+        Err(no_turn) => {
+            if let Some(suppressed) = app.replay_refusal_log.allow() {
+                tracing::warn!(%region, %since, error = %no_turn, suppressed, "resume refused with 1013: no replay turn");
+            }
             return Err(Ending::Close(
                 CLOSE_TRY_AGAIN_LATER,
-                "history temporarily unavailable; retry shortly".into(),
+                "too many resumes at once; retry with backoff".into(),
             ));
         }
     };
-    let frames: Vec<(Option<StreamId>, Utf8Bytes)> = match replay {
-        Replay::Entries(entries) => entries
-            .into_iter()
-            .map(|(id, frame)| (Some(id), frame))
-            .collect(),
-        Replay::Resync { latest, reason } => {
-            metrics::counter!("notify_resyncs_total").increment(1);
-            let message = ControlMessage::Resync {
-                region,
-                since,
-                latest,
-                reason: reason.into(),
-            };
-            // After a resync, live messages are not compared with `since`: it may come from
-            // a history that no longer exists.
-            send_frames(socket, vec![(None, message.to_json().into())], app).await?;
-            return Ok(None);
+    let mut cursor = app.broker.start_replay(region, since);
+    loop {
+        let step = match app.broker.replay_step(&mut cursor).await {
+            Ok(step) => step,
+            Err(error) => {
+                tracing::warn!(%region, %since, position = %cursor.position(), %error, "cannot read history for a resume");
+                return Err(Ending::Close(
+                    CLOSE_TRY_AGAIN_LATER,
+                    "history temporarily unavailable; retry shortly".into(),
+                ));
+            }
+        };
+        match step {
+            ReplayStep::Page(entries) => {
+                send_frames(socket, entries.into_iter().map(|(_, frame)| frame), app).await?;
+            }
+            ReplayStep::Done => {
+                return Ok(Some(Seam {
+                    through: cursor.position(),
+                    epoch: cursor.epoch(),
+                }));
+            }
+            ReplayStep::Resync { latest, reason } => {
+                metrics::counter!("notify_resyncs_total").increment(1);
+                let message = ControlMessage::Resync {
+                    region,
+                    since,
+                    latest,
+                    reason: reason.into(),
+                };
+                send_frames(socket, [Utf8Bytes::from(message.to_json())], app).await?;
+                // The client refreshes its view up to `latest` and continues from there, so
+                // live messages at or below it (the stream follower may still be delivering
+                // them) are not sent again. Without a `latest`, pages already sent are of this
+                // history and their ids still hold; with nothing sent, `since` may come from
+                // a history that no longer exists: compare nothing.
+                let sent_any = cursor.position() != since;
+                let through = latest.or(sent_any.then(|| cursor.position()));
+                return Ok(through.map(|through| Seam {
+                    through,
+                    epoch: cursor.epoch(),
+                }));
+            }
         }
-    };
-    let sent_through = frames.last().and_then(|(id, _)| *id).unwrap_or(since);
-    send_frames(socket, frames, app).await?;
-    Ok(Some(sent_through))
+    }
 }
 
 /// Writes `frames` in batches of [`MAX_BATCH`], each flushed within the write timeout.
 async fn send_frames(
     socket: &mut WebSocket,
-    frames: Vec<(Option<StreamId>, Utf8Bytes)>,
+    frames: impl IntoIterator<Item = Utf8Bytes>,
     app: &App,
 ) -> Result<(), Ending> {
     let mut frames = frames.into_iter().peekable();
     while frames.peek().is_some() {
         let batch = async {
             let mut written = 0u64;
-            for (_, frame) in frames.by_ref().take(MAX_BATCH) {
+            for frame in frames.by_ref().take(MAX_BATCH) {
                 socket.feed(Message::Text(frame)).await?;
                 written += 1;
             }
@@ -231,16 +277,27 @@ async fn send_frames(
     Ok(())
 }
 
-/// Whether a live envelope was already sent during the replay. Clears `sent_through` once
-/// live delivery has passed it, so the common case costs one `None` check.
-fn already_sent(envelope: &Envelope<Utf8Bytes>, sent_through: &mut Option<StreamId>) -> bool {
-    match (envelope.id, *sent_through) {
-        (Some(id), Some(through)) if id <= through => true,
-        (Some(_), Some(_)) => {
-            *sent_through = None;
+/// Whether a live envelope was already sent during the replay. Clears the seam once live
+/// delivery has passed it, or when a `resync` starts a later history epoch, so the common case
+/// costs one `None` check.
+fn already_sent(envelope: &Envelope<Utf8Bytes>, seam: &mut Option<Seam>) -> bool {
+    let Some(current) = *seam else {
+        return false;
+    };
+    if envelope
+        .starts_epoch
+        .is_some_and(|epoch| epoch > current.epoch)
+    {
+        *seam = None;
+        return false;
+    }
+    match envelope.id {
+        Some(id) if id <= current.through => true,
+        Some(_) => {
+            *seam = None;
             false
         }
-        _ => false,
+        None => false,
     }
 }
 
@@ -364,7 +421,7 @@ fn write_error_ending(error: axum::Error, app: &App) -> Ending {
 async fn pump(
     socket: &mut WebSocket,
     subscription: &mut Subscription<Utf8Bytes>,
-    sent_through: &mut Option<StreamId>,
+    seam: &mut Option<Seam>,
     app: &App,
 ) -> Ending {
     let settings = &app.settings;
@@ -402,7 +459,7 @@ async fn pump(
             }
             delivery = subscription.recv(), if !flushing => match delivery {
                 Ok(first) => {
-                    let queued = queue_batch(socket, subscription, first, sent_through, &mut outbox, app)
+                    let queued = queue_batch(socket, subscription, first, seam, &mut outbox, app)
                         .and_then(|lagged| {
                             outbox.flush_now(socket, app)?;
                             lagged.map_or(Ok(()), |error| Err(subscription_ending(error, app)))
@@ -436,7 +493,7 @@ fn queue_batch(
     socket: &mut WebSocket,
     subscription: &mut Subscription<Utf8Bytes>,
     first: Envelope<Utf8Bytes>,
-    sent_through: &mut Option<StreamId>,
+    seam: &mut Option<Seam>,
     outbox: &mut Outbox,
     app: &App,
 ) -> Result<Option<SubscriptionError>, Ending> {
@@ -444,7 +501,7 @@ fn queue_batch(
     let mut taken = 0;
     while let Some(envelope) = next.take() {
         taken += 1;
-        if !(sent_through.is_some() && already_sent(&envelope, sent_through)) {
+        if !(seam.is_some() && already_sent(&envelope, seam)) {
             queue(socket, Message::Text(envelope.frame), app)?;
             outbox.queued(envelope.received_at);
         }

@@ -2,15 +2,16 @@
 //! no Redis, always ready. The default when no Redis URL is configured.
 //!
 //! Every publish gets an id from the region's in-process history, which is also what `?since=`
-//! resumes from: the same guarantees as with Redis, for as long as this process lives. A
-//! restart starts a new history; a client resuming from the old one is told to resync.
+//! resumes from, a page at a time: the same guarantees as with Redis, for as long as this
+//! process lives. A restart starts a new history; a client resuming from the old one is told
+//! to resync.
 
 use std::sync::Arc;
 
-use notify_proto::{Notification, Region, StreamId};
+use notify_proto::Notification;
 
-use super::{count_resume, PublishReceipt, Replay, ResumeSource};
-use crate::history::Lookup;
+use super::replay::{ReplayCursor, ReplayStep};
+use super::PublishReceipt;
 use crate::ingest::Ingest;
 
 /// In-process broker over one [`Ingest`].
@@ -39,20 +40,22 @@ where
         }
     }
 
-    /// Messages after `since` from the in-process history, or a resync when it does not
-    /// reach back that far.
-    pub fn replay(&self, region: Region, since: StreamId) -> Replay<T> {
-        match self.ingest.replay_from_memory(region, since) {
-            Lookup::Entries(entries) => {
-                count_resume(ResumeSource::Memory);
-                Replay::Entries(entries)
-            }
-            Lookup::NotCovered => {
-                count_resume(ResumeSource::Resync);
-                Replay::Resync {
-                    latest: self.ingest.last_id(region),
-                    reason: "since is not in the retained history",
-                }
+    /// The ingest path it delivers into.
+    pub fn ingest(&self) -> &Ingest<T> {
+        &self.ingest
+    }
+
+    /// The next page of `cursor`'s replay from the in-process history, or a resync when it
+    /// does not reach back to the cursor (any more).
+    pub fn replay_step(&self, cursor: &mut ReplayCursor) -> ReplayStep<T> {
+        if cursor.finished() {
+            return ReplayStep::Done;
+        }
+        match cursor.memory_page(&self.ingest) {
+            Some(step) => step,
+            None => {
+                let latest = self.ingest.last_id(cursor.region());
+                cursor.resync(latest, "since is not in the retained history")
             }
         }
     }

@@ -7,30 +7,18 @@
 //!
 //! Both feed the same [`Ingest`](crate::ingest::Ingest) path, so a message is validated,
 //! counted and fanned out identically whichever broker carried it. Both count every resume they
-//! serve in `notify_resumes_total{source="memory|stream|resync"}`.
+//! serve in `notify_resumes_total{source="memory|stream|resync"}`, and both replay in bounded
+//! pages ([`replay`]).
 
 pub mod embedded;
 pub mod redis;
+pub mod replay;
 
 use notify_proto::{Notification, StreamId};
 
 pub use self::embedded::EmbeddedBroker;
 pub use self::redis::{BrokerError, RedisBroker, RedisBrokerConfig};
-
-/// What a client resuming with `?since=` gets before live messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Replay<T> {
-    /// Every message after `since`, oldest first, already encoded.
-    Entries(Vec<(StreamId, T)>),
-    /// The messages after `since` are not retained (too old, or the history was reset): the
-    /// client must be told, then gets live messages.
-    Resync {
-        /// Newest id of the region, when there is one.
-        latest: Option<StreamId>,
-        /// Why, for the client and the logs.
-        reason: &'static str,
-    },
-}
+pub use self::replay::{ReplayCursor, ReplayStep, REPLAY_PAGE};
 
 /// Connection state of a broker, as `/readyz` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,15 +103,23 @@ where
         }
     }
 
-    /// The messages of `region` after `since`, for a resuming client.
-    pub async fn replay(
+    /// Begins the replay of `region` after `since` for a client already subscribed to it.
+    pub fn start_replay(&self, region: notify_proto::Region, since: StreamId) -> ReplayCursor {
+        let ingest = match self {
+            Broker::Embedded(broker) => broker.ingest(),
+            Broker::Redis(broker) => broker.ingest(),
+        };
+        ReplayCursor::new(ingest, region, since)
+    }
+
+    /// The next page of `cursor`'s replay (see [`replay`]).
+    pub async fn replay_step(
         &self,
-        region: notify_proto::Region,
-        since: StreamId,
-    ) -> Result<Replay<T>, BrokerError> {
+        cursor: &mut ReplayCursor,
+    ) -> Result<ReplayStep<T>, BrokerError> {
         match self {
-            Broker::Embedded(broker) => Ok(broker.replay(region, since)),
-            Broker::Redis(broker) => broker.replay(region, since).await,
+            Broker::Embedded(broker) => Ok(broker.replay_step(cursor)),
+            Broker::Redis(broker) => broker.replay_step(cursor).await,
         }
     }
 

@@ -1,4 +1,4 @@
-//! [`CommandConnection`]: the broker's shared multiplexed connection for publishes and
+//! [`CommandConnection`]: the broker's self-healing multiplexed connection for publishes or
 //! history reads. Made on first use, every command bounded by the command timeout, and dropped
 //! (so the next command reconnects) when an error shows the link is broken.
 

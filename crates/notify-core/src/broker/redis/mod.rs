@@ -13,7 +13,8 @@
 //! # Layout
 //! - [`scripts`]: the Lua scripts (publish; read streams with coverage facts).
 //! - [`publisher`]: publish commands for one notification.
-//! - [`commands`]: the shared, self-healing connection for publishes and history reads.
+//! - [`commands`]: the self-healing command connections: one for publishes, one for replays'
+//!   history reads.
 //! - [`stream_reader`]: reading streams after ids, decoding entries into frames.
 //! - [`coverage`]: whether a stream still holds everything after an id.
 //! - [`stream_follower`]: the `XREAD BLOCK` loop delivering stream entries; catch-up, gaps,
@@ -52,13 +53,20 @@ pub use self::tls::{redis_client, ClientIdentity, RedisTls};
 pub use self::url::{read_url_file, redact_url, UrlFileError};
 
 use self::commands::CommandConnection;
+use self::coverage::Gap;
 use self::links::Links;
 use self::stream_follower::StreamFollower;
 use self::stream_reader::StreamReader;
 use self::subscriber::Subscriber;
-use super::{count_resume, BrokerState, PublishReceipt, Replay, ResumeSource};
-use crate::history::Lookup;
+use super::replay::{ReplayCursor, ReplayStep};
+use super::{BrokerState, PublishReceipt, ResumeSource};
 use crate::ingest::Ingest;
+
+/// Most entries one replay reads from a stream at once. Smaller than a memory page: each
+/// read's reply waits in Redis's output buffer (and its Lua heap) until the gateway takes it,
+/// so the replay budget times this (at 2 KB entries: 64 × 128 KiB = 8 MiB by default) bounds
+/// what a resume storm costs Redis.
+pub const STREAM_PAGE: usize = 64;
 
 /// Default retention of each region's stream, in messages.
 pub const DEFAULT_RETENTION: usize = 10_000;
@@ -103,7 +111,11 @@ impl RedisBrokerConfig {
 pub struct RedisBroker<T> {
     ingest: Arc<Ingest<T>>,
     retention: usize,
+    /// Publishes.
     commands: CommandConnection,
+    /// Replays' history reads, apart from publishes: a resume storm queues behind its own
+    /// replies, never in front of a publish.
+    replays: CommandConnection,
     reader: StreamReader<T>,
     state: watch::Receiver<BrokerState>,
     publish_script: redis::Script,
@@ -145,7 +157,8 @@ where
         let broker = RedisBroker {
             ingest,
             retention: config.retention,
-            commands: CommandConnection::new(client, config.command_timeout),
+            commands: CommandConnection::new(client.clone(), config.command_timeout),
+            replays: CommandConnection::new(client, config.command_timeout),
             reader,
             state,
             publish_script: publish_script(),
@@ -174,39 +187,48 @@ where
         .await
     }
 
-    /// Messages of `region` after `since`: from memory when it covers them, else from the
-    /// region's stream when the stream covers them (see [`coverage`]), else a resync.
-    pub async fn replay(&self, region: Region, since: StreamId) -> Result<Replay<T>, BrokerError> {
-        if let Lookup::Entries(entries) = self.ingest.replay_from_memory(region, since) {
-            count_resume(ResumeSource::Memory);
-            return Ok(Replay::Entries(entries));
-        }
-        // Pages of at most this many entries; a replay holds at most the stream's length.
-        let page = self.retention.clamp(100, 1000);
-        let mut entries = Vec::new();
-        let mut cursor = since;
-        loop {
-            let read = self.read_region(region, cursor, page).await?;
-            // Every page is judged on its own start: a stream trimmed past the cursor between
-            // two pages is a gap too.
-            if let Some(gap) = read.facts.gap(cursor) {
-                count_resume(ResumeSource::Resync);
-                return Ok(Replay::Resync {
-                    latest: read.facts.last_generated,
-                    reason: gap.reason(),
-                });
-            }
-            entries.extend(read.entries);
-            match read.last_read {
-                Some(last) if read.full => cursor = last,
-                _ => break,
-            }
-        }
-        count_resume(ResumeSource::Stream);
-        Ok(Replay::Entries(entries))
+    /// The ingest path it feeds.
+    pub fn ingest(&self) -> &Ingest<T> {
+        &self.ingest
     }
 
-    /// One read of `region`'s stream after `since`, on the command connection.
+    /// The next page of `cursor`'s replay: from memory when it covers the cursor, else from
+    /// the region's stream when the stream covers it (see [`coverage`]), else a resync. One
+    /// page is one bounded read (`XRANGE … COUNT` [`REPLAY_PAGE`](super::REPLAY_PAGE)), so a
+    /// replay costs Redis one page's reply at a time.
+    pub async fn replay_step(
+        &self,
+        cursor: &mut ReplayCursor,
+    ) -> Result<ReplayStep<T>, BrokerError> {
+        if cursor.finished() {
+            return Ok(ReplayStep::Done);
+        }
+        if let Some(step) = cursor.memory_page(&self.ingest) {
+            return Ok(step);
+        }
+        let position = cursor.position();
+        let read = self
+            .read_region(cursor.region(), position, STREAM_PAGE)
+            .await?;
+        // Every page is judged on its own start: a stream trimmed past the cursor between two
+        // pages is a gap too.
+        if let Some(gap) = read.facts.gap(position) {
+            return Ok(cursor.resync(read.facts.last_generated, gap.reason()));
+        }
+        // Ids below the newest one delivered when the replay began: Redis lost its data and
+        // the follower has not announced the new epoch yet. These ids may repeat old ones.
+        if cursor
+            .origin_newest()
+            .is_some_and(|newest| read.facts.went_back_from(newest))
+        {
+            return Ok(cursor.resync(read.facts.last_generated, Gap::Reset.reason()));
+        }
+        cursor.count(ResumeSource::Stream);
+        Ok(cursor.take_page(read.entries, read.last_read, read.full))
+    }
+
+    /// One read of `region`'s stream after `since`, on the replay connection. The timeout
+    /// bounds the Redis round trip; the entries are decoded after it.
     async fn read_region(
         &self,
         region: Region,
@@ -215,15 +237,15 @@ where
     ) -> Result<stream_reader::RegionRead<T>, BrokerError> {
         const OPERATION: &str = "read history";
         let reader = self.reader.clone();
-        let reads = self
-            .commands
+        let positions = [(region, since)];
+        let replies = self
+            .replays
             .run(OPERATION, |mut connection| async move {
-                reader
-                    .read(&mut connection, &[(region, since)], limit)
-                    .await
+                reader.fetch(&mut connection, &positions, limit).await
             })
             .await?;
-        reads
+        self.reader
+            .decode(&positions, limit, replies)
             .into_iter()
             .next()
             .ok_or_else(|| BrokerError::BadReply {

@@ -213,10 +213,12 @@ where
                 Gap::NoHistory
             };
             tracing::warn!(%region, %since, latest = ?read.facts.last_generated, "the region's stream started over; resetting its history");
-            if resynced.insert(region) {
-                self.resync(region, since, read.facts.last_generated, gap);
-            }
-            self.ingest.reset_region(region);
+            // Always announced, even after another resync in this catch-up: the announcement
+            // begins the new epoch for clients that resumed before it.
+            resynced.insert(region);
+            metrics::counter!("notify_broker_resyncs_total").increment(1);
+            let announcement = resync_message(region, since, read.facts.last_generated, gap);
+            self.ingest.reset_region(region, &announcement);
             self.positions.insert(region, StreamId::ZERO);
             return read.facts.last_generated.is_some();
         }
@@ -243,12 +245,7 @@ where
 
     fn resync(&self, region: Region, since: StreamId, latest: Option<StreamId>, gap: Gap) {
         metrics::counter!("notify_broker_resyncs_total").increment(1);
-        let message = ControlMessage::Resync {
-            region,
-            since,
-            latest,
-            reason: format!("the gateway missed messages: {}", gap.reason()),
-        };
+        let message = resync_message(region, since, latest, gap);
         self.ingest.broadcast_control(region, &message);
     }
 
@@ -268,5 +265,20 @@ where
                 after: timeout,
             }),
         }
+    }
+}
+
+/// The `resync` the region's clients get when the follower finds a gap or a reset.
+fn resync_message(
+    region: Region,
+    since: StreamId,
+    latest: Option<StreamId>,
+    gap: Gap,
+) -> ControlMessage {
+    ControlMessage::Resync {
+        region,
+        since,
+        latest,
+        reason: format!("the gateway missed messages: {}", gap.reason()),
     }
 }

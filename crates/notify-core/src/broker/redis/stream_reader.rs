@@ -32,7 +32,7 @@ pub(super) struct RegionRead<T> {
 }
 
 /// One region's raw reply: `{last_generated_id, entries_added, length, start_present, entries}`.
-type RawRegionReply = (
+pub(super) type RawRegionReply = (
     String,
     i64,
     u64,
@@ -91,14 +91,25 @@ where
         positions: &[(Region, StreamId)],
         limit: usize,
     ) -> Result<Vec<RegionRead<T>>, redis::RedisError> {
-        let replies: Vec<RawRegionReply> = self
-            .invocation(positions, limit)
-            .invoke_async(connection)
-            .await?;
+        let replies = self.fetch(connection, positions, limit).await?;
         Ok(self.decode(positions, limit, replies))
     }
 
-    fn decode(
+    /// Runs the read on `connection` and returns the reply undecoded, so a caller can time
+    /// the Redis round trip apart from the decoding.
+    pub(super) async fn fetch(
+        &self,
+        connection: &mut MultiplexedConnection,
+        positions: &[(Region, StreamId)],
+        limit: usize,
+    ) -> Result<Vec<RawRegionReply>, redis::RedisError> {
+        self.invocation(positions, limit)
+            .invoke_async(connection)
+            .await
+    }
+
+    /// Decodes [`fetch`](Self::fetch)'s reply for the same `positions` and `limit`.
+    pub(super) fn decode(
         &self,
         positions: &[(Region, StreamId)],
         limit: usize,
