@@ -1,6 +1,8 @@
 //! [`CommandConnection`]: the broker's shared multiplexed connection for publishes and
-//! history reads. Made on first use, every command bounded by the command timeout, and dropped
-//! (so the next command reconnects) when an error shows the link is broken.
+//! history reads (named [`connection_names::COMMANDS`] in `CLIENT LIST`). Made on first use,
+//! every command bounded by the command timeout, and dropped (so the next command reconnects)
+//! when an error shows the link is broken. It is not one of the broker's links: losing it
+//! fails the commands in flight, never readiness.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -8,6 +10,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
+use super::connection_names;
 use super::error::BrokerError;
 
 /// A lazily made, shared, self-healing command connection.
@@ -58,7 +61,13 @@ impl CommandConnection {
         if let Some(connection) = self.lock().clone() {
             return Ok(connection);
         }
-        let connection = connect(&self.client, self.timeout, Some(self.timeout)).await?;
+        let connection = connect(
+            &self.client,
+            self.timeout,
+            Some(self.timeout),
+            connection_names::COMMANDS,
+        )
+        .await?;
         *self.lock() = Some(connection.clone());
         Ok(connection)
     }
@@ -74,12 +83,14 @@ impl CommandConnection {
     }
 }
 
-/// Opens a multiplexed connection within `timeout`. `response_timeout` bounds each reply
-/// (`None` for a connection that runs blocking commands under its own timer).
+/// Opens a multiplexed connection within `timeout` and names it `name` (see
+/// [`connection_names`]). `response_timeout` bounds each reply (`None` for a connection that
+/// runs blocking commands under its own timer).
 pub(super) async fn connect(
     client: &redis::Client,
     timeout: Duration,
     response_timeout: Option<Duration>,
+    name: &'static str,
 ) -> Result<MultiplexedConnection, BrokerError> {
     const OPERATION: &str = "connect";
     let config = redis::AsyncConnectionConfig::new()
@@ -91,7 +102,10 @@ pub(super) async fn connect(
     )
     .await
     {
-        Ok(Ok(connection)) => Ok(connection),
+        Ok(Ok(mut connection)) => {
+            connection_names::set_name(&mut connection, name, timeout).await?;
+            Ok(connection)
+        }
         Ok(Err(source)) => Err(BrokerError::from_redis(OPERATION, source)),
         Err(_) => Err(BrokerError::Timeout {
             operation: OPERATION,

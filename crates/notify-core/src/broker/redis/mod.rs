@@ -20,10 +20,12 @@
 //!   ids going backwards.
 //! - [`subscriber`]: the pub/sub loop for live messages, with its `PING` health check.
 //! - [`links`]: readiness from both links.
+//! - [`connection_names`]: how each connection shows in `CLIENT LIST`.
 //! - [`error`]: the typed [`BrokerError`].
 //! - [`url`]: [`redact_url`], for logs.
 
 mod commands;
+pub mod connection_names;
 pub mod coverage;
 pub mod error;
 mod links;
