@@ -310,7 +310,8 @@ async fn soak_holds_every_promise_through_every_fault() -> Result<()> {
     let faults = &report["faults"];
     for kind in [
         "subscription_cuts",
-        "connection_cuts",
+        "stream_cuts",
+        "command_cuts",
         "foreign_ids",
         "redis_restarts_with_data",
         "gateway_restarts",
@@ -319,6 +320,15 @@ async fn soak_holds_every_promise_through_every_fault() -> Result<()> {
         assert!(faults[kind].as_u64() >= Some(1), "{kind} in {report}");
     }
     assert_eq!(faults["errors"], 0, "{report}");
+    // Each link cut and command cut reached every gateway.
+    assert!(
+        faults["stream_links_killed"].as_u64() >= Some(2),
+        "{report}"
+    );
+    assert!(
+        faults["command_connections_killed"].as_u64() >= Some(2),
+        "{report}"
+    );
     // A progress line per interval.
     assert!(stderr.contains("s] soak interval 2:"), "{stderr}");
     assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
