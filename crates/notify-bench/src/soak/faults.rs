@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{Mutex, RwLock};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::redis_server::RedisServer;
 use crate::chaos::chaos_log;
@@ -71,6 +72,9 @@ const NOTICE_LIMIT: Duration = Duration::from_secs(10);
 /// than the stream follower's read period, so a follower that shared the connection would
 /// have noticed.
 const COMMAND_CUT_WATCH: Duration = Duration::from_millis(1500);
+
+/// Probes of one gateway before a command cut (see `use_command_connections`).
+const PROBE_ATTEMPTS: u32 = 3;
 
 /// An id far ahead of any stream's: no stream issued it.
 pub const FOREIGN_ID: &str = "99999999999999-0";
@@ -237,8 +241,8 @@ impl FaultPlan {
                 ));
             }
             Fault::CommandCut => {
-                // Every gateway makes its command connection on first use: a resume its memory
-                // cannot answer makes sure there is one to cut.
+                // Every gateway makes its command connection on first use (and again after
+                // Redis restarts): a resume its memory cannot answer makes sure there is one.
                 self.use_command_connections(self.regions[turn % self.regions.len()])
                     .await?;
                 let up = self.fleet.up_count() as u64;
@@ -342,29 +346,37 @@ impl FaultPlan {
         Ok(())
     }
 
-    /// Resumes one probe client per gateway that is up from `since=0-0` in `region` (never in
-    /// a gateway's memory, so read from the stream on its command connection) and waits for
-    /// its first frame.
+    /// Resumes one probe client per gateway that is up from [`FOREIGN_ID`] in `region` until
+    /// it is answered with a text frame (at most [`PROBE_ATTEMPTS`] times). An id after every
+    /// id a stream issued is never answered from memory (not even from a history reset to
+    /// cover everything since `0-0`), so the gateway reads the stream on its command
+    /// connection, then answers `resync`. A command connection left over from before a Redis
+    /// restart fails its first command and is made again on the next: the probe is closed
+    /// (1011) and tried again.
     async fn use_command_connections(&self, region: Region) -> Result<()> {
         for node in &self.fleet.nodes {
             if !node.up.load(Ordering::Acquire) {
                 continue;
             }
-            let url = format!("ws://{}/?region={}&since=0-0", node.addr, region.as_str());
-            let first = tokio::time::timeout(REDIS_TIMEOUT, async {
-                let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
-                // The probe is done after its first frame: dropping the socket closes it.
-                Ok::<_, tokio_tungstenite::tungstenite::Error>(socket.next().await)
-            })
-            .await
-            .with_context(|| format!("no first frame from {url} in time"))?
-            .with_context(|| format!("connecting to {url}"))?;
-            match first {
-                Some(Ok(_)) => {}
-                Some(Err(error)) => {
-                    return Err(error).with_context(|| format!("reading from {url}"));
+            let url = format!(
+                "ws://{}/?region={}&since={FOREIGN_ID}",
+                node.addr,
+                region.as_str()
+            );
+            let mut attempt = 1;
+            loop {
+                match probe(&url).await {
+                    Ok(()) => break,
+                    Err(error) if attempt < PROBE_ATTEMPTS => {
+                        self.log(format_args!(
+                            "command cut: probe {attempt} of gateway {} not answered: {error:#}; again",
+                            node.index
+                        ));
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(error) => return Err(error),
                 }
-                None => bail!("{url} closed before its first frame"),
             }
         }
         Ok(())
@@ -429,6 +441,24 @@ impl FaultPlan {
 
     fn log(&self, line: std::fmt::Arguments<'_>) {
         chaos_log(self.started, format_args!("soak: {line}"));
+    }
+}
+
+/// Opens `url` and waits for its first frame, which must be text.
+async fn probe(url: &str) -> Result<()> {
+    let first = tokio::time::timeout(REDIS_TIMEOUT, async {
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+        // The probe is done after its first frame: dropping the socket closes it.
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(socket.next().await)
+    })
+    .await
+    .with_context(|| format!("no first frame from {url} in time"))?
+    .with_context(|| format!("connecting to {url}"))?;
+    match first {
+        Some(Ok(Message::Text(_))) => Ok(()),
+        Some(Ok(other)) => bail!("{url} answered {other:?}"),
+        Some(Err(error)) => Err(error).with_context(|| format!("reading from {url}")),
+        None => bail!("{url} closed before its first frame"),
     }
 }
 
