@@ -440,3 +440,168 @@ async fn a_stream_trimmed_with_approximate_maxlen_does_not_cover_since_zero() {
     let resync = expect_resync_on_resume(&gateway, "FI", "0-0").await;
     assert!(resync["latest"].is_string());
 }
+
+/// `CLIENT LIST` as one map of fields per connection.
+async fn client_list(redis: &RedisServer) -> Vec<std::collections::HashMap<String, String>> {
+    let mut connection = redis.connection().await.unwrap();
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    list.lines()
+        .map(|line| {
+            line.split(' ')
+                .filter_map(|field| field.split_once('='))
+                .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The ids of the connections named `name`.
+async fn ids_named(redis: &RedisServer, name: &str) -> Vec<String> {
+    client_list(redis)
+        .await
+        .into_iter()
+        .filter(|fields| fields.get("name").map(String::as_str) == Some(name))
+        .filter_map(|fields| fields.get("id").cloned())
+        .collect()
+}
+
+/// Polls `/readyz` every 50 ms for `period`; the statuses that were not 200.
+async fn readiness_failures(gateway: &Gateway, period: Duration) -> Vec<String> {
+    let until = Instant::now() + period;
+    let mut failures = Vec::new();
+    while Instant::now() < until {
+        match gateway.get("/readyz").await {
+            Ok((200, _)) => {}
+            other => failures.push(format!("{other:?}")),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    failures
+}
+
+/// Each Redis connection shows what it is in `CLIENT LIST`, and only the two links count as
+/// reconnects: cutting the command connection (publishes, resume reads) leaves the gateway
+/// ready at every poll with no reconnect counted (the positive control), cutting the stream
+/// link counts exactly one; delivery goes on after both.
+#[tokio::test]
+async fn each_redis_connection_is_named_and_only_a_link_cut_is_a_reconnect() {
+    let redis = RedisServer::start().await.unwrap();
+    let url = redis.url();
+    let gateway = Gateway::start(&["--redis-url", &url, "--redis-ping-interval", "200ms"])
+        .await
+        .unwrap();
+    assert!(gateway.wait_ready_status(200, WAIT).await);
+    let mut client = gateway.connect_counted("/?region=DK", "DK").await.unwrap();
+    publish_api(&gateway, "DK", "first").await;
+    assert_eq!(
+        next_message(&mut client, "first").await["video_id"],
+        "first"
+    );
+
+    let list = client_list(&redis).await;
+    let named = |name: &str| {
+        list.iter()
+            .filter(|fields| fields.get("name").map(String::as_str) == Some(name))
+            .count()
+    };
+    assert_eq!(named("notify-gateway:streams"), 1, "{list:?}");
+    assert_eq!(named("notify-gateway:commands"), 1, "{list:?}");
+    let subscriptions: Vec<_> = list
+        .iter()
+        .filter(|fields| fields.get("flags").is_some_and(|flags| flags.contains('P')))
+        .collect();
+    assert_eq!(subscriptions.len(), 1, "{list:?}");
+    assert_eq!(subscriptions[0]["sub"], "8", "{list:?}");
+
+    // The command connection is not a link.
+    let commands = ids_named(&redis, "notify-gateway:commands").await;
+    redis_command(&redis, &["CLIENT", "KILL", "ID", &commands[0]]).await;
+    let unready = readiness_failures(&gateway, Duration::from_millis(1500)).await;
+    assert!(
+        unready.is_empty(),
+        "not ready after a command cut: {unready:?}"
+    );
+    publish_api(&gateway, "DK", "after-command-cut").await;
+    assert_eq!(
+        next_message(&mut client, "after the command cut").await["video_id"],
+        "after-command-cut"
+    );
+    assert_eq!(
+        gateway
+            .metric("notify_broker_reconnects_total")
+            .await
+            .unwrap(),
+        0.0
+    );
+    assert_eq!(ids_named(&redis, "notify-gateway:commands").await.len(), 1);
+
+    // The stream link is: one reconnect, then ready and delivering again.
+    let streams = ids_named(&redis, "notify-gateway:streams").await;
+    redis_command(&redis, &["CLIENT", "KILL", "ID", &streams[0]]).await;
+    assert!(
+        notify_tests::wait_until(WAIT, || async {
+            gateway
+                .metric("notify_broker_reconnects_total")
+                .await
+                .unwrap()
+                >= 1.0
+        })
+        .await,
+        "the stream link cut was not noticed"
+    );
+    assert!(gateway.wait_ready_status(200, WAIT).await);
+    publish_api(&gateway, "DK", "after-stream-cut").await;
+    assert_eq!(
+        next_message(&mut client, "after the stream cut").await["video_id"],
+        "after-stream-cut"
+    );
+    let unready = readiness_failures(&gateway, Duration::from_millis(1000)).await;
+    assert!(
+        unready.is_empty(),
+        "not ready after recovering: {unready:?}"
+    );
+    assert_eq!(
+        gateway
+            .metric("notify_broker_reconnects_total")
+            .await
+            .unwrap(),
+        1.0
+    );
+    assert_eq!(ids_named(&redis, "notify-gateway:streams").await.len(), 1);
+}
+
+/// A Redis user that may not run `CLIENT SETNAME` still gets a working gateway: its
+/// connections stay unnamed, the refusal is logged with its cause.
+#[tokio::test]
+async fn a_user_without_the_client_command_gets_a_working_unnamed_gateway() {
+    let redis = RedisServer::start().await.unwrap();
+    redis_command(
+        &redis,
+        &[
+            "ACL", "SETUSER", "gw", "on", ">pw", "~*", "&*", "+@all", "-client",
+        ],
+    )
+    .await;
+    let url = format!("redis://gw:pw@127.0.0.1:{}", redis.port());
+    let gateway = Gateway::start(&["--redis-url", &url]).await.unwrap();
+    assert!(gateway.wait_ready_status(200, WAIT).await);
+    let mut client = gateway.connect_counted("/?region=DK", "DK").await.unwrap();
+    publish_api(&gateway, "DK", "unnamed").await;
+    assert_eq!(
+        next_message(&mut client, "unnamed").await["video_id"],
+        "unnamed"
+    );
+    assert!(ids_named(&redis, "notify-gateway:streams").await.is_empty());
+    let refusals = gateway
+        .log_lines()
+        .into_iter()
+        .filter(|line| {
+            line.contains("could not name a Redis connection") && line.contains("no permissions")
+        })
+        .count();
+    assert_eq!(refusals, 2, "{:?}", gateway.log_lines());
+}

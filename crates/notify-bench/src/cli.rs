@@ -237,9 +237,9 @@ pub struct Args {
     )]
     pub redis_server_bin: PathBuf,
 
-    /// `soak`: pause between the end of one fault and the next; they take turns: subscription cut, cut of the
-    /// gateways' other Redis connections, foreign id, Redis restart with data, gateway
-    /// restart, Redis restart without data.
+    /// `soak`: pause between the end of one fault and the next; they take turns: subscription
+    /// cut, stream-link cut, command-connection cut, foreign id, Redis restart with data,
+    /// gateway restart, Redis restart without data.
     #[arg(long, env = "NOTIFY_BENCH_FAULT_INTERVAL", value_parser = parse_duration, default_value = "10s")]
     pub fault_interval: Duration,
 

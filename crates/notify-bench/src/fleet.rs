@@ -321,6 +321,14 @@ impl Fleet {
         Ok(())
     }
 
+    /// How many gateways are up.
+    pub fn up_count(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|node| node.up.load(Ordering::Acquire))
+            .count()
+    }
+
     /// Notes one link cut for every gateway that is up (and so subscribed: callers cut only
     /// when every gateway is ready).
     pub fn record_cut(&self) {

@@ -101,10 +101,10 @@ impl PlainSeen {
         }
     }
 
-    /// Whether a message sent at `sent_ns` was owed: some connection was open from `grace_ns`
-    /// before it until `grace_ns` after.
-    fn owed(&self, sent_ns: u64, grace_ns: u64) -> bool {
-        self.sessions.iter().any(|&(opened, closed)| {
+    /// The connection that owed a message sent at `sent_ns`: one open from `grace_ns` before
+    /// it until `grace_ns` after.
+    fn owed(&self, sent_ns: u64, grace_ns: u64) -> Option<(u64, u64)> {
+        self.sessions.iter().copied().find(|&(opened, closed)| {
             opened.saturating_add(grace_ns) <= sent_ns && sent_ns.saturating_add(grace_ns) <= closed
         })
     }
@@ -137,6 +137,37 @@ impl FaultWindows {
     }
 }
 
+/// One owed plain delivery that did not arrive.
+#[derive(Debug, Clone, Copy)]
+pub struct LostPlain {
+    /// The message.
+    pub pseq: u64,
+    /// The client (index in the crowd).
+    pub client: usize,
+    /// When it was published, [`crate::messages::now_ns`] clock.
+    pub sent_ns: u64,
+    /// The client's connection that owed it (opened, closed; `u64::MAX` while open).
+    pub session: (u64, u64),
+}
+
+impl std::fmt::Display for LostPlain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |at: u64| (at as i128 - self.sent_ns as i128) / 1_000_000;
+        write!(
+            f,
+            "plain {} not received by client {}, whose connection was open from {} ms before it was published ",
+            self.pseq,
+            self.client,
+            -ms(self.session.0)
+        )?;
+        if self.session.1 == u64::MAX {
+            write!(f, "to the end")
+        } else {
+            write!(f, "to {} ms after", ms(self.session.1))
+        }
+    }
+}
+
 /// Plain messages owed and received, summed over clients.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct PlainTotals {
@@ -155,35 +186,44 @@ pub struct PlainTotals {
 }
 
 impl PlainTotals {
-    /// Judges `messages` against every client (`region`, what it saw).
+    /// Judges `messages` against every client (`region`, what it saw); returns each owed
+    /// delivery that did not arrive, for the log.
     pub fn judge<'a>(
         &mut self,
         messages: &[(u64, PlainMessage)],
         clients: impl Iterator<Item = (usize, &'a Mutex<PlainSeen>)> + Clone,
         windows: &FaultWindows,
         grace_ns: u64,
-    ) {
+    ) -> Vec<LostPlain> {
+        let mut lost = Vec::new();
         for &(pseq, message) in messages {
             self.published += 1;
             if windows.covers(message.sent_ns, grace_ns) {
                 continue;
             }
             self.published_healthy += 1;
-            for (region, seen) in clients.clone() {
+            for (client, (region, seen)) in clients.clone().enumerate() {
                 if region != message.region {
                     continue;
                 }
                 let seen = lock(seen);
-                if seen.owed(message.sent_ns, grace_ns) {
+                if let Some(session) = seen.owed(message.sent_ns, grace_ns) {
                     self.owed += 1;
                     if seen.received.contains(&pseq) {
                         self.delivered += 1;
                     } else {
                         self.lost += 1;
+                        lost.push(LostPlain {
+                            pseq,
+                            client,
+                            sent_ns: message.sent_ns,
+                            session,
+                        });
                     }
                 }
             }
         }
+        lost
     }
 }
 
@@ -255,7 +295,7 @@ mod tests {
         let unseen = Mutex::new(PlainSeen::default());
         lock(&unseen).opened(0);
         let mut totals = PlainTotals::default();
-        totals.judge(
+        let lost = totals.judge(
             &log.published_before(0, 3_000),
             [(0usize, &unseen)].into_iter(),
             &windows,
@@ -263,5 +303,22 @@ mod tests {
         );
         // 100: within the grace after connecting; 1,000: owed, lost; 2,000: in a fault.
         assert_eq!((totals.owed, totals.lost), (1, 1));
+        assert_eq!(
+            lost.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["plain 1 not received by client 0, whose connection was open from 0 ms before it was published to the end"]
+        );
+        // A connection closed when its client stopped listening owes nothing after.
+        let dropped = Mutex::new(PlainSeen::default());
+        lock(&dropped).opened(0);
+        lock(&dropped).closed(1_100);
+        lock(&dropped).closed(3_000);
+        let mut totals = PlainTotals::default();
+        totals.judge(
+            &log.published_before(0, 3_000),
+            [(0usize, &dropped)].into_iter(),
+            &windows,
+            200,
+        );
+        assert_eq!((totals.owed, totals.lost), (0, 0));
     }
 }

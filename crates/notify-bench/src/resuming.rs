@@ -292,10 +292,14 @@ async fn read_session(
         tokio::select! {
             biased;
             _ = stop.changed() => {
+                lock(&shared.plain).closed(now_ns());
                 close(socket).await;
                 return Ending::Stop;
             }
             () = shared.drop_now.notified() => {
+                // The connection stops listening now: frames the close handshake reads past
+                // are not looked at, so nothing published from here on is owed to it.
+                lock(&shared.plain).closed(now_ns());
                 close(socket).await;
                 return Ending::Dropped;
             }

@@ -730,6 +730,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
     state.app.admission.record_tracked_addresses();
+    // Every open socket (handshaking, plain HTTP, WebSocket), read at scrape time: with the
+    // process's open descriptors it shows what else holds descriptors.
+    metrics::gauge!("notify_sockets_open").set(state.app.sockets.open() as f64);
     (
         [(
             header::CONTENT_TYPE,

@@ -99,6 +99,10 @@ fn describe() {
         "notify_proxy_header_errors_total",
         "Connections from trusted proxies closed for a missing, malformed or late PROXY header."
     );
+    describe_gauge!(
+        "notify_sockets_open",
+        "Open client sockets of every kind (handshaking, plain HTTP, WebSocket), read at scrape time."
+    );
     describe_counter!(
         "notify_sockets_refused_total",
         "TCP connections refused (503, closed at once) because the socket cap was reached."

@@ -8,9 +8,9 @@
 //! - publishes id-carrying messages at `--rate` with the project's history script, and plain
 //!   (seed-style, id-less) `PUBLISH`es at `--plain-rate`;
 //! - drops random clients at `--drop-rate` (churn: they reconnect with `?since=` their last id);
-//! - every `--fault-interval`, the next fault in turn ([`faults`]): a subscription cut, a cut
-//!   of the gateways' other Redis connections, a foreign id, a Redis restart with data, a
-//!   gateway restart, a Redis restart without data;
+//! - every `--fault-interval`, the next fault in turn ([`faults`]): a subscription cut, a
+//!   stream-link cut, a command-connection cut (not a link: the positive control), a foreign
+//!   id, a Redis restart with data, a gateway restart, a Redis restart without data;
 //! - watches readiness, RSS, descriptors and reconnect counters ([`monitor`]) and prints a
 //!   progress line every `--report-interval`.
 //!
@@ -19,7 +19,8 @@
 //! healthy delivered; every gateway process's RSS at most `--rss-growth-mib` above its first
 //! sample after `--warm-up`, and its open descriptors at most its connected clients plus
 //! `--fd-slack`; each gateway's `notify_broker_reconnects_total` (summed over its processes)
-//! equal to the cuts made while it was subscribed (a Redis restart cuts every gateway once);
+//! equal to the link cuts made while it was up (a Redis restart cuts every gateway once; a
+//! command-connection cut none);
 //! no readiness flap with no fault in progress. Exit 0 only when all of it holds.
 //!
 //! # Layout
@@ -342,12 +343,13 @@ async fn run_with(
         json!(round3(started.elapsed().as_secs_f64())),
     );
     eprintln!(
-        "soak: {} gateways, {} clients, {:.0}s; faults: {} subscription cuts, {} connection cuts, {} foreign ids, {} Redis restarts with data, {} without, {} gateway restarts, {} failed",
+        "soak: {} gateways, {} clients, {:.0}s; faults: {} subscription cuts, {} stream-link cuts, {} command-connection cuts, {} foreign ids, {} Redis restarts with data, {} without, {} gateway restarts, {} failed",
         fleet.nodes.len(),
         args.clients,
         args.duration.as_secs_f64(),
         faults.subscription_cuts,
-        faults.connection_cuts,
+        faults.stream_cuts,
+        faults.command_cuts,
         faults.foreign_ids,
         faults.redis_restarts_with_data,
         faults.redis_restarts_empty,
@@ -374,7 +376,7 @@ async fn run_with(
     }
     for process in &observed.processes {
         eprintln!(
-            "  gateway {} pid {}: RSS {} -> {} KiB (max {}), fds max {} (max {} over connections)",
+            "  gateway {} pid {}: RSS {} -> {} KiB (max {}), fds max {} (max {} over open sockets)",
             process.gateway,
             process.pid,
             process.rss_kib_baseline,
@@ -425,7 +427,7 @@ fn observed_failures(observed: &Observed, bounds: &Bounds) -> Vec<String> {
         }
         if process.fds_over_connections_max > bounds.fd_slack {
             failures.push(format!(
-                "gateway {} pid {} held {} descriptors more than its connections (bound {})",
+                "gateway {} pid {} held {} descriptors more than its open sockets (bound {})",
                 process.gateway, process.pid, process.fds_over_connections_max, bounds.fd_slack
             ));
         }

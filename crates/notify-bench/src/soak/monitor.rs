@@ -23,6 +23,8 @@ use crate::resuming::ClientShared;
 pub const READY_POLL: Duration = Duration::from_millis(75);
 /// Unexplained readiness flaps logged one by one (the rest are counted).
 const LOGGED_FLAPS: u64 = 10;
+/// Plain deliveries lost that are logged one by one (the rest are counted).
+const LOGGED_LOSSES: u64 = 10;
 /// How often RSS and descriptors are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// A plain message is judged once it is this old (it has had time to arrive).
@@ -50,7 +52,9 @@ pub struct ProcessWatch {
     pub fds_over_connections_max: i64,
     /// Latest open descriptors.
     pub fds_last: u64,
-    /// Latest connected clients (`notify_connections`).
+    /// Latest open sockets of the gateway (`notify_sockets_open`: WebSockets, handshakes in
+    /// progress and plain HTTP, the monitor's own scrape included), what the descriptor bound
+    /// is measured against.
     pub connections_last: u64,
 }
 
@@ -70,6 +74,9 @@ pub struct Observed {
     /// Plain messages judged so far (index into the plain log).
     #[serde(skip)]
     pub plain_judged: usize,
+    /// Lost plain deliveries logged so far.
+    #[serde(skip)]
+    pub plain_lost_logged: u64,
 }
 
 /// Everything the monitor reads.
@@ -171,7 +178,7 @@ impl Monitor {
             let (Ok(stat), Ok(fds), Ok(connections)) = (
                 procstat::sample(&pid.to_string()),
                 procstat::open_fds(&pid.to_string()),
-                self.fleet.metric(node, "notify_connections").await,
+                self.fleet.metric(node, "notify_sockets_open").await,
             ) else {
                 continue;
             };
@@ -198,7 +205,7 @@ impl Monitor {
     pub fn judge_plain(&self, observed: &mut Observed, until_ns: u64) {
         let messages = self.plain.published_before(observed.plain_judged, until_ns);
         observed.plain_judged += messages.len();
-        observed.plain.judge(
+        let lost = observed.plain.judge(
             &messages,
             self.clients
                 .iter()
@@ -206,6 +213,12 @@ impl Monitor {
             &self.windows,
             PLAIN_GRACE.as_nanos() as u64,
         );
+        for lost in lost {
+            if observed.plain_lost_logged < LOGGED_LOSSES {
+                observed.plain_lost_logged += 1;
+                chaos_log(self.started, format_args!("soak: {lost}"));
+            }
+        }
         observed.plain.duplicates = self
             .clients
             .iter()

@@ -1,6 +1,12 @@
 //! The soak's own redis-server: on a free loopback port, with append-only persistence
 //! (`appendfsync always`) in a temporary directory, so the soak can restart it with its data
 //! (SIGTERM, start again: the streams survive) or without (SIGTERM, delete the files, start).
+//!
+//! The directory is on a memory file system (`/dev/shm`) when there is one: with `appendfsync
+//! always` every write waits for its `fsync`, and on a disk that other work keeps busy one
+//! took long enough (seconds) to freeze Redis past the gateways' health check — a real outage
+//! the soak would rightly report, but not one it made. What a restart keeps depends only on
+//! the files, not on the medium.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -30,7 +36,7 @@ impl RedisServer {
             .and_then(|listener| listener.local_addr())
             .context("finding a free loopback port")?
             .port();
-        let dir = std::env::temp_dir().join(format!(
+        let dir = data_parent().join(format!(
             "notify-bench-soak-redis-{}-{port}",
             std::process::id()
         ));
@@ -153,5 +159,16 @@ impl Drop for RedisServer {
         if let Err(error) = std::fs::remove_dir_all(&self.dir) {
             eprintln!("notify-bench: removing {}: {error}", self.dir.display());
         }
+    }
+}
+
+/// Where the data directories go: the memory file system when there is one, else the
+/// temporary directory.
+fn data_parent() -> PathBuf {
+    let memory = Path::new("/dev/shm");
+    if memory.is_dir() {
+        memory.to_owned()
+    } else {
+        std::env::temp_dir()
     }
 }

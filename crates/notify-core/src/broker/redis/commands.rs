@@ -1,6 +1,8 @@
-//! [`CommandConnection`]: the broker's self-healing multiplexed connection for publishes or
-//! history reads. Made on first use, every command bounded by the command timeout, and dropped
-//! (so the next command reconnects) when an error shows the link is broken.
+//! [`CommandConnection`]: the broker's self-healing multiplexed connections for publishes and
+//! for history reads (named [`connection_names::COMMANDS`] in `CLIENT LIST`). Made on first
+//! use, every command bounded by the command timeout, and dropped (so the next command
+//! reconnects) when an error shows the link is broken. They are not among the broker's links:
+//! losing one fails the commands in flight, never readiness.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -8,6 +10,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
+use super::connection_names;
 use super::error::BrokerError;
 
 /// A lazily made, shared, self-healing command connection.
@@ -17,15 +20,19 @@ pub(super) struct CommandConnection {
     timeout: Duration,
     /// The cached connection; `None` until first use and after an error that broke it.
     cached: Arc<Mutex<Option<MultiplexedConnection>>>,
+    /// How it shows in `CLIENT LIST`.
+    name: &'static str,
 }
 
 impl CommandConnection {
-    /// A connection to `client`'s server whose connects and commands each get `timeout`.
-    pub(super) fn new(client: redis::Client, timeout: Duration) -> Self {
+    /// A connection to `client`'s server whose connects and commands each get `timeout`,
+    /// named `name` in `CLIENT LIST`.
+    pub(super) fn new(client: redis::Client, timeout: Duration, name: &'static str) -> Self {
         CommandConnection {
             client,
             timeout,
             cached: Arc::new(Mutex::new(None)),
+            name,
         }
     }
 
@@ -58,7 +65,7 @@ impl CommandConnection {
         if let Some(connection) = self.lock().clone() {
             return Ok(connection);
         }
-        let connection = connect(&self.client, self.timeout, Some(self.timeout)).await?;
+        let connection = connect(&self.client, self.timeout, Some(self.timeout), self.name).await?;
         *self.lock() = Some(connection.clone());
         Ok(connection)
     }
@@ -74,12 +81,14 @@ impl CommandConnection {
     }
 }
 
-/// Opens a multiplexed connection within `timeout`. `response_timeout` bounds each reply
-/// (`None` for a connection that runs blocking commands under its own timer).
+/// Opens a multiplexed connection within `timeout` and names it `name` (see
+/// [`connection_names`]). `response_timeout` bounds each reply (`None` for a connection that
+/// runs blocking commands under its own timer).
 pub(super) async fn connect(
     client: &redis::Client,
     timeout: Duration,
     response_timeout: Option<Duration>,
+    name: &'static str,
 ) -> Result<MultiplexedConnection, BrokerError> {
     const OPERATION: &str = "connect";
     let config = redis::AsyncConnectionConfig::new()
@@ -91,7 +100,10 @@ pub(super) async fn connect(
     )
     .await
     {
-        Ok(Ok(connection)) => Ok(connection),
+        Ok(Ok(mut connection)) => {
+            connection_names::set_name(&mut connection, name, timeout).await?;
+            Ok(connection)
+        }
         Ok(Err(source)) => Err(BrokerError::from_redis(OPERATION, source)),
         Err(_) => Err(BrokerError::Timeout {
             operation: OPERATION,

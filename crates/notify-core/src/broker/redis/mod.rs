@@ -21,11 +21,13 @@
 //!   ids going backwards.
 //! - [`subscriber`]: the pub/sub loop for live messages, with its `PING` health check.
 //! - [`links`]: readiness from both links.
+//! - [`connection_names`]: how each connection shows in `CLIENT LIST`.
 //! - [`error`]: the typed [`BrokerError`].
 //! - [`tls`]: the client for a URL, `rediss://` with a private CA and a client certificate.
 //! - [`url`]: [`redact_url`], for logs.
 
 mod commands;
+pub mod connection_names;
 pub mod coverage;
 pub mod error;
 mod links;
@@ -157,8 +159,16 @@ where
         let broker = RedisBroker {
             ingest,
             retention: config.retention,
-            commands: CommandConnection::new(client.clone(), config.command_timeout),
-            replays: CommandConnection::new(client, config.command_timeout),
+            commands: CommandConnection::new(
+                client.clone(),
+                config.command_timeout,
+                connection_names::COMMANDS,
+            ),
+            replays: CommandConnection::new(
+                client,
+                config.command_timeout,
+                connection_names::REPLAYS,
+            ),
             reader,
             state,
             publish_script: publish_script(),

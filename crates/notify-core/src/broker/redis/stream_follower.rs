@@ -1,8 +1,9 @@
 //! The stream follower: the one path by which id-carrying messages reach clients, and so also
 //! the catch-up after any outage — there is no second code path to get wrong.
 //!
-//! One connection of its own waits with `XREAD BLOCK` on every served region's stream after
-//! the last id it delivered, and reads what arrived with
+//! One connection of its own (named [`connection_names::STREAMS`] in `CLIENT LIST`) waits
+//! with `XREAD BLOCK` on every served region's stream after the last id it delivered, and
+//! reads what arrived with
 //! [`READ_SCRIPT`](super::scripts::READ_SCRIPT): entries (at most [`BATCH`] per region per
 //! read) together with the facts that tell whether the stream still holds everything after
 //! that id. Each read ends one of three ways for a region:
@@ -29,6 +30,7 @@ use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::commands::connect;
+use super::connection_names;
 use super::coverage::Gap;
 use super::error::BrokerError;
 use super::links::{Link, Links};
@@ -90,7 +92,8 @@ where
     ) -> Result<std::convert::Infallible, BrokerError> {
         let timeout = self.config.command_timeout;
         // No response timeout on the driver: XREAD BLOCK runs under our own, longer timer.
-        let mut connection = connect(&self.client, timeout, None).await?;
+        let mut connection =
+            connect(&self.client, timeout, None, connection_names::STREAMS).await?;
         let regions = self.ingest.hub().regions();
         if self.positions.is_empty() {
             let start: Vec<(Region, StreamId)> = regions
