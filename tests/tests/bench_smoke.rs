@@ -169,6 +169,54 @@ async fn idle_reports_memory_and_refuses_non_loopback_targets() -> Result<()> {
     Ok(())
 }
 
+/// `send-floor` needs no gateway: it writes frames to sockets of its own sink process, from
+/// one thread and from two, and fails unless the sink received every byte.
+#[tokio::test]
+async fn send_floor_measures_both_thread_counts_and_every_byte_arrives() -> Result<()> {
+    let args = [
+        "send-floor",
+        "--clients",
+        "64",
+        "--rate",
+        "20",
+        "--duration",
+        "1s",
+        "--frame-bytes",
+        "300",
+    ]
+    .map(String::from);
+    let output = run_bench(&args).await?;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = report(&output);
+    let runs = report["runs"].as_array().expect("runs");
+    assert_eq!(
+        runs.iter()
+            .map(|run| run["threads"].as_u64())
+            .collect::<Vec<_>>(),
+        [Some(1), Some(2)],
+        "{report}"
+    );
+    for run in runs {
+        assert!(
+            run["cpu_per_send_us"].as_f64().unwrap_or(0.0) > 0.0,
+            "{report}"
+        );
+        assert!(
+            run["round_p99_ms"].as_f64().unwrap_or(0.0) > 0.0,
+            "{report}"
+        );
+    }
+    // 64 sockets x 20 rounds x 300 bytes, once per thread count.
+    assert_eq!(report["sent_bytes"], 64 * 20 * 300 * 2, "{report}");
+    assert_eq!(report["received_bytes"], report["sent_bytes"], "{report}");
+    Ok(())
+}
+
 /// `chaos` starts two gateways of its own and, while messages flow, drops clients, cuts the
 /// gateways' Redis subscriptions and restarts gateways; every client resumes with `?since=`
 /// and must still get every message of its region exactly once, in order.

@@ -51,6 +51,10 @@ pub enum Scenario {
     /// line every `--report-interval`, and a verdict on delivery, memory, descriptors,
     /// reconnects and readiness at the end.
     Soak,
+    /// Needs no gateway: writes one `--frame-bytes` frame per round to each of `--clients`
+    /// loopback sockets at `--rate` rounds/s for `--duration`, from one thread and from two —
+    /// the kernel's floor under any gateway's fan-out (CPU per send, round time p50/p99).
+    SendFloor,
 }
 
 /// Where messages are published.
@@ -280,6 +284,14 @@ pub struct Args {
     #[arg(long, env = "NOTIFY_BENCH_FD_SLACK", default_value_t = 64)]
     pub fd_slack: u64,
 
+    /// `send-floor`: size of each frame written, header included.
+    #[arg(long, env = "NOTIFY_BENCH_FRAME_BYTES", default_value_t = 300)]
+    pub frame_bytes: usize,
+
+    /// `send-floor`: run as the receiving side (started by `send-floor` itself).
+    #[arg(long, hide = true)]
+    pub floor_sink: bool,
+
     /// `chaos`: approximate length each region's stream is trimmed to on publish (the
     /// history script's `MAXLEN ~`).
     #[arg(long, env = "NOTIFY_BENCH_RETENTION", default_value_t = 10_000)]
@@ -301,7 +313,11 @@ impl Args {
         }
         if matches!(
             self.scenario,
-            Scenario::Latency | Scenario::Churn | Scenario::Chaos | Scenario::Soak
+            Scenario::Latency
+                | Scenario::Churn
+                | Scenario::Chaos
+                | Scenario::Soak
+                | Scenario::SendFloor
         ) {
             if !(self.rate > 0.0 && self.rate <= MAX_RATE) {
                 bail!("--rate must be in (0, {MAX_RATE}]");

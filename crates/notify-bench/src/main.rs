@@ -23,12 +23,14 @@
 //! - [`resuming`]: clients that reconnect with `?since=` whenever their connection ends.
 //! - [`plain`]: id-less live messages and which of them each client was owed.
 //! - [`tracker`]: exactly-once verification of a resuming client.
+//! - [`floor`]: `send-floor`, the bare cost of the kernel's sends a fan-out is made of.
 //! - [`report`]: verdicts, totals, the JSON line and the exit status, for every scenario.
 
 mod chaos;
 mod cli;
 mod client;
 mod fleet;
+mod floor;
 mod history_publisher;
 mod latency;
 mod messages;
@@ -81,6 +83,13 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     if args.scenario == Scenario::Soak {
         return run_own_processes(args, soak::run);
+    }
+    if args.scenario == Scenario::SendFloor {
+        return if args.floor_sink {
+            floor::run_sink(args.clients)
+        } else {
+            floor::run(&args)
+        };
     }
     let gateway = cli::gateway_addr(&args.gateway)?;
     if args.via == cli::Via::Redis {

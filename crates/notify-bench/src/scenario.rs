@@ -104,8 +104,8 @@ impl Bench {
             Scenario::Latency | Scenario::Churn => {
                 per_region(args.steady_messages(), args.regions.len(), 0)
             }
-            Scenario::Chaos | Scenario::Soak => {
-                bail!("chaos and soak start their own gateways; see crate::chaos")
+            Scenario::Chaos | Scenario::Soak | Scenario::SendFloor => {
+                bail!("chaos, soak and send-floor do not measure a running gateway")
             }
         };
         let log = Arc::new(MessageLog::new(&args.regions, capacity));
@@ -138,8 +138,8 @@ impl Bench {
             Scenario::Fanout => self.fanout().await,
             Scenario::Latency => self.latency().await,
             Scenario::Churn => self.churn().await,
-            Scenario::Chaos | Scenario::Soak => {
-                bail!("chaos and soak start their own gateways; see crate::chaos")
+            Scenario::Chaos | Scenario::Soak | Scenario::SendFloor => {
+                bail!("chaos, soak and send-floor do not measure a running gateway")
             }
         }
     }
