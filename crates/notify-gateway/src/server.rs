@@ -267,7 +267,7 @@ pub async fn run(
                 headers::secure(admin_router(state.clone()), &config.frame_ancestors)
                     .context("building the security headers")?;
             tracing::info!(
-                "admin: /metrics, /api/*, /healthz, /readyz on http://{}/",
+                "admin: /metrics, /ops, /api/*, /healthz, /readyz on http://{}/",
                 listener.local_addr().context("reading the admin address")?
             );
             tracker.spawn(admin::serve(listener, admin_router, app.closing.clone()));
@@ -564,7 +564,7 @@ fn public_router(state: AppState, with_operator_routes: bool) -> Router {
     router.with_state(state)
 }
 
-/// The admin port (`--admin-listen`): health checks, `/metrics` and `/api/*`.
+/// The admin port (`--admin-listen`): health checks, `/metrics`, `/ops` and `/api/*`.
 fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
