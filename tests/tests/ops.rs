@@ -369,3 +369,42 @@ async fn an_open_ops_stream_does_not_hold_up_shutdown() -> Result<()> {
     assert!(end.is_err(), "the stream went on after shutdown: {end:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn over_tls_the_key_cookie_is_marked_secure() -> Result<()> {
+    use notify_tests::certs::{CertDir, TestCa, Usage};
+    const KEY: &str = "ops-tls-key-7b2e";
+    let ca = TestCa::new("notify ops test CA")?;
+    let dir = CertDir::new()?;
+    let issued = ca.issue("gateway", 1, Usage::Server)?;
+    let (cert, key) = dir.write_pair("gateway", &issued)?;
+    let tls = ca.client_config();
+    let gateway = Gateway::start_tls(
+        &[
+            "--tls-cert",
+            &cert.to_string_lossy(),
+            "--tls-key",
+            &key.to_string_lossy(),
+            "--api-key",
+            KEY,
+            "--trusted-proxies",
+            "127.0.0.1",
+        ],
+        tls.clone(),
+    )
+    .await?;
+    install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
+        .build()?;
+    let response = client
+        .get(format!("{}/ops?key={KEY}", gateway.http_url()))
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await?;
+    assert_eq!(response.status(), 303);
+    let cookie = response.headers()["set-cookie"].to_str()?;
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    Ok(())
+}
