@@ -408,3 +408,24 @@ async fn over_tls_the_key_cookie_is_marked_secure() -> Result<()> {
     assert!(cookie.ends_with("; Secure"), "{cookie}");
     Ok(())
 }
+
+#[tokio::test]
+async fn with_an_admin_address_the_ops_page_moves_there() -> Result<()> {
+    let admin = format!("127.0.0.1:{}", notify_tests::free_port());
+    let gateway = Gateway::start(&["--admin-listen", &admin]).await?;
+    assert_eq!(gateway.get("/ops").await?.0, 404);
+    assert_eq!(gateway.get("/ops/stream").await?.0, 404);
+    let client = stream_client();
+    let page = client.get(format!("http://{admin}/ops")).send().await?;
+    assert_eq!(page.status(), 200);
+    let mut response = client
+        .get(format!("http://{admin}/ops/stream"))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let chunk = tokio::time::timeout(WAIT, response.chunk())
+        .await??
+        .context("the admin stream ended")?;
+    assert!(chunk.starts_with(b"data: {"), "{chunk:?}");
+    Ok(())
+}
