@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the tests need
-# (redis-server, Chromium) when missing, builds the binaries the end-to-end tests spawn,
+# (redis-server, Chromium, promtool) when missing, builds the binaries the end-to-end tests spawn,
 # runs the Rust tests, a short fuzzing pass and the real-browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# promtool checks deploy/prometheus/notify-alerts.yml (tests/tests/monitoring.rs).
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "== installing ${missing[*]} (Debian packages)"
   sudo=""

@@ -1,5 +1,5 @@
-//! The optional admin listener (`--admin-listen`): `/metrics`, `/api/*`, `/healthz` and
-//! `/readyz` on an address of their own, so the public port serves only browsers and load
+//! The optional admin listener (`--admin-listen`): `/metrics`, `/ops`, `/api/*`, `/healthz`
+//! and `/readyz` on an address of their own, so the public port serves only browsers and load
 //! balancers. Operators bind it to a private interface; then scrapers and publishers need no
 //! route through the public edge, and the public port answers 404 for `/metrics` and `/api/*`.
 //! (linkerd2-proxy's admin port is the model.)

@@ -32,3 +32,24 @@ pub const FILES: &[Asset] = &[
         body: include_str!("../assets/demo.js"),
     },
 ];
+
+/// The ops page, served at `GET /ops` to those allowed to see it ([`crate::ops`]).
+pub const OPS_PAGE: Asset = Asset {
+    path: "/ops",
+    content_type: "text/html; charset=utf-8",
+    body: include_str!("../assets/ops.html"),
+};
+
+/// The ops page's script and stylesheet (no numbers in them: served to anyone).
+pub const OPS_FILES: &[Asset] = &[
+    Asset {
+        path: "/ops/ops.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../assets/ops.js"),
+    },
+    Asset {
+        path: "/ops/ops.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("../assets/ops.css"),
+    },
+];

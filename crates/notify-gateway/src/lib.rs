@@ -21,6 +21,7 @@
 //! - [`proxy_protocol`]: PROXY protocol headers from trusted load balancers.
 //! - [`publish_access`]: who may publish over HTTP.
 //! - [`replay_budget`]: how many resumes replay history at once.
+//! - [`ops`]: the live ops page (`/ops`) and its once-a-second feed.
 
 pub mod admin;
 pub mod admission;
@@ -30,6 +31,7 @@ pub mod client_addr;
 pub mod config;
 pub mod handshake;
 pub mod headers;
+pub mod ops;
 pub mod proxy_protocol;
 pub mod publish_access;
 pub mod replay_budget;

@@ -264,7 +264,7 @@ const FORWARDING_HEADERS: [&str; 5] = [
 ];
 
 /// The open mode's checks: the request must look like it came from this machine directly.
-fn check_local_request(headers: &HeaderMap) -> Result<(), Rejection> {
+pub(crate) fn check_local_request(headers: &HeaderMap) -> Result<(), Rejection> {
     if FORWARDING_HEADERS
         .iter()
         .any(|name| headers.contains_key(*name))

@@ -50,6 +50,7 @@ use crate::client_addr::TrustedProxies;
 use crate::config::GatewayConfig;
 use crate::handshake::ResumeQuery;
 use crate::headers;
+use crate::ops::{self, OpsPage};
 use crate::proxy_protocol::ProxyProtocol;
 use crate::publish_access::{ApiKeys, PublishAccess, Rejection};
 use crate::replay_budget::ReplayBudget;
@@ -134,6 +135,7 @@ pub async fn run(
     let open_files = capacity::raise_open_files_limit();
     let capacity = capacity::connection_capacity(config.max_connections, open_files);
     let socket_capacity = capacity::socket_capacity(open_files);
+    telemetry::record_capacity(capacity, socket_capacity);
     tracing::info!(
         capacity,
         socket_capacity,
@@ -257,6 +259,7 @@ pub async fn run(
     let state = AppState {
         app: Arc::clone(&app),
         tracker: tracker.clone(),
+        ops: OpsPage::start(&app, tls.is_some() && config.admin_listen.is_none()),
     };
     let router = match admin_listener {
         Some(listener) => {
@@ -264,7 +267,7 @@ pub async fn run(
                 headers::secure(admin_router(state.clone()), &config.frame_ancestors)
                     .context("building the security headers")?;
             tracing::info!(
-                "admin: /metrics, /api/*, /healthz, /readyz on http://{}/",
+                "admin: /metrics, /ops, /api/*, /healthz, /readyz on http://{}/",
                 listener.local_addr().context("reading the admin address")?
             );
             tracker.spawn(admin::serve(listener, admin_router, app.closing.clone()));
@@ -561,7 +564,7 @@ fn public_router(state: AppState, with_operator_routes: bool) -> Router {
     router.with_state(state)
 }
 
-/// The admin port (`--admin-listen`): health checks, `/metrics` and `/api/*`.
+/// The admin port (`--admin-listen`): health checks, `/metrics`, `/ops` and `/api/*`.
 fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -570,7 +573,7 @@ fn admin_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `/metrics` and `/api/*`.
+/// `/metrics`, `/api/*` and `/ops`.
 fn operator_routes(state: &AppState) -> Router<AppState> {
     let body_limit = state
         .app
@@ -581,6 +584,7 @@ fn operator_routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/api/info", get(info))
+        .merge(ops::routes(state.ops.clone()))
         .route(
             "/api/publish",
             post(publish).layer(DefaultBodyLimit::max(body_limit)),
@@ -591,6 +595,8 @@ fn operator_routes(state: &AppState) -> Router<AppState> {
 struct AppState {
     app: Arc<App>,
     tracker: TaskTracker,
+    /// The live ops page, served with `/metrics`.
+    ops: OpsPage,
 }
 
 fn serve_asset(asset: &'static assets::Asset) -> Response {

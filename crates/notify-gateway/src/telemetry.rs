@@ -111,7 +111,22 @@ fn describe() {
         "notify_accept_errors_total",
         "Errors accepting TCP connections (e.g. out of file descriptors)."
     );
+    describe_gauge!(
+        "notify_connections_max",
+        "WebSocket connections this gateway accepts at most (--max-connections, capped by the open-files limit)."
+    );
+    describe_gauge!(
+        "notify_sockets_max",
+        "Client sockets of every kind this gateway holds at most (the open-files limit less a reserve)."
+    );
     describe_histogram!("notify_fanout_latency_seconds", Unit::Seconds, "Time from receipt by the gateway to the write to a client, per write batch (its oldest message).");
+}
+
+/// Publishes the caps that `notify_connections` and `notify_sockets_open` are measured
+/// against, so alerts can say "80 % full" without knowing the host's limits.
+pub fn record_capacity(connections: usize, sockets: usize) {
+    metrics::gauge!("notify_connections_max").set(connections as f64);
+    metrics::gauge!("notify_sockets_max").set(sockets as f64);
 }
 
 /// Pre-resolved metric handles for the per-connection hot path.
