@@ -104,7 +104,7 @@ impl Bench {
             Scenario::Latency | Scenario::Churn => {
                 per_region(args.steady_messages(), args.regions.len(), 0)
             }
-            Scenario::Chaos | Scenario::Soak => {
+            Scenario::Chaos | Scenario::Soak | Scenario::Scale | Scenario::ScaleWorker => {
                 bail!("chaos and soak start their own gateways; see crate::chaos")
             }
         };
@@ -138,7 +138,7 @@ impl Bench {
             Scenario::Fanout => self.fanout().await,
             Scenario::Latency => self.latency().await,
             Scenario::Churn => self.churn().await,
-            Scenario::Chaos | Scenario::Soak => {
+            Scenario::Chaos | Scenario::Soak | Scenario::Scale | Scenario::ScaleWorker => {
                 bail!("chaos and soak start their own gateways; see crate::chaos")
             }
         }
@@ -697,7 +697,7 @@ impl ChurnState {
 }
 
 /// Awaits tasks for at most `limit` in total, aborting the stragglers.
-async fn join_bounded(tasks: Vec<JoinHandle<()>>, limit: Duration) {
+pub(crate) async fn join_bounded(tasks: Vec<JoinHandle<()>>, limit: Duration) {
     let until = Instant::now() + limit;
     for task in tasks {
         let abort = task.abort_handle();
