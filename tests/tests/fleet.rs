@@ -26,8 +26,9 @@ const CLIENTS_PER_REGION: usize = 6;
 /// than `notify-publish`'s input pause (50 ms), so each round goes out as it is written.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(80);
 /// How long each gateway fails /readyz before closing its clients: above HAProxy's time to
-/// mark a node down (inter 1 s + (fall 2 - 1) × fastinter 250 ms, plus a check's duration).
-const DRAIN_DELAY: &str = "2s";
+/// mark a node down (inter 1 s + (fall 2 - 1) × fastinter 250 ms, plus a check's duration,
+/// with room for a loaded machine).
+const DRAIN_DELAY: &str = "3s";
 /// Most reconnects one client may make in the whole test (it should need about three).
 const MAX_CONNECTS: usize = 50;
 
