@@ -9,6 +9,10 @@
 #   scripts/bench.sh soak [notify-bench soak args...]
 #                                     the soak (its own redis-server and gateways), e.g.
 #                                     scripts/bench.sh soak --clients 2000 --duration 10m --fault-interval 20s
+#   scripts/bench.sh scale [notify-bench scale args...]
+#                                     more clients than one process holds: its own gateways and
+#                                     client processes on one redis-server started here, e.g.
+#                                     scripts/bench.sh scale --clients 100000 --gateways 7 --client-processes 6
 #   scripts/bench.sh run <scenario> [notify-bench args...]
 #                                     one run against a fresh gateway, e.g.
 #                                     scripts/bench.sh run latency --clients 10000 --rate 50 --duration 5s
@@ -44,7 +48,7 @@ if [ -z "$mode" ] || [ "$mode" = "-h" ] || [ "$mode" = "--help" ]; then
 fi
 shift || true
 case "$mode" in
-  quick | full | idle | fanout | latency | sweep | churn | buffers | run | soak) ;;
+  quick | full | idle | fanout | latency | sweep | churn | buffers | run | soak | scale) ;;
   *)
     echo "bench.sh: unknown mode '$mode' (see scripts/bench.sh --help)" >&2
     exit 2
@@ -291,6 +295,15 @@ case "$mode" in
     ;;
   idle | fanout | buffers | latency | sweep | churn) "group_$mode" ;;
   run) run -- "$@" ;;
+  scale)
+    # Its own gateways and client processes, on the redis-server started above; bounded by
+    # its --timeout. The JSON verdict is appended to $OUT, the summary goes to the terminal.
+    status=0
+    "$BENCH_BIN" scale --gateway-bin "$GATEWAY_BIN" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+      "$@" >"$WORK/scale.json" || status=$?
+    cat "$WORK/scale.json" >>"$OUT"
+    [ "$status" -eq 0 ] || FAILED_RUNS=$((FAILED_RUNS + 1))
+    ;;
 esac
 
 echo "== results appended to $OUT" >&2

@@ -10,6 +10,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 # promtool checks deploy/prometheus/notify-alerts.yml (tests/tests/monitoring.rs).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# The fleet test puts deploy/haproxy/haproxy.cfg in front of three gateways.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "== installing ${missing[*]} (Debian packages)"
   sudo=""

@@ -1,7 +1,8 @@
 // Shared helpers for the browser tests: start the real notify-gateway binary on a free loopback
-// port (embedded broker by default, open publishing), a throwaway redis-server, the real
-// notify-publish CLI; publish through the gateway's HTTP API, and drive the system Chromium
-// through playwright-core. Nothing here downloads a browser.
+// port (embedded broker by default, open publishing), a throwaway redis-server, HAProxy with the
+// shipped deploy/haproxy/haproxy.cfg, the real notify-publish CLI; publish through the
+// gateway's HTTP API, and drive the system Chromium through playwright-core. Nothing here
+// downloads a browser.
 
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, copyFileSync } from 'node:fs';
@@ -267,6 +268,84 @@ export class RedisServer {
   /** One inline command (e.g. `XLEN tvs:AE:stream`); resolves with the first reply line. */
   command(command) {
     return redisCommand(this.port, command);
+  }
+
+  async stop() {
+    if (!this.child) return;
+    const child = this.child;
+    this.child = null;
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await child.exitedPromise;
+  }
+}
+
+/**
+ * HAProxy with the shipped `deploy/haproxy/haproxy.cfg` in front of three gateways: the file is
+ * used unchanged, its addresses come from the environment (free loopback ports here).
+ */
+export class HaProxy {
+  constructor(port, statsPort) {
+    this.port = port;
+    this.statsPort = statsPort;
+    this.origin = `http://127.0.0.1:${port}`;
+    this.child = null;
+    this.output = '';
+  }
+
+  /** Starts HAProxy in front of `gateways` (three `Gateway`s: gateway1..3) and waits for its stats page. */
+  static async start(gateways) {
+    const bin = process.env.HAPROXY_BIN || '/usr/sbin/haproxy';
+    if (!existsSync(bin)) throw new Error(`${bin} not found (apt-get install -y haproxy) or set HAPROXY_BIN`);
+    const proxy = new HaProxy(await freePort(), await freePort());
+    const env = {
+      ...process.env,
+      NOTIFY_LB_LISTEN: `127.0.0.1:${proxy.port}`,
+      NOTIFY_LB_STATS: `127.0.0.1:${proxy.statsPort}`,
+    };
+    gateways.forEach((gateway, index) => { env[`NOTIFY_GATEWAY_${index + 1}`] = `127.0.0.1:${gateway.port}`; });
+    const config = path.join(repoRoot, 'deploy', 'haproxy', 'haproxy.cfg');
+    const child = spawn(bin, ['-db', '-f', config], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    running.add(child);
+    child.exitedPromise = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    child.exitedPromise.then(() => running.delete(child));
+    child.stdout.on('data', (chunk) => { proxy.output += chunk; });
+    child.stderr.on('data', (chunk) => { proxy.output += chunk; });
+    proxy.child = child;
+    const deadline = Date.now() + 10000;
+    while (Date.now() < deadline) {
+      if (child.exitCode !== null || child.signalCode !== null) break;
+      try {
+        await proxy.servers();
+        return proxy;
+      } catch {
+        await sleep(50);
+      }
+    }
+    throw new Error(`haproxy did not start\n--- output ---\n${proxy.output.slice(-4000)}`);
+  }
+
+  /** The `gateways` backend's servers from the stats CSV: `{ name, status, sessions }`. */
+  async servers() {
+    const csv = await (await fetch(`http://127.0.0.1:${this.statsPort}/;csv`)).text();
+    const [header, ...rows] = csv.trim().split('\n');
+    const columns = header.replace(/^# /, '').split(',');
+    const at = (name) => columns.indexOf(name);
+    return rows
+      .map((row) => row.split(','))
+      .filter((fields) => fields[at('pxname')] === 'gateways' && !['FRONTEND', 'BACKEND'].includes(fields[at('svname')]))
+      .map((fields) => ({ name: fields[at('svname')], status: fields[at('status')], sessions: Number(fields[at('stot')]) }));
+  }
+
+  /** Waits until server `name` (gateway1..3) has `status` (`UP` or `DOWN`). */
+  async waitStatus(name, status, timeoutMs = 10000) {
+    const deadline = Date.now() + timeoutMs;
+    let seen = [];
+    while (Date.now() < deadline) {
+      seen = await this.servers();
+      if (seen.some((server) => server.name === name && server.status === status)) return;
+      await sleep(50);
+    }
+    throw new Error(`haproxy: ${name} not ${status} within ${timeoutMs} ms: ${JSON.stringify(seen)}`);
   }
 
   async stop() {

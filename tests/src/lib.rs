@@ -19,8 +19,11 @@
 //! - [`certs`]: a private CA and the certificates it signs, for the TLS tests; a gateway
 //!   serving TLS is [`Gateway::start_tls`], a Redis speaking only TLS is
 //!   [`RedisServer::start_tls`].
+//! - [`haproxy`]: HAProxy with the shipped `deploy/haproxy/haproxy.cfg` in front of gateways,
+//!   and what its stats page says of each.
 
 pub mod certs;
+pub mod haproxy;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};

@@ -20,6 +20,10 @@ pub const MAX_RATE: f64 = 100_000.0;
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
 /// Highest churn rate, client replacements per second.
 pub const MAX_CHURN_RATE: f64 = 5_000.0;
+/// Most clients a `scale` run spreads over its client processes.
+pub const MAX_SCALE_CLIENTS: usize = 200_000;
+/// Most client processes a `scale` run starts.
+pub const MAX_CLIENT_PROCESSES: usize = 32;
 /// Most gateways `chaos` starts.
 pub const MAX_GATEWAYS: usize = 16;
 /// Highest `chaos` client drop rate, per second.
@@ -55,6 +59,15 @@ pub enum Scenario {
     /// loopback sockets at `--rate` rounds/s for `--duration`, from one thread and from two —
     /// the kernel's floor under any gateway's fan-out (CPU per send, round time p50/p99).
     SendFloor,
+    /// More clients than one process holds: starts its own gateways (`--gateways`) and
+    /// `--client-processes` client processes, each with its share of `--clients` spread over
+    /// every gateway; measures the fleet's RSS per idle connection, fan-out latency and Redis
+    /// CPU per message at each of `--scale-rates`, and a reconnect storm (one gateway
+    /// SIGKILLed, its clients resume with `since` on the others: time, loss, replay sources).
+    Scale,
+    /// One client process of `scale` (started by it; commands on stdin, answers on stdout).
+    #[value(hide = true)]
+    ScaleWorker,
 }
 
 /// Where messages are published.
@@ -291,6 +304,32 @@ pub struct Args {
     /// `send-floor`: run as the receiving side (started by `send-floor` itself).
     #[arg(long, hide = true)]
     pub floor_sink: bool,
+    /// `scale`: client processes to spread `--clients` over (each holds at most 19,900).
+    #[arg(long, env = "NOTIFY_BENCH_CLIENT_PROCESSES", default_value_t = 2)]
+    pub client_processes: usize,
+
+    /// `scale`: publish rates to measure fan-out at, messages per second per region, each for
+    /// `--duration`; the first one also runs during the reconnect storm.
+    #[arg(
+        long,
+        env = "NOTIFY_BENCH_SCALE_RATES",
+        value_delimiter = ',',
+        default_value = "1,10"
+    )]
+    pub scale_rates: Vec<f64>,
+
+    /// `scale-worker`: the gateways to spread clients over (`HOST:PORT,...`, loopback only).
+    #[arg(long, value_delimiter = ',', hide = true)]
+    pub targets: Vec<String>,
+
+    /// `scale-worker`: per region, the stream id clients first resume after.
+    #[arg(long, value_delimiter = ',', hide = true)]
+    pub epochs: Vec<String>,
+
+    /// `scale-worker`: the run-wide number of its first client (region and gateway are
+    /// chosen round-robin by it).
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub worker_first_client: usize,
 
     /// `chaos`: approximate length each region's stream is trimmed to on publish (the
     /// history script's `MAXLEN ~`).
@@ -304,8 +343,16 @@ impl Args {
         if self.regions.is_empty() {
             bail!("--regions: at least one region is needed");
         }
-        if self.clients == 0 || self.clients > MAX_CLIENTS {
-            bail!("--clients must be 1..={MAX_CLIENTS}");
+        let max_clients = if self.scenario == Scenario::Scale {
+            MAX_SCALE_CLIENTS
+        } else {
+            MAX_CLIENTS
+        };
+        if self.clients == 0 || self.clients > max_clients {
+            bail!("--clients must be 1..={max_clients}");
+        }
+        if self.scenario == Scenario::Scale {
+            self.validate_scale()?;
         }
         if self.scenario == Scenario::Fanout && (self.messages == 0 || self.messages > MAX_MESSAGES)
         {
@@ -318,6 +365,7 @@ impl Args {
                 | Scenario::Chaos
                 | Scenario::Soak
                 | Scenario::SendFloor
+                | Scenario::Scale
         ) {
             if !(self.rate > 0.0 && self.rate <= MAX_RATE) {
                 bail!("--rate must be in (0, {MAX_RATE}]");
@@ -339,7 +387,10 @@ impl Args {
         if self.timeout.is_zero() || self.timeout > max_timeout {
             bail!("--timeout must be in (0, {}s]", max_timeout.as_secs());
         }
-        if matches!(self.scenario, Scenario::Chaos | Scenario::Soak) {
+        if matches!(
+            self.scenario,
+            Scenario::Chaos | Scenario::Soak | Scenario::Scale
+        ) {
             self.validate_chaos()?;
         }
         if self.scenario == Scenario::Soak {
@@ -364,7 +415,7 @@ impl Args {
     /// followed by a catch-up phase).
     pub fn max_timeout(&self) -> Duration {
         match self.scenario {
-            Scenario::Chaos => MAX_DURATION * 2,
+            Scenario::Chaos | Scenario::Scale => MAX_DURATION * 2,
             Scenario::Soak => MAX_SOAK_DURATION + MAX_DURATION,
             _ => MAX_DURATION,
         }
@@ -379,10 +430,51 @@ impl Args {
         }
     }
 
-    /// The `--timeout` of a `chaos` run when none is given: start-up, the steady phase, the
-    /// catch-up phase and shutdown.
-    pub fn chaos_default_timeout(&self) -> Duration {
-        (self.duration + self.catch_up_timeout + Duration::from_secs(60)).min(self.max_timeout())
+    /// The `--timeout` of a `chaos` or `scale` run when none is given: start-up, its phases
+    /// and shutdown.
+    pub fn own_fleet_default_timeout(&self) -> Duration {
+        let phases = match self.scenario {
+            // Connecting, one phase per rate, the storm (bounded at 2 min) and shutdown.
+            Scenario::Scale => {
+                self.duration * self.scale_rates.len() as u32 + Duration::from_secs(300)
+            }
+            _ => self.duration + self.catch_up_timeout + Duration::from_secs(60),
+        };
+        phases.min(self.max_timeout())
+    }
+
+    fn validate_scale(&self) -> Result<()> {
+        if self.client_processes == 0 || self.client_processes > MAX_CLIENT_PROCESSES {
+            bail!("--client-processes must be 1..={MAX_CLIENT_PROCESSES}");
+        }
+        if self.clients.div_ceil(self.client_processes) > MAX_CLIENTS {
+            bail!(
+                "--clients {} over --client-processes {} is more than {MAX_CLIENTS} per process;                  add client processes",
+                self.clients,
+                self.client_processes
+            );
+        }
+        if self.client_processes > self.clients {
+            bail!("--client-processes must not exceed --clients");
+        }
+        // After the storm's SIGKILL the other gateways hold every client.
+        let survivors = self.gateways.saturating_sub(1).max(1);
+        if self.clients.div_ceil(survivors) > MAX_CLIENTS {
+            bail!(
+                "--clients {} on {survivors} gateways (the storm kills one of --gateways {}) is                  more than {MAX_CLIENTS} per gateway; add gateways",
+                self.clients,
+                self.gateways
+            );
+        }
+        if self.scale_rates.is_empty()
+            || self
+                .scale_rates
+                .iter()
+                .any(|rate| !(*rate > 0.0 && *rate <= 1000.0))
+        {
+            bail!("--scale-rates: one or more rates in (0, 1000] messages per second per region");
+        }
+        Ok(())
     }
 
     fn validate_soak(&self) -> Result<()> {

@@ -287,6 +287,29 @@ impl Fleet {
         ending
     }
 
+    /// SIGKILL, as a crash or an out-of-memory kill would end it: no drain, no close frames.
+    pub async fn kill(&self, node: &Node) -> String {
+        node.up.store(false, Ordering::Release);
+        let child = lock(&node.child).take();
+        let Some(mut child) = child else {
+            return "not running".into();
+        };
+        if let Some(sample) = child
+            .id()
+            .and_then(|pid| procstat::sample(&pid.to_string()).ok())
+        {
+            *lock(&node.cpu_secs_exited) += sample.cpu_secs;
+        }
+        if let Err(error) = child.start_kill() {
+            return format!("SIGKILL failed: {error}");
+        }
+        match tokio::time::timeout(EXIT_TIMEOUT, child.wait()).await {
+            Ok(Ok(status)) => status.to_string(),
+            Ok(Err(error)) => format!("wait failed: {error}"),
+            Err(_) => format!("still running {EXIT_TIMEOUT:?} after SIGKILL"),
+        }
+    }
+
     /// The value of metric `name` (the sum of its series) on `node`'s `/metrics`; 0 when
     /// the gateway exports no series of it yet.
     pub async fn metric(&self, node: &Node, name: &str) -> Result<f64> {

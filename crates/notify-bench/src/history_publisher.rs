@@ -85,7 +85,7 @@ impl HistoryPublisher {
     /// `EVALSHA` for each `(region index, notification)`, in order; returns each message's
     /// id and Redis's subscriber count. Reloads the script once if Redis lost it, and
     /// connects again once if the connection dropped (a restarted redis-server).
-    async fn send(&mut self, batch: &[(usize, Notification)]) -> Result<Vec<(String, i64)>> {
+    pub async fn send(&mut self, batch: &[(usize, Notification)]) -> Result<Vec<(String, i64)>> {
         let (mut reloaded, mut reconnected) = (false, false);
         loop {
             let mut pipe = redis::pipe();

@@ -56,6 +56,38 @@ pub fn merged() -> Histogram<u64> {
     total
 }
 
+/// Takes every thread's recordings so far, leaving them empty (one phase of a run at a time).
+pub fn take() -> Histogram<u64> {
+    let mut total = new_histogram();
+    for histogram in REGISTRY
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+    {
+        let mut histogram = histogram.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = total.add(&*histogram);
+        histogram.reset();
+    }
+    total
+}
+
+/// The non-empty buckets of `histogram` as `(value, count)`, to send to another process.
+pub fn buckets(histogram: &Histogram<u64>) -> Vec<(u64, u64)> {
+    histogram
+        .iter_recorded()
+        .map(|bucket| (bucket.value_iterated_to(), bucket.count_at_value()))
+        .collect()
+}
+
+/// A histogram holding `buckets` (from [`buckets`], of any number of processes).
+pub fn from_buckets(buckets: &[(u64, u64)]) -> Histogram<u64> {
+    let mut histogram = new_histogram();
+    for &(value, count) in buckets {
+        histogram.saturating_record_n(value, count);
+    }
+    histogram
+}
+
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Percentiles {
@@ -109,6 +141,21 @@ mod tests {
         assert!((summary.p50 - 5.0).abs() < 0.01, "{summary:?}");
         assert!((summary.max - 10.0).abs() < 0.01, "{summary:?}");
         assert!(Percentiles::of(&new_histogram()).is_none());
+    }
+
+    #[test]
+    fn buckets_carry_a_histogram_to_another_process() {
+        let mut histogram = new_histogram();
+        for micros in [100u64, 100, 2_000, 50_000] {
+            histogram.record(micros).unwrap();
+        }
+        let copy = from_buckets(&buckets(&histogram));
+        assert_eq!(copy.len(), 4);
+        assert_eq!(
+            copy.value_at_quantile(0.5),
+            histogram.value_at_quantile(0.5)
+        );
+        assert_eq!(copy.max(), histogram.max());
     }
 
     #[test]

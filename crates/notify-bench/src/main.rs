@@ -18,7 +18,10 @@
 //! - [`soak`]: runs for hours: churn, plain and id-carrying messages, every kind of fault on
 //!   a schedule, progress lines, and a verdict on delivery, memory, descriptors, reconnects
 //!   and readiness.
-//! - [`fleet`]: the gateway processes `chaos` and `soak` start, stops and restarts.
+//! - [`scale`]: more clients than one process holds: its own gateways and client
+//!   processes (re-executions of this binary), idle memory, fan-out, Redis CPU, and a
+//!   reconnect storm.
+//! - [`fleet`]: the gateway processes `chaos`, `soak` and `scale` start, stop and restart.
 //! - [`history_publisher`]: publishing id-carrying messages with the project's script.
 //! - [`resuming`]: clients that reconnect with `?since=` whenever their connection ends.
 //! - [`plain`]: id-less live messages and which of them each client was owed.
@@ -39,6 +42,7 @@ mod procstat;
 mod publish;
 mod report;
 mod resuming;
+mod scale;
 mod scenario;
 mod soak;
 mod tracker;
@@ -58,12 +62,12 @@ fn main() -> ExitCode {
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
     let matches = Args::command().get_matches();
     let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
-    // `chaos` runs a steady phase and then a catch-up phase: without an explicit --timeout
-    // its bound follows from --duration and --catch-up-timeout.
-    if args.scenario == Scenario::Chaos
+    // `chaos` runs a steady phase and then a catch-up phase, `scale` a phase per rate and a
+    // storm: without an explicit --timeout their bound follows from their phases.
+    if matches!(args.scenario, Scenario::Chaos | Scenario::Scale)
         && matches.value_source("timeout") == Some(ValueSource::DefaultValue)
     {
-        args.timeout = args.chaos_default_timeout();
+        args.timeout = args.own_fleet_default_timeout();
     }
     match run(args) {
         Ok(code) => code,
@@ -90,6 +94,13 @@ fn run(args: Args) -> Result<ExitCode> {
         } else {
             floor::run(&args)
         };
+    }
+    if args.scenario == Scenario::Scale {
+        cli::check_redis_url(&args.redis_url)?;
+        return run_own_processes(args, scale::run);
+    }
+    if args.scenario == Scenario::ScaleWorker {
+        return run_own_processes(args, scale::worker::run);
     }
     let gateway = cli::gateway_addr(&args.gateway)?;
     if args.via == cli::Via::Redis {
@@ -128,7 +139,11 @@ where
 /// backstop for the whole run (everything inside is bounded by --timeout).
 fn runtime_for(args: &Args) -> Result<(tokio::runtime::Runtime, Duration)> {
     let limit = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
-    let needed = args.clients as u64 + 64;
+    // A `scale` run's clients are in its client processes, each of which checks its share.
+    let needed = match args.scenario {
+        Scenario::Scale => 64,
+        _ => args.clients as u64 + 64,
+    };
     if limit < needed {
         anyhow::bail!(
             "--clients {} needs about {needed} open files, but the limit is {limit}",

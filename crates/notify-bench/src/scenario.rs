@@ -104,8 +104,12 @@ impl Bench {
             Scenario::Latency | Scenario::Churn => {
                 per_region(args.steady_messages(), args.regions.len(), 0)
             }
-            Scenario::Chaos | Scenario::Soak | Scenario::SendFloor => {
-                bail!("chaos, soak and send-floor do not measure a running gateway")
+            Scenario::Chaos
+            | Scenario::Soak
+            | Scenario::SendFloor
+            | Scenario::Scale
+            | Scenario::ScaleWorker => {
+                bail!("chaos, soak, scale and send-floor do not measure a running gateway")
             }
         };
         let log = Arc::new(MessageLog::new(&args.regions, capacity));
@@ -138,8 +142,12 @@ impl Bench {
             Scenario::Fanout => self.fanout().await,
             Scenario::Latency => self.latency().await,
             Scenario::Churn => self.churn().await,
-            Scenario::Chaos | Scenario::Soak | Scenario::SendFloor => {
-                bail!("chaos, soak and send-floor do not measure a running gateway")
+            Scenario::Chaos
+            | Scenario::Soak
+            | Scenario::SendFloor
+            | Scenario::Scale
+            | Scenario::ScaleWorker => {
+                bail!("chaos, soak, scale and send-floor do not measure a running gateway")
             }
         }
     }
@@ -697,7 +705,7 @@ impl ChurnState {
 }
 
 /// Awaits tasks for at most `limit` in total, aborting the stragglers.
-async fn join_bounded(tasks: Vec<JoinHandle<()>>, limit: Duration) {
+pub(crate) async fn join_bounded(tasks: Vec<JoinHandle<()>>, limit: Duration) {
     let until = Instant::now() + limit;
     for task in tasks {
         let abort = task.abort_handle();

@@ -187,6 +187,14 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_period)]
     pub drain_timeout: Duration,
 
+    /// On SIGTERM/SIGINT, time spent failing /readyz (and refusing new WebSockets with 503)
+    /// while still serving every open connection, before closing them with 1001: a load
+    /// balancer health-checking /readyz takes the node out of rotation first, so the clients it
+    /// closes reconnect to other nodes. Set it above the balancer's time to mark a node down
+    /// (HAProxy: `inter` + (`fall` - 1) × `fastinter`). 0 closes at once.
+    #[arg(long, env = "NOTIFY_DRAIN_DELAY", default_value = "0s", value_parser = parse_delay)]
+    pub drain_delay: Duration,
+
     /// Bearer key required by POST /api/publish; repeat the flag (or separate with commas) to
     /// accept several during a rotation. Without any key the API is open on a loopback listen
     /// address and disabled on any other. An empty key is refused.
@@ -387,6 +395,14 @@ fn parse_period(input: &str) -> Result<Duration, String> {
     Ok(period)
 }
 
+/// A delay flag: like [`parse_period`] but zero is allowed (no delay).
+fn parse_delay(input: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(input).map_err(|error| error.to_string())? {
+        Duration::ZERO => Ok(Duration::ZERO),
+        _ => parse_period(input),
+    }
+}
+
 /// A count or size flag within `MIN..=MAX`.
 fn count_within<const MIN: usize, const MAX: usize>(input: &str) -> Result<usize, String> {
     let value: usize = input
@@ -451,6 +467,20 @@ mod tests {
         assert!(
             GatewayConfig::try_parse_from(["notify-gateway", "--redis-client-cert", "c"]).is_err()
         );
+    }
+
+    #[test]
+    fn drain_delay_is_off_by_default_and_may_be_zero() {
+        let parse = |args: &[&str]| {
+            GatewayConfig::try_parse_from(
+                std::iter::once("notify-gateway").chain(args.iter().copied()),
+            )
+            .unwrap()
+            .drain_delay
+        };
+        assert_eq!(parse(&[]), Duration::ZERO);
+        assert_eq!(parse(&["--drain-delay", "0s"]), Duration::ZERO);
+        assert_eq!(parse(&["--drain-delay", "3s"]), Duration::from_secs(3));
     }
 
     #[test]
@@ -529,6 +559,8 @@ mod tests {
             (&["--drain-timeout", "0s"], "--drain-timeout"),
             (&["--handshake-timeout", "0s"], "--handshake-timeout"),
             (&["--handshake-timeout", "400days"], "--handshake-timeout"),
+            (&["--drain-delay", "400days"], "--drain-delay"),
+            (&["--drain-delay", "soon"], "--drain-delay"),
             (&["--queue-limit", "0"], "--queue-limit"),
             (&["--queue-limit", "18446744073709551615"], "--queue-limit"),
             (&["--max-connections", "0"], "--max-connections"),

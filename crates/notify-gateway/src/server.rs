@@ -120,8 +120,8 @@ pub struct App {
     pub draining: AtomicBool,
 }
 
-/// Runs the gateway on `listener` until `shutdown` completes, then drains: stops accepting,
-/// closes every WebSocket with 1001, and returns once all connections ended or
+/// Runs the gateway on `listener` until `shutdown` completes, then drains: fails /readyz
+/// for `--drain-delay` while still serving, stops accepting, closes every WebSocket with 1001, and returns once all connections ended or
 /// `--drain-timeout` passed.
 pub async fn run(
     listener: TcpListener,
@@ -298,12 +298,25 @@ pub async fn run(
         () = shutdown => {}
     }
 
+    app.draining.store(true, Ordering::Release);
+    if !config.drain_delay.is_zero() {
+        tracing::info!(
+            connections = app.slots.open(),
+            drain_delay = ?config.drain_delay,
+            "shutting down: failing /readyz before closing connections"
+        );
+        // Keep accepting, so health checks read the 503 and new WebSockets are refused with
+        // one instead of timing out, while open connections are served as before.
+        tokio::select! {
+            () = &mut accept => {}
+            () = tokio::time::sleep(config.drain_delay) => {}
+        }
+    }
     tracing::info!(
         connections = app.slots.open(),
         sockets = app.sockets.open(),
         "shutting down: closing every connection (1001)"
     );
-    app.draining.store(true, Ordering::Release);
     accept_stop.cancel();
     accept.await;
     app.closing.cancel();
