@@ -466,6 +466,20 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_needs_its_seed_urls() {
+        let without = GatewayConfig::try_parse_from(["notify-gateway", "--redis-cluster"]).unwrap();
+        assert_eq!(without.validate(), Err(ConfigError::ClusterWithoutRedisUrl));
+        let with = GatewayConfig::try_parse_from([
+            "notify-gateway",
+            "--redis-cluster",
+            "--redis-url",
+            "redis://h1:7000,redis://h2:7001",
+        ])
+        .unwrap();
+        assert_eq!(with.validate(), Ok(()));
+    }
+
+    #[test]
     fn empty_api_keys_are_usage_errors() {
         for value in ["", "   "] {
             let error =
