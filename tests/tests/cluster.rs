@@ -254,6 +254,42 @@ async fn notify_publish_publishes_to_the_cluster_in_order() {
     }
 }
 
+#[tokio::test]
+async fn notify_bench_fans_out_over_the_shard_channels() {
+    let (cluster, gateway) = start().await;
+    let mut command = tokio::process::Command::new(notify_tests::binary("notify-bench"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NOTIFY_") {
+            command.env_remove(&key);
+        }
+    }
+    let gateway_url = gateway.http_url();
+    let seeds = cluster.seeds_url();
+    command
+        .args(["fanout", "--gateway", &gateway_url, "--redis-url", &seeds])
+        .args(["--redis-cluster", "--clients", "16", "--messages", "80"])
+        .args(["--settle", "200ms", "--timeout", "30s"])
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("notify-bench finished")
+        .expect("notify-bench ran");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|error| {
+            panic!(
+                "no JSON report ({error}): {stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["publish"]["published"], 80, "{report}");
+    // Each SPUBLISH reached the gateway's subscription on the region's shard.
+    assert_eq!(report["publish"]["unheard"], 0, "{report}");
+    // 16 clients over the 8 regions, 10 messages each region: 2 × 10 × 8.
+    assert_eq!(report["totals"]["delivered"], 160, "{report}");
+}
+
 /// A stream id as a sortable pair; `(0, 0)` for none.
 fn id_key(id: &str) -> (u64, u64) {
     let Some((ms, seq)) = id.split_once('-') else {
