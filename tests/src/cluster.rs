@@ -1,7 +1,7 @@
 //! [`RedisCluster`]: a real Redis Cluster for the cluster tests — three primaries with one
 //! replica each, `redis-server --cluster-enabled yes` on free loopback ports below 55,536 (the
 //! cluster bus listens on port + 10,000), joined with `redis-cli --cluster create`, torn down
-//! on drop. Nodes can be killed (`SIGKILL`) to force a failover.
+//! on drop. Shards keep serving while another fails over (`cluster-require-full-coverage no`). Nodes can be killed (`SIGKILL`) to force a failover.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -53,6 +53,9 @@ impl RedisCluster {
                 .arg("--cluster-config-file")
                 .arg(cluster.dir.join(format!("nodes-{port}.conf")))
                 .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+                // The other shards keep serving while one fails over, so a test sees messages
+                // published during the failover (the gateway must catch them up).
+                .args(["--cluster-require-full-coverage", "no"])
                 .args(["--save", "", "--appendonly", "no"])
                 .arg("--dir")
                 .arg(&cluster.dir)
