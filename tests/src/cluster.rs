@@ -1,7 +1,8 @@
 //! [`RedisCluster`]: a real Redis Cluster for the cluster tests — three primaries with one
 //! replica each, `redis-server --cluster-enabled yes` on free loopback ports below 55,536 (the
 //! cluster bus listens on port + 10,000), joined with `redis-cli --cluster create`, torn down
-//! on drop. Shards keep serving while another fails over (`cluster-require-full-coverage no`). Nodes can be killed (`SIGKILL`) to force a failover.
+//! on drop. Shards keep serving while another fails over (`cluster-require-full-coverage no`).
+//! Nodes can be killed (`SIGKILL`) to force a failover, and a slot moved to another primary. Nodes can be killed (`SIGKILL`) to force a failover.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -198,6 +199,75 @@ impl RedisCluster {
             }
         }
         primaries
+    }
+
+    /// Moves the slot of `key`, with its keys, from the primary that owns it to the primary
+    /// on `to` (`CLUSTER SETSLOT … IMPORTING/MIGRATING`, `MIGRATE`, `SETSLOT … NODE` on
+    /// every primary), as a resharding does.
+    pub async fn move_slot(&self, key: &str, to: u16) -> Result<()> {
+        let from = self.primary_for(key).await?;
+        let mut source = node_client(from).get_multiplexed_async_connection().await?;
+        let mut target = node_client(to).get_multiplexed_async_connection().await?;
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut source)
+            .await?;
+        let source_id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut source)
+            .await?;
+        let target_id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut target)
+            .await?;
+        let set_slot = |state: &str, node: &str| {
+            let mut command = redis::cmd("CLUSTER");
+            command.arg("SETSLOT").arg(slot).arg(state).arg(node);
+            command
+        };
+        set_slot("IMPORTING", &source_id)
+            .query_async::<()>(&mut target)
+            .await?;
+        set_slot("MIGRATING", &target_id)
+            .query_async::<()>(&mut source)
+            .await?;
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query_async(&mut source)
+                .await?;
+            if keys.is_empty() {
+                break;
+            }
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query_async::<()>(&mut source)
+                .await?;
+        }
+        for port in [to, from] {
+            let mut connection = node_client(port).get_multiplexed_async_connection().await?;
+            set_slot("NODE", &target_id)
+                .query_async::<()>(&mut connection)
+                .await?;
+        }
+        for port in self.primaries().await {
+            if port != to && port != from {
+                let mut connection = node_client(port).get_multiplexed_async_connection().await?;
+                set_slot("NODE", &target_id)
+                    .query_async::<()>(&mut connection)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Kills the node on `port` (`SIGKILL`): its replica is promoted after

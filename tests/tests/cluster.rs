@@ -298,6 +298,61 @@ fn id_key(id: &str) -> (u64, u64) {
     (ms.parse().unwrap(), seq.parse().unwrap())
 }
 
+#[tokio::test]
+async fn a_slot_moved_to_another_shard_is_followed() {
+    let (cluster, gateway) = start().await;
+    let mut client = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            publish_api(&gateway, &seed_payload("AE", &format!("m{n}"), "t"))
+                .await
+                .unwrap(),
+        );
+    }
+    let from = cluster.primary_for("tvs:{AE}").await.unwrap();
+    let to = cluster
+        .primaries()
+        .await
+        .into_iter()
+        .find(|port| *port != from)
+        .unwrap();
+    cluster.move_slot("tvs:{AE}", to).await.unwrap();
+    assert_eq!(cluster.primary_for("tvs:{AE}:stream").await.unwrap(), to);
+    for n in 3..6 {
+        ids.push(
+            publish_api(&gateway, &seed_payload("AE", &format!("m{n}"), "t"))
+                .await
+                .unwrap(),
+        );
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let message = next_json(&mut client, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("message m{n}"));
+        assert_eq!(message["event"], "new_trending", "{message}");
+        assert_eq!(message["video_id"], format!("m{n}"));
+        assert_eq!(message["id"].as_str(), Some(id.as_str()));
+    }
+    // The stream moved with its history: the ids went on, nothing was resynced.
+    assert!(
+        ids.windows(2)
+            .all(|pair| id_key(&pair[0]) < id_key(&pair[1])),
+        "{ids:?}"
+    );
+    // The sharded subscription followed the slot to its new shard.
+    let moved = notify_tests::wait_until(Duration::from_secs(10), || async {
+        shard_subscribers(to, "tvs:{AE}").await == 1
+    })
+    .await;
+    assert!(moved, "no shard subscriber for tvs:{{AE}} on its new owner");
+    assert!(
+        gateway
+            .wait_ready_status(200, Duration::from_secs(10))
+            .await
+    );
+}
+
 /// What one region's client received: messages with their ids, and resyncs.
 #[derive(Debug, Default)]
 struct Received {
