@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::ClusterSeeds;
 use crate::backoff::Backoff;
 use crate::broker::redis::error::BrokerError;
-use crate::broker::redis::links::{Link, Links};
+use crate::broker::redis::links::{keep_up, Link, Links};
 use crate::broker::redis::wakeups::Wakeups;
 use crate::broker::redis::RedisBrokerConfig;
 use crate::ingest::Ingest;
@@ -57,23 +57,15 @@ where
 {
     /// Subscribes, delivers, subscribes again after losses, until `shutdown`.
     pub(in crate::broker::redis) async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_cap);
-        loop {
-            let lost = tokio::select! {
-                () = shutdown.cancelled() => return,
-                lost = self.subscribed(&mut backoff) => lost,
-            };
-            self.links.down(Link::Subscription);
-            tracing::warn!(error = %lost, attempt = backoff.attempts() + 1, "Redis Cluster subscription lost; subscribing again");
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-            }
-        }
+        let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_cap);
+        keep_up(&self.links, Link::Subscription, backoff, shutdown, || {
+            self.subscribed()
+        })
+        .await;
     }
 
-    /// One subscription's life: returns why it ended.
-    async fn subscribed(&self, backoff: &mut Backoff) -> BrokerError {
+    /// One subscription's life: returns why it ended, and whether it had subscribed.
+    async fn subscribed(&self) -> (BrokerError, bool) {
         let (sender, mut pushes) = mpsc::channel::<PushInfo>(PUSH_QUEUE);
         let overflowed = Arc::new(AtomicU64::new(0));
         let dropped = Arc::clone(&overflowed);
@@ -86,9 +78,8 @@ where
         let regions = self.ingest.hub().regions();
         let mut connection = match self.subscribe(queue, &regions).await {
             Ok(connection) => connection,
-            Err(error) => return error,
+            Err(error) => return (error, false),
         };
-        backoff.reset();
         self.links.up(Link::Subscription);
         tracing::info!(
             regions = regions.len(),
@@ -101,15 +92,15 @@ where
             tokio::select! {
                 push = pushes.recv() => {
                     let Some(push) = push else {
-                        return lost("receive live messages", "the push queue closed");
+                        return (lost("receive live messages", "the push queue closed"), true);
                     };
                     if let Some(error) = self.handle(push) {
-                        return error;
+                        return (error, true);
                     }
                 }
                 _ = health.tick() => {
                     if let Err(error) = self.ping_owners(&mut connection, &regions).await {
-                        return error;
+                        return (error, true);
                     }
                 }
             }
@@ -120,7 +111,10 @@ where
                     queue = PUSH_QUEUE,
                     "live messages arrived faster than they were handled"
                 );
-                return lost("receive live messages", "the push queue was full");
+                return (
+                    lost("receive live messages", "the push queue was full"),
+                    true,
+                );
             }
         }
     }
