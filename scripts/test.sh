@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# redis-cli forms the Redis Cluster of tests/tests/cluster.rs.
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 # promtool checks deploy/prometheus/notify-alerts.yml (tests/tests/monitoring.rs).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)

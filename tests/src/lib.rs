@@ -16,6 +16,8 @@
 //!   its log), with helpers for HTTP and WebSocket clients; a gateway that dies at start is
 //!   reported with its log.
 //! - [`run_publish`]: runs `notify-publish` to completion with optional stdin.
+//! - [`cluster::RedisCluster`]: a real 3-primary Redis Cluster with a replica each, for the
+//!   cluster tests.
 //! - [`certs`]: a private CA and the certificates it signs, for the TLS tests; a gateway
 //!   serving TLS is [`Gateway::start_tls`], a Redis speaking only TLS is
 //!   [`RedisServer::start_tls`].
@@ -23,6 +25,7 @@
 //!   and what its stats page says of each.
 
 pub mod certs;
+pub mod cluster;
 pub mod haproxy;
 
 use std::collections::VecDeque;

@@ -109,6 +109,12 @@ pub struct Args {
     )]
     pub redis_url: String,
 
+    /// With `--via redis`: `--redis-url` holds a Redis Cluster's seed nodes, comma-separated;
+    /// messages go out with `SPUBLISH` on each region's shard channel (`tvs:{AE}`), the path a
+    /// gateway started with `--redis-cluster` listens on.
+    #[arg(long, env = "NOTIFY_BENCH_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
     /// Publish through Redis or through the gateway's `POST /api/publish`.
     #[arg(long, value_enum, env = "NOTIFY_BENCH_VIA", default_value_t = Via::Redis)]
     pub via: Via,
@@ -602,6 +608,17 @@ pub fn gateway_addr(url: &str) -> Result<SocketAddr> {
     };
     let addr = loopback_only(&authority, "--gateway")?;
     Ok(addr)
+}
+
+/// Refuses a Redis URL (or, for a cluster, any of its comma-separated seed URLs) whose host is
+/// not loopback.
+pub fn check_redis_urls(urls: &str, cluster: bool) -> Result<()> {
+    if !cluster {
+        return check_redis_url(urls);
+    }
+    notify_core::broker::redis::split_seeds(urls)
+        .into_iter()
+        .try_for_each(check_redis_url)
 }
 
 /// Refuses a Redis URL whose host is not loopback (`unix://` sockets are local and allowed).

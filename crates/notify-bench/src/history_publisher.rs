@@ -61,7 +61,7 @@ impl HistoryPublisher {
     /// Connects and loads the script.
     pub async fn connect(args: &Args) -> Result<Self> {
         let mut connection = redis_connection(&args.redis_url).await?;
-        let script = publish_script();
+        let script = publish_script(notify_proto::KeyLayout::Single);
         load_script(&script, &mut connection).await?;
         let names = ChannelNames::new(args.channel_prefix.as_str());
         Ok(HistoryPublisher {

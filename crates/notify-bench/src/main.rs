@@ -104,7 +104,7 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     let gateway = cli::gateway_addr(&args.gateway)?;
     if args.via == cli::Via::Redis {
-        cli::check_redis_url(&args.redis_url)?;
+        cli::check_redis_urls(&args.redis_url, args.redis_cluster)?;
     }
     let (runtime, hard_limit) = runtime_for(&args)?;
     let allow_loss = args.allow_loss;

@@ -1,4 +1,5 @@
-//! Publishing the run's messages: pipelined `PUBLISH` on Redis, or `POST /api/publish` on the
+//! Publishing the run's messages: pipelined `PUBLISH` on Redis (`SPUBLISH` on each region's
+//! shard channel, one pipeline per region, on a Redis Cluster), or `POST /api/publish` on the
 //! gateway, either as fast as possible (a burst) or at a steady rate.
 //!
 //! Messages go round-robin over the regions; each region has its own sequence `0, 1, 2, ...`.
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::future::join_all;
-use notify_proto::ChannelNames;
+use notify_core::broker::redis::{RedisConnection, RedisTarget, RedisTls};
+use notify_proto::{ChannelNames, KeyLayout};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -20,10 +22,11 @@ use crate::messages::MessageLog;
 /// Where messages go.
 #[derive(Debug)]
 pub enum Publisher {
-    /// `PUBLISH {prefix}{REGION} payload` on one multiplexed connection.
+    /// `PUBLISH {prefix}{REGION} payload` on one multiplexed connection, or `SPUBLISH
+    /// {prefix}{{REGION}} payload` on a cluster connection.
     Redis {
         /// The connection.
-        connection: redis::aio::MultiplexedConnection,
+        connection: RedisConnection,
         /// Channel per region, in log order.
         channels: Vec<String>,
     },
@@ -52,17 +55,22 @@ pub struct PublishOutcome {
 }
 
 impl Publisher {
-    /// A Redis publisher on `url` with channels for `log`'s regions.
-    pub async fn redis(url: &str, prefix: &str, log: &MessageLog) -> Result<Self> {
-        let client = redis::Client::open(url).with_context(|| format!("--redis-url {url}"))?;
-        let connection = tokio::time::timeout(
-            Duration::from_secs(10),
-            client.get_multiplexed_async_connection(),
-        )
-        .await
-        .context("connecting to Redis timed out")?
-        .with_context(|| format!("connecting to Redis at {url}"))?;
-        let names = ChannelNames::new(prefix);
+    /// A Redis publisher on `url` (a cluster's seed URLs with `cluster`) with channels for
+    /// `log`'s regions.
+    pub async fn redis(url: &str, cluster: bool, prefix: &str, log: &MessageLog) -> Result<Self> {
+        let layout = if cluster {
+            KeyLayout::Cluster
+        } else {
+            KeyLayout::Single
+        };
+        let target = RedisTarget::new(url, &RedisTls::default(), layout)
+            .with_context(|| format!("--redis-url {url}"))?;
+        let timeout = Duration::from_secs(10);
+        let connection = target
+            .connect(timeout, None, None)
+            .await
+            .with_context(|| format!("connecting to Redis at {url}"))?;
+        let names = ChannelNames::new(prefix).with_layout(layout);
         Ok(Publisher::Redis {
             connection,
             channels: log
@@ -94,7 +102,7 @@ impl Publisher {
             Publisher::Redis {
                 connection,
                 channels,
-            } => {
+            } if !connection.is_cluster() => {
                 let mut pipe = redis::pipe();
                 for (region, payload) in batch {
                     pipe.cmd("PUBLISH").arg(&channels[*region]).arg(payload);
@@ -103,14 +111,33 @@ impl Publisher {
                     .await
                     .context("PUBLISH pipeline")
             }
-            Publisher::Http { client, url, key } => {
-                let mut lanes: Vec<Vec<(usize, &str)>> = Vec::new();
-                for (position, (region, payload)) in batch.iter().enumerate() {
-                    match lanes.iter_mut().find(|lane| batch[lane[0].0].0 == *region) {
-                        Some(lane) => lane.push((position, payload)),
-                        None => lanes.push(vec![(position, payload)]),
+            Publisher::Redis {
+                connection,
+                channels,
+            } => {
+                // A pipeline keeps to one slot: one per region, all at once.
+                let channels = &*channels;
+                let results = join_all(lanes(batch).into_iter().map(|lane| {
+                    let mut connection = connection.clone();
+                    async move {
+                        let mut pipe = redis::pipe();
+                        for (_, payload) in &lane {
+                            let region = batch[lane[0].0].0;
+                            pipe.cmd("SPUBLISH").arg(&channels[region]).arg(*payload);
+                        }
+                        let counts = pipe
+                            .query_async::<Vec<i64>>(&mut connection)
+                            .await
+                            .context("SPUBLISH pipeline")?;
+                        let positions = lane.iter().map(|(position, _)| *position);
+                        Ok::<_, anyhow::Error>(positions.zip(counts).collect::<Vec<_>>())
                     }
-                }
+                }))
+                .await;
+                gather(batch.len(), results)
+            }
+            Publisher::Http { client, url, key } => {
+                let lanes = lanes(batch);
                 let client = &*client;
                 let url = url.as_str();
                 let key = key.as_deref();
@@ -122,16 +149,33 @@ impl Publisher {
                     Ok::<_, anyhow::Error>(counts)
                 }))
                 .await;
-                let mut counts = vec![0; batch.len()];
-                for lane in results {
-                    for (position, count) in lane? {
-                        counts[position] = count;
-                    }
-                }
-                Ok(counts)
+                gather(batch.len(), results)
             }
         }
     }
+}
+
+/// `batch`'s messages grouped by region, each `(position in batch, payload)`, in order.
+fn lanes(batch: &[(usize, String)]) -> Vec<Vec<(usize, &str)>> {
+    let mut lanes: Vec<Vec<(usize, &str)>> = Vec::new();
+    for (position, (region, payload)) in batch.iter().enumerate() {
+        match lanes.iter_mut().find(|lane| batch[lane[0].0].0 == *region) {
+            Some(lane) => lane.push((position, payload)),
+            None => lanes.push(vec![(position, payload)]),
+        }
+    }
+    lanes
+}
+
+/// The subscriber counts of `len` messages, from each lane's `(position, count)`s.
+fn gather(len: usize, results: Vec<Result<Vec<(usize, i64)>>>) -> Result<Vec<i64>> {
+    let mut counts = vec![0; len];
+    for lane in results {
+        for (position, count) in lane? {
+            counts[position] = count;
+        }
+    }
+    Ok(counts)
 }
 
 async fn post(client: &reqwest::Client, url: &str, key: Option<&str>, body: &str) -> Result<i64> {

@@ -160,7 +160,13 @@ impl Bench {
     async fn publisher(&self) -> Result<Publisher> {
         match self.args.via {
             Via::Redis => {
-                Publisher::redis(&self.args.redis_url, &self.args.channel_prefix, &self.log).await
+                Publisher::redis(
+                    &self.args.redis_url,
+                    self.args.redis_cluster,
+                    &self.args.channel_prefix,
+                    &self.log,
+                )
+                .await
             }
             Via::Http => Publisher::http(
                 &self.gateway_url,

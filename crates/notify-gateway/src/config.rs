@@ -44,6 +44,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_REDIS_URL_FILE", value_name = "FILE", conflicts_with = "redis_url", value_parser = parse_redis_url_file)]
     pub redis_url_file: Option<String>,
 
+    /// The Redis URL names a Redis Cluster: seed nodes, comma-separated
+    /// (redis://h1:7000,redis://h2:7001). Keys are hash-tagged per region (tvs:{AE}:stream) and
+    /// live messages use sharded pub/sub.
+    #[arg(long, env = "NOTIFY_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
     /// PEM file of the CA that signed the Redis server's certificate (rediss://), instead of
     /// the system's roots.
     #[arg(long, env = "NOTIFY_REDIS_CA_CERT", value_name = "FILE")]
@@ -311,6 +317,9 @@ const MAX_PERIOD: Duration = Duration::from_secs(24 * 60 * 60);
 /// A rule between flags that their own ranges cannot express.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A cluster is reached through its seed nodes' URLs.
+    #[error("--redis-cluster needs the seed nodes in --redis-url or --redis-url-file")]
+    ClusterWithoutRedisUrl,
     /// Silence is measured between pings, so a timeout that is not longer than the ping
     /// interval would drop clients that answer every ping.
     #[error(
@@ -355,6 +364,9 @@ impl GatewayConfig {
 
     /// Checks the rules between flags (each flag's own range is checked while parsing).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.redis_cluster && self.redis_url().is_none() {
+            return Err(ConfigError::ClusterWithoutRedisUrl);
+        }
         if self.idle_timeout <= self.ping_interval {
             return Err(ConfigError::IdleTimeoutNotAbovePing {
                 idle: self.idle_timeout,
@@ -481,6 +493,20 @@ mod tests {
         assert_eq!(parse(&[]), Duration::ZERO);
         assert_eq!(parse(&["--drain-delay", "0s"]), Duration::ZERO);
         assert_eq!(parse(&["--drain-delay", "3s"]), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_cluster_needs_its_seed_urls() {
+        let without = GatewayConfig::try_parse_from(["notify-gateway", "--redis-cluster"]).unwrap();
+        assert_eq!(without.validate(), Err(ConfigError::ClusterWithoutRedisUrl));
+        let with = GatewayConfig::try_parse_from([
+            "notify-gateway",
+            "--redis-cluster",
+            "--redis-url",
+            "redis://h1:7000,redis://h2:7001",
+        ])
+        .unwrap();
+        assert_eq!(with.validate(), Ok(()));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use notify_core::broker::redis::redact_url;
 use notify_core::broker::{EmbeddedBroker, RedisBroker, RedisBrokerConfig};
 use notify_core::log_limit::RateLimitedLog;
 use notify_core::{Broker, BrokerState, Hub, Ingest};
-use notify_proto::{ChannelNames, Notification, Region};
+use notify_proto::{ChannelNames, KeyLayout, Notification, Region};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -155,7 +155,11 @@ pub async fn run(
     };
     let ingest = Arc::new(Ingest::new(
         Arc::clone(&hub),
-        ChannelNames::new(config.channel_prefix.clone()),
+        ChannelNames::new(config.channel_prefix.clone()).with_layout(if config.redis_cluster {
+            KeyLayout::Cluster
+        } else {
+            KeyLayout::Single
+        }),
         config.max_payload_bytes,
         history_capacity,
     ));
@@ -164,12 +168,13 @@ pub async fn run(
         Some(url) => {
             let mut redis_config = RedisBrokerConfig::new(url);
             redis_config.tls = config.redis_tls();
+            redis_config.cluster = config.redis_cluster;
             redis_config.retention = config.history_retention;
             redis_config.ping_interval = config.redis_ping_interval;
             let (broker, _task) =
                 RedisBroker::start(redis_config, Arc::clone(&ingest), broker_shutdown.clone())
                     .context("starting the Redis broker")?;
-            tracing::info!(redis = %redact_url(url), "broker: Redis");
+            tracing::info!(redis = %redact_url(url), cluster = config.redis_cluster, "broker: Redis");
             Broker::Redis(Box::new(broker))
         }
         None => {

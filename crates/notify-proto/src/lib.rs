@@ -24,7 +24,7 @@ pub mod region;
 pub mod stream_id;
 pub mod strict_json;
 
-pub use channel::{ChannelNames, DEFAULT_CHANNEL_PREFIX};
+pub use channel::{ChannelNames, KeyLayout, DEFAULT_CHANNEL_PREFIX};
 pub use control::ControlMessage;
 pub use notification::{Notification, PayloadError, DEFAULT_MAX_PAYLOAD_BYTES, EVENT_NEW_TRENDING};
 pub use region::{Region, RegionError, SEED_REGIONS};

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use notify_core::broker::redis::redact_url;
-use notify_core::broker::redis::RedisTls;
+use notify_core::broker::redis::{split_seeds, RedisTls};
+use notify_proto::KeyLayout;
 
 use crate::input::FlagFields;
 use crate::output::Format;
@@ -90,6 +91,12 @@ pub struct Cli {
     /// command line nor in the environment; instead of --redis-url
     #[arg(long, env = "NOTIFY_REDIS_URL_FILE", value_name = "FILE", conflicts_with = "redis_url", value_parser = parse_redis_url_file)]
     pub redis_url_file: Option<String>,
+
+    /// --redis-url names a Redis Cluster: seed nodes, comma-separated
+    /// (redis://h1:7000,redis://h2:7001); keys are hash-tagged per region and messages go out
+    /// with SPUBLISH (ignored with --gateway-url)
+    #[arg(long, env = "NOTIFY_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
 
     /// PEM file of the CA that signed the Redis server's certificate (rediss://), instead of
     /// the system's roots
@@ -207,7 +214,13 @@ impl Cli {
     /// always redacted) and a key variable that is set but empty (never taken as "no key").
     /// `env` reads an environment variable.
     pub fn check(&self, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<(), String> {
-        check_redis_url(self.redis_url())?;
+        if self.redis_cluster {
+            split_seeds(self.redis_url())
+                .into_iter()
+                .try_for_each(check_redis_url)?;
+        } else {
+            check_redis_url(self.redis_url())?;
+        }
         if let Some(url) = &self.gateway_url {
             check_gateway_url(url)?;
         }
@@ -232,6 +245,15 @@ impl Cli {
         self.api_key
             .as_deref()
             .or(self.api_key_from_file.as_deref())
+    }
+
+    /// The key names of the Redis given: hash-tagged for a cluster.
+    pub fn key_layout(&self) -> KeyLayout {
+        if self.redis_cluster {
+            KeyLayout::Cluster
+        } else {
+            KeyLayout::Single
+        }
     }
 
     /// The TLS files for a rediss:// URL.

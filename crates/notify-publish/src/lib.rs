@@ -113,6 +113,7 @@ async fn connect(cli: &Cli) -> Result<Sink, PublishError> {
             RedisSink::connect(
                 cli.redis_url(),
                 &cli.redis_tls(),
+                cli.key_layout(),
                 &cli.channel_prefix,
                 cli.retention,
                 cli.timeout,

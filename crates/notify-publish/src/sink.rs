@@ -17,12 +17,12 @@
 use std::path::Path;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use futures_util::stream::{self, StreamExt};
 use notify_core::broker::redis::redact_url;
 use notify_core::broker::redis::{publish_command, publish_script};
-use notify_core::broker::redis::{redis_client, RedisTls};
-use notify_proto::{ChannelNames, Notification};
-use redis::aio::MultiplexedConnection;
+use notify_core::broker::redis::{BrokerError, RedisConnection, RedisTarget, RedisTls};
+use notify_proto::{ChannelNames, KeyLayout, Notification};
 use serde::Deserialize;
 
 use crate::exit;
@@ -146,10 +146,11 @@ pub enum Destination {
     Gateway(String),
 }
 
-/// Redis pub/sub over one multiplexed connection.
+/// Redis pub/sub over one multiplexed connection, or over one cluster connection (one
+/// pipeline per region, each sent to the shard that owns the region).
 #[derive(Debug)]
 pub struct RedisSink {
-    connection: MultiplexedConnection,
+    connection: RedisConnection,
     names: ChannelNames,
     script: redis::Script,
     retention: usize,
@@ -158,36 +159,29 @@ pub struct RedisSink {
 }
 
 impl RedisSink {
-    /// Connects to `url`, with `tls` for `rediss://` (connect and reply timeouts = `timeout`).
-    /// The publish script is loaded once here, so pipelines can use `EVALSHA`.
+    /// Connects to `url` (a cluster's comma-separated seed URLs with `layout`
+    /// [`KeyLayout::Cluster`]), with `tls` for `rediss://` (connect and reply timeouts =
+    /// `timeout`). The publish script is loaded once here (on every primary of a cluster), so
+    /// pipelines can use `EVALSHA`.
     pub async fn connect(
         url: &str,
         tls: &RedisTls,
+        layout: KeyLayout,
         channel_prefix: &str,
         retention: usize,
         timeout: Duration,
     ) -> Result<Self, PublishError> {
         let target = format!("Redis at {}", redact_url(url));
         // Its errors mask the URL's password already.
-        let client =
-            redis_client(url, tls).map_err(|error| PublishError::Failed(error.to_string()))?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        // The crate's own timeout covers connect; this one also covers AUTH/HELLO on a server
-        // that accepts TCP but never answers.
-        let connection = tokio::time::timeout(
-            timeout + Duration::from_millis(100),
-            client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| PublishError::Unavailable {
-            target: target.clone(),
-            reason: no_answer(timeout),
-        })?
-        .map_err(|error| classify_redis(&target, timeout, &error))?;
-        let mut connection = connection;
-        let script = publish_script();
+        let redis = RedisTarget::new(url, tls, layout)
+            .map_err(|error| PublishError::Failed(error.to_string()))?;
+        // The target's own timeout covers connect, AUTH and HELLO on a server that accepts
+        // TCP but never answers.
+        let mut connection = redis
+            .connect(timeout, Some(timeout), None)
+            .await
+            .map_err(|error| classify_broker(&target, timeout, &error))?;
+        let script = publish_script(layout);
         script
             .prepare_invoke()
             .load_async(&mut connection)
@@ -195,7 +189,7 @@ impl RedisSink {
             .map_err(|error| classify_redis(&target, timeout, &error))?;
         Ok(RedisSink {
             connection,
-            names: ChannelNames::new(channel_prefix),
+            names: ChannelNames::new(channel_prefix).with_layout(layout),
             script,
             retention,
             target,
@@ -209,35 +203,13 @@ impl RedisSink {
         mut report: impl FnMut(usize, Result<Delivery, PublishError>),
     ) -> Result<(), PublishError> {
         for (chunk_index, chunk) in batch.chunks(REDIS_PIPELINE_CHUNK).enumerate() {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for notification in chunk {
-                add_redis_publish(
-                    &mut pipe,
-                    &self.script,
-                    &self.names,
-                    self.retention,
-                    notification,
-                );
-            }
-            let replies: Vec<redis::RedisResult<redis::Value>> = pipe
-                .query_async(&mut self.connection)
-                .await
-                .map_err(|error| classify_redis(&self.target, self.timeout, &error))?;
-            if replies.len() != chunk.len() {
-                return Err(PublishError::Unavailable {
-                    target: self.target.clone(),
-                    reason: format!(
-                        "{} replies to a pipeline of {} commands",
-                        replies.len(),
-                        chunk.len()
-                    ),
-                });
-            }
+            let replies = self.send_chunk(chunk).await;
             for (offset, reply) in replies.into_iter().enumerate() {
                 let result = match reply {
-                    Ok(value) => read_redis_reply(value).map_err(PublishError::Failed),
-                    Err(error) => Err(classify_redis(&self.target, self.timeout, &error)),
+                    Ok(Ok(value)) => read_redis_reply(value).map_err(PublishError::Failed),
+                    Ok(Err(error)) => Err(classify_redis(&self.target, self.timeout, &error)),
+                    // The whole pipeline failed: nothing from here on is confirmed.
+                    Err(error) => return Err(error),
                 };
                 report_result(
                     &mut report,
@@ -247,6 +219,79 @@ impl RedisSink {
             }
         }
         Ok(())
+    }
+
+    /// Sends one chunk and returns each message's reply, in input order: the outer error is
+    /// its pipeline's failure. One pipeline on one Redis; in a cluster one per region (a
+    /// pipeline keeps to one slot), all at once, so each region's messages keep their order.
+    async fn send_chunk(
+        &self,
+        chunk: &[&Notification],
+    ) -> Vec<Result<redis::RedisResult<redis::Value>, PublishError>> {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        if self.connection.is_cluster() {
+            let mut by_region: Vec<(notify_proto::Region, Vec<usize>)> = Vec::new();
+            for (index, notification) in chunk.iter().enumerate() {
+                match by_region
+                    .iter_mut()
+                    .find(|(region, _)| *region == notification.region)
+                {
+                    Some((_, indexes)) => indexes.push(index),
+                    None => by_region.push((notification.region, vec![index])),
+                }
+            }
+            groups.extend(by_region.into_iter().map(|(_, indexes)| indexes));
+        } else {
+            groups.push((0..chunk.len()).collect());
+        }
+        let pipelines = groups.iter().map(|indexes| {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &index in indexes {
+                add_redis_publish(
+                    &mut pipe,
+                    &self.script,
+                    &self.names,
+                    self.retention,
+                    chunk[index],
+                );
+            }
+            let mut connection = self.connection.clone();
+            async move {
+                let replies: Vec<redis::RedisResult<redis::Value>> = pipe
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(|error| classify_redis(&self.target, self.timeout, &error))?;
+                if replies.len() != indexes.len() {
+                    return Err(PublishError::Unavailable {
+                        target: self.target.clone(),
+                        reason: format!(
+                            "{} replies to a pipeline of {} commands",
+                            replies.len(),
+                            indexes.len()
+                        ),
+                    });
+                }
+                Ok(replies)
+            }
+        });
+        let mut replies: Vec<Option<Result<redis::RedisResult<redis::Value>, PublishError>>> =
+            (0..chunk.len()).map(|_| None).collect();
+        for (indexes, result) in groups.iter().zip(join_all(pipelines).await) {
+            match result {
+                Ok(group) => {
+                    for (&index, reply) in indexes.iter().zip(group) {
+                        replies[index] = Some(Ok(reply));
+                    }
+                }
+                Err(error) => {
+                    for &index in indexes {
+                        replies[index] = Some(Err(error.clone()));
+                    }
+                }
+            }
+        }
+        replies.into_iter().flatten().collect()
     }
 }
 
@@ -291,6 +336,21 @@ fn no_answer(timeout: Duration) -> String {
         "no answer within {} (--timeout)",
         humantime::format_duration(timeout)
     )
+}
+
+/// Classifies a failure to connect: a timeout is unavailability, a driver error as
+/// [`classify_redis`] says.
+fn classify_broker(target: &str, timeout: Duration, error: &BrokerError) -> PublishError {
+    match error {
+        BrokerError::Timeout { .. } => PublishError::Unavailable {
+            target: target.to_owned(),
+            reason: no_answer(timeout),
+        },
+        BrokerError::Unavailable { source, .. } | BrokerError::BadReply { source, .. } => {
+            classify_redis(target, timeout, source)
+        }
+        other => PublishError::Failed(format!("{target}: {other}")),
+    }
 }
 
 fn classify_redis(target: &str, timeout: Duration, error: &redis::RedisError) -> PublishError {

@@ -1,5 +1,6 @@
-//! [`CommandConnection`]: the broker's self-healing multiplexed connections for publishes and
-//! for history reads (named [`connection_names::COMMANDS`] in `CLIENT LIST`). Made on first
+//! [`CommandConnection`]: the broker's self-healing connections for publishes and for history
+//! reads (named [`super::connection_names::COMMANDS`] and `REPLAYS` in `CLIENT LIST`; in a
+//! cluster, one cluster connection each, routed by slot). Made on first
 //! use, every command bounded by the command timeout, and dropped (so the next command
 //! reconnects) when an error shows the link is broken. They are not among the broker's links:
 //! losing one fails the commands in flight, never readiness.
@@ -8,28 +9,27 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-
-use super::connection_names;
+use super::connection::RedisConnection;
 use super::error::BrokerError;
+use super::target::RedisTarget;
 
 /// A lazily made, shared, self-healing command connection.
 #[derive(Debug, Clone)]
 pub(super) struct CommandConnection {
-    client: redis::Client,
+    target: RedisTarget,
     timeout: Duration,
     /// The cached connection; `None` until first use and after an error that broke it.
-    cached: Arc<Mutex<Option<MultiplexedConnection>>>,
+    cached: Arc<Mutex<Option<RedisConnection>>>,
     /// How it shows in `CLIENT LIST`.
     name: &'static str,
 }
 
 impl CommandConnection {
-    /// A connection to `client`'s server whose connects and commands each get `timeout`,
-    /// named `name` in `CLIENT LIST`.
-    pub(super) fn new(client: redis::Client, timeout: Duration, name: &'static str) -> Self {
+    /// A connection to `target` whose connects and commands each get `timeout`, named `name`
+    /// in `CLIENT LIST`.
+    pub(super) fn new(target: RedisTarget, timeout: Duration, name: &'static str) -> Self {
         CommandConnection {
-            client,
+            target,
             timeout,
             cached: Arc::new(Mutex::new(None)),
             name,
@@ -43,7 +43,7 @@ impl CommandConnection {
         run: F,
     ) -> Result<R, BrokerError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(RedisConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<R>>,
     {
         let connection = self.connection().await?;
@@ -61,11 +61,14 @@ impl CommandConnection {
         Err(result)
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+    async fn connection(&self) -> Result<RedisConnection, BrokerError> {
         if let Some(connection) = self.lock().clone() {
             return Ok(connection);
         }
-        let connection = connect(&self.client, self.timeout, Some(self.timeout), self.name).await?;
+        let connection = self
+            .target
+            .connect(self.timeout, Some(self.timeout), Some(self.name))
+            .await?;
         *self.lock() = Some(connection.clone());
         Ok(connection)
     }
@@ -74,40 +77,9 @@ impl CommandConnection {
         *self.lock() = None;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<RedisConnection>> {
         self.cached
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// Opens a multiplexed connection within `timeout` and names it `name` (see
-/// [`connection_names`]). `response_timeout` bounds each reply (`None` for a connection that
-/// runs blocking commands under its own timer).
-pub(super) async fn connect(
-    client: &redis::Client,
-    timeout: Duration,
-    response_timeout: Option<Duration>,
-    name: &'static str,
-) -> Result<MultiplexedConnection, BrokerError> {
-    const OPERATION: &str = "connect";
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(response_timeout);
-    match tokio::time::timeout(
-        timeout,
-        client.get_multiplexed_async_connection_with_config(&config),
-    )
-    .await
-    {
-        Ok(Ok(mut connection)) => {
-            connection_names::set_name(&mut connection, name, timeout).await?;
-            Ok(connection)
-        }
-        Ok(Err(source)) => Err(BrokerError::from_redis(OPERATION, source)),
-        Err(_) => Err(BrokerError::Timeout {
-            operation: OPERATION,
-            after: timeout,
-        }),
     }
 }

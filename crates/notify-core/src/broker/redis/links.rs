@@ -2,11 +2,16 @@
 //! (live messages) and the stream follower (id-carrying messages, catch-up) — as `/readyz`
 //! and `notify_broker_ready` report it. Ready only while both are up; every fall from ready
 //! counts once in `notify_broker_reconnects_total`, however many links it took down.
+//! [`keep_up`] is the reconnect loop the subscriptions share.
 
+use std::future::Future;
 use std::sync::Mutex;
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
+use super::error::BrokerError;
+use crate::backoff::Backoff;
 use crate::broker::BrokerState;
 
 /// One of the broker's Redis links.
@@ -30,6 +35,37 @@ impl Link {
         match self {
             Link::Subscription => "subscription",
             Link::Streams => "streams",
+        }
+    }
+}
+
+/// Runs one life of `link` after another until `shutdown`: `life` makes the link, uses it,
+/// and returns why it ended and whether it had come up. After each loss the link is marked
+/// down, the cause is logged, and the next life starts after `backoff`'s delay (reset when the
+/// link had come up).
+pub(super) async fn keep_up<F, Fut>(
+    links: &Links,
+    link: Link,
+    mut backoff: Backoff,
+    shutdown: CancellationToken,
+    mut life: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = (BrokerError, bool)>,
+{
+    loop {
+        let (lost, came_up) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            ended = life() => ended,
+        };
+        if came_up {
+            backoff.reset();
+        }
+        links.down(link);
+        tracing::warn!(error = %lost, attempt = backoff.attempts() + 1, link = link.as_str(), "Redis subscription lost; subscribing again");
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
 }

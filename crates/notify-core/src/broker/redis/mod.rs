@@ -11,6 +11,8 @@
 //! The high-water mark and the history only ever move on stream-issued ids.
 //!
 //! # Layout
+//! - [`target`]: one Redis or a cluster ([`cluster`]: seeds, the sharded subscription), and
+//!   how connections to it are made; [`connection`]: a connection to either.
 //! - [`scripts`]: the Lua scripts (publish; read streams with coverage facts).
 //! - [`publisher`]: publish commands for one notification.
 //! - [`commands`]: the self-healing command connections: one for publishes, one for replays'
@@ -19,14 +21,18 @@
 //! - [`coverage`]: whether a stream still holds everything after an id.
 //! - [`stream_follower`]: the `XREAD BLOCK` loop delivering stream entries; catch-up, gaps,
 //!   ids going backwards.
-//! - [`subscriber`]: the pub/sub loop for live messages, with its `PING` health check.
+//! - [`subscriber`]: the pub/sub loop for live messages, with its `PING` health check (one
+//!   Redis; a cluster's is [`cluster::subscriber`]).
+//! - [`wakeups`]: in a cluster, which regions' shards published (wakes the follower).
 //! - [`links`]: readiness from both links.
 //! - [`connection_names`]: how each connection shows in `CLIENT LIST`.
 //! - [`error`]: the typed [`BrokerError`].
 //! - [`tls`]: the client for a URL, `rediss://` with a private CA and a client certificate.
 //! - [`url`]: [`redact_url`], for logs.
 
+pub mod cluster;
 mod commands;
+pub mod connection;
 pub mod connection_names;
 pub mod coverage;
 pub mod error;
@@ -36,30 +42,37 @@ pub mod scripts;
 mod stream_follower;
 mod stream_reader;
 mod subscriber;
+pub mod target;
 pub mod tls;
 pub mod url;
+mod wakeups;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify_proto::{Notification, Region, StreamId};
+use notify_proto::{KeyLayout, Notification, Region, StreamId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use self::cluster::ClusterSeeds;
+pub use self::connection::RedisConnection;
 pub use self::error::BrokerError;
 pub use self::publisher::publish_command;
-pub use self::scripts::{publish_script, PUBLISH_SCRIPT, READ_SCRIPT};
+pub use self::scripts::{publish_script, PUBLISH_SCRIPT, READ_SCRIPT, SHARDED_PUBLISH_SCRIPT};
+pub use self::target::RedisTarget;
 pub use self::tls::{redis_client, ClientIdentity, RedisTls};
-pub use self::url::{read_url_file, redact_url, UrlFileError};
+pub use self::url::{read_url_file, redact_url, split_seeds, UrlFileError};
 
+use self::cluster::subscriber::ShardedSubscriber;
 use self::commands::CommandConnection;
 use self::coverage::Gap;
 use self::links::Links;
 use self::stream_follower::StreamFollower;
 use self::stream_reader::StreamReader;
 use self::subscriber::Subscriber;
+use self::wakeups::Wakeups;
 use super::replay::{ReplayCursor, ReplayStep};
 use super::{BrokerState, PublishReceipt, ResumeSource};
 use crate::ingest::Ingest;
@@ -76,8 +89,11 @@ pub const DEFAULT_RETENTION: usize = 10_000;
 /// Settings for [`RedisBroker::start`].
 #[derive(Debug, Clone)]
 pub struct RedisBrokerConfig {
-    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (see [`tls`](Self::tls)).
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (see [`tls`](Self::tls));
+    /// for a cluster, the seed nodes' URLs, comma-separated.
     pub url: String,
+    /// Whether `url` names a Redis Cluster (hash-tagged names, sharded pub/sub).
+    pub cluster: bool,
     /// Limit for connecting and for each command.
     pub command_timeout: Duration,
     /// First reconnect delay.
@@ -98,6 +114,7 @@ impl RedisBrokerConfig {
     pub fn new(url: impl Into<String>) -> Self {
         RedisBrokerConfig {
             url: url.into(),
+            cluster: false,
             command_timeout: Duration::from_secs(2),
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(5),
@@ -127,7 +144,9 @@ impl<T> RedisBroker<T>
 where
     T: From<String> + Clone + Send + Sync + 'static,
 {
-    /// Validates the URL and spawns the subscriber and the stream follower feeding `ingest`.
+    /// Validates the URL and spawns the subscriber and the stream follower feeding `ingest`
+    /// (whose [`ChannelNames`](notify_proto::ChannelNames) must follow the same layout:
+    /// hash-tagged with `config.cluster`).
     /// Returns at once; the state is [`BrokerState::Connecting`] until both links are up. The
     /// task ends when `shutdown` is cancelled.
     pub fn start(
@@ -135,43 +154,71 @@ where
         ingest: Arc<Ingest<T>>,
         shutdown: CancellationToken,
     ) -> Result<(Self, JoinHandle<()>), BrokerError> {
-        let client = redis_client(&config.url, &config.tls)?;
+        let layout = if config.cluster {
+            KeyLayout::Cluster
+        } else {
+            KeyLayout::Single
+        };
+        debug_assert_eq!(
+            ingest.channels().layout(),
+            layout,
+            "names and target disagree"
+        );
+        let target = RedisTarget::new(&config.url, &config.tls, layout)?;
         let (links, state) = Links::new();
         let links = Arc::new(links);
         let reader = StreamReader::new(Arc::clone(&ingest));
-        let subscriber = Subscriber {
-            client: client.clone(),
-            config: config.clone(),
-            ingest: Arc::clone(&ingest),
-            links: Arc::clone(&links),
-        };
+        let wakeups = Arc::new(Wakeups::default());
         let follower = StreamFollower {
-            client: client.clone(),
+            target: target.clone(),
             config: config.clone(),
+            wakeups: Arc::clone(&wakeups),
             ingest: Arc::clone(&ingest),
             reader: reader.clone(),
-            links,
+            links: Arc::clone(&links),
             positions: HashMap::new(),
         };
-        let task = tokio::spawn(async move {
-            tokio::join!(subscriber.run(shutdown.clone()), follower.run(shutdown));
-        });
+        let task = match &target {
+            RedisTarget::Single(client) => {
+                let subscriber = Subscriber {
+                    client: client.clone(),
+                    config: config.clone(),
+                    ingest: Arc::clone(&ingest),
+                    links,
+                };
+                tokio::spawn(async move {
+                    tokio::join!(subscriber.run(shutdown.clone()), follower.run(shutdown));
+                })
+            }
+            RedisTarget::Cluster(seeds) => {
+                let subscriber = ShardedSubscriber {
+                    seeds: seeds.clone(),
+                    config: config.clone(),
+                    ingest: Arc::clone(&ingest),
+                    links,
+                    wakeups,
+                };
+                tokio::spawn(async move {
+                    tokio::join!(subscriber.run(shutdown.clone()), follower.run(shutdown));
+                })
+            }
+        };
         let broker = RedisBroker {
             ingest,
             retention: config.retention,
             commands: CommandConnection::new(
-                client.clone(),
+                target.clone(),
                 config.command_timeout,
                 connection_names::COMMANDS,
             ),
             replays: CommandConnection::new(
-                client,
+                target,
                 config.command_timeout,
                 connection_names::REPLAYS,
             ),
             reader,
             state,
-            publish_script: publish_script(),
+            publish_script: publish_script(layout),
         };
         Ok((broker, task))
     }

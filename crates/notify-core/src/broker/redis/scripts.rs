@@ -1,6 +1,8 @@
 //! The Lua scripts the broker runs in Redis, in one place: what each reads and writes is the
 //! contract between publishers and gateways (see `docs/PROTOCOL.md`).
 
+use notify_proto::KeyLayout;
+
 /// Atomically records a notification in its region's stream and publishes it with its id.
 ///
 /// `KEYS[1]` stream key; `ARGV[1]` channel; `ARGV[2]` the notification as a JSON object
@@ -9,6 +11,15 @@ pub const PUBLISH_SCRIPT: &str = r#"
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'payload', ARGV[2])
 local message = '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2)
 return {id, redis.call('PUBLISH', ARGV[1], message)}
+"#;
+
+/// [`PUBLISH_SCRIPT`] for a Redis Cluster: the same, with `SPUBLISH` to the region's shard
+/// channel (`ARGV[1]`, in the stream's slot), so only the shard owning the region sends it.
+/// Returns `{id, subscribers on that shard}`.
+pub const SHARDED_PUBLISH_SCRIPT: &str = r#"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'payload', ARGV[2])
+local message = '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2)
+return {id, redis.call('SPUBLISH', ARGV[1], message)}
 "#;
 
 /// Reads streams after given ids, with the facts needed to tell whether anything after each id
@@ -47,9 +58,13 @@ end
 return result
 "#;
 
-/// [`PUBLISH_SCRIPT`] as a [`redis::Script`].
-pub fn publish_script() -> redis::Script {
-    redis::Script::new(PUBLISH_SCRIPT)
+/// The publish script for `layout` ([`PUBLISH_SCRIPT`], or [`SHARDED_PUBLISH_SCRIPT`] in a
+/// cluster) as a [`redis::Script`].
+pub fn publish_script(layout: KeyLayout) -> redis::Script {
+    redis::Script::new(match layout {
+        KeyLayout::Single => PUBLISH_SCRIPT,
+        KeyLayout::Cluster => SHARDED_PUBLISH_SCRIPT,
+    })
 }
 
 /// [`READ_SCRIPT`] as a [`redis::Script`].

@@ -14,6 +14,11 @@
 //!   clients get a `resync`, the mark and the history are reset, and the new stream is
 //!   delivered from its start.
 //!
+//! In a Redis Cluster the streams are in different slots, so there is no one `XREAD` over
+//! them all: the follower waits instead for the sharded subscription to report a region's
+//! message ([`Wakeups`]), or for [`BLOCK`], and reads with one call per region (see
+//! [`super::cluster`]). Everything else is the same code.
+//!
 //! The block timeout ([`BLOCK`]) bounds how long the loop sleeps: at least once per block
 //! period it reads every region (which notices a stream that started over even when nothing
 //! new arrives, and however busy another region keeps the loop) and
@@ -26,15 +31,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notify_proto::{ControlMessage, Region, StreamId};
-use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
-use super::commands::connect;
+use super::connection::RedisConnection;
 use super::connection_names;
 use super::coverage::Gap;
 use super::error::BrokerError;
 use super::links::{Link, Links};
 use super::stream_reader::{RegionRead, StreamReader};
+use super::target::RedisTarget;
+use super::wakeups::Wakeups;
 use super::RedisBrokerConfig;
 use crate::backoff::Backoff;
 use crate::ingest::Ingest;
@@ -47,8 +53,10 @@ pub const BLOCK: Duration = Duration::from_millis(1000);
 
 /// The follower task's state.
 pub(super) struct StreamFollower<T> {
-    pub(super) client: redis::Client,
+    pub(super) target: RedisTarget,
     pub(super) config: RedisBrokerConfig,
+    /// In a cluster: the regions whose shard published since the last wait.
+    pub(super) wakeups: Arc<Wakeups>,
     pub(super) ingest: Arc<Ingest<T>>,
     pub(super) reader: StreamReader<T>,
     pub(super) links: Arc<Links>,
@@ -92,8 +100,10 @@ where
     ) -> Result<std::convert::Infallible, BrokerError> {
         let timeout = self.config.command_timeout;
         // No response timeout on the driver: XREAD BLOCK runs under our own, longer timer.
-        let mut connection =
-            connect(&self.client, timeout, None, connection_names::STREAMS).await?;
+        let mut connection = self
+            .target
+            .connect(timeout, None, Some(connection_names::STREAMS))
+            .await?;
         let regions = self.ingest.hub().regions();
         if self.positions.is_empty() {
             let start: Vec<(Region, StreamId)> = regions
@@ -129,14 +139,17 @@ where
     }
 
     /// Waits up to [`BLOCK`] for a new entry in any region's stream; returns the regions that
-    /// have one (none on timeout).
+    /// have one (none on timeout). In a cluster: for the subscription's wakeups.
     async fn wait(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut RedisConnection,
         regions: &[Region],
         keys: &HashMap<String, Region>,
     ) -> Result<Vec<Region>, BrokerError> {
         const OPERATION: &str = "XREAD BLOCK the streams";
+        if connection.is_cluster() {
+            return Ok(self.wakeups.wait(BLOCK).await);
+        }
         let mut command = redis::cmd("XREAD");
         command
             .arg("COUNT")
@@ -174,7 +187,7 @@ where
     /// says; then settles the live messages held for them.
     async fn catch_up(
         &mut self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut RedisConnection,
         regions: &[Region],
     ) -> Result<(), BrokerError> {
         let started = Instant::now();
@@ -254,7 +267,7 @@ where
 
     async fn read(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut RedisConnection,
         positions: &[(Region, StreamId)],
         limit: usize,
     ) -> Result<Vec<RegionRead<T>>, BrokerError> {

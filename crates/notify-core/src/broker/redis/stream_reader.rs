@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::future::try_join_all;
 use notify_proto::{Notification, Region, StreamId};
-use redis::aio::MultiplexedConnection;
 
+use super::connection::RedisConnection;
 use super::coverage::StreamFacts;
 use super::scripts::read_script;
 use crate::ingest::Ingest;
@@ -87,7 +88,7 @@ where
     /// Runs the read on `connection`.
     pub(super) async fn read(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut RedisConnection,
         positions: &[(Region, StreamId)],
         limit: usize,
     ) -> Result<Vec<RegionRead<T>>, redis::RedisError> {
@@ -96,16 +97,36 @@ where
     }
 
     /// Runs the read on `connection` and returns the reply undecoded, so a caller can time
-    /// the Redis round trip apart from the decoding.
+    /// the Redis round trip apart from the decoding. On one Redis it is one script call; in a
+    /// cluster, one call per region (each region's stream is in its own slot), all at once.
     pub(super) async fn fetch(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut RedisConnection,
         positions: &[(Region, StreamId)],
         limit: usize,
     ) -> Result<Vec<RawRegionReply>, redis::RedisError> {
-        self.invocation(positions, limit)
-            .invoke_async(connection)
-            .await
+        if !connection.is_cluster() || positions.len() <= 1 {
+            return self
+                .invocation(positions, limit)
+                .invoke_async(connection)
+                .await;
+        }
+        let reads = positions.iter().map(|position| {
+            let mut connection = connection.clone();
+            async move {
+                let mut reply: Vec<RawRegionReply> = self
+                    .invocation(std::slice::from_ref(position), limit)
+                    .invoke_async(&mut connection)
+                    .await?;
+                reply.pop().ok_or_else(|| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "no result for the region",
+                    ))
+                })
+            }
+        });
+        try_join_all(reads).await
     }
 
     /// Decodes [`fetch`](Self::fetch)'s reply for the same `positions` and `limit`.

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::error::BrokerError;
-use super::links::{Link, Links};
+use super::links::{keep_up, Link, Links};
 use super::RedisBrokerConfig;
 use crate::backoff::Backoff;
 use crate::ingest::Ingest;
@@ -42,30 +42,26 @@ where
             .iter()
             .map(|region| self.ingest.channels().channel(*region))
             .collect();
-        let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_cap);
-        loop {
-            let lost = tokio::select! {
-                () = shutdown.cancelled() => return,
-                lost = self.subscribed(&channels, &mut backoff) => lost,
-            };
-            self.links.down(Link::Subscription);
-            tracing::warn!(error = %lost, attempt = backoff.attempts() + 1, "Redis subscription lost; subscribing again");
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-            }
-        }
+        let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_cap);
+        keep_up(&self.links, Link::Subscription, backoff, shutdown, || {
+            self.subscribed(&channels)
+        })
+        .await;
     }
 
-    /// One subscription's life: returns why it ended.
-    async fn subscribed(&self, channels: &[String], backoff: &mut Backoff) -> BrokerError {
+    /// One subscription's life: returns why it ended, and whether it had subscribed.
+    async fn subscribed(&self, channels: &[String]) -> (BrokerError, bool) {
         let pubsub = match self.subscribe(channels).await {
             Ok(pubsub) => pubsub,
-            Err(error) => return error,
+            Err(error) => return (error, false),
         };
-        backoff.reset();
         self.links.up(Link::Subscription);
         tracing::info!(channels = channels.len(), "subscribed to Redis");
+        (self.receive(pubsub).await, true)
+    }
+
+    /// Delivers live messages and checks the link until it fails; returns why.
+    async fn receive(&self, pubsub: redis::aio::PubSub) -> BrokerError {
         let (mut sink, mut messages) = pubsub.split();
         let mut health = tokio::time::interval(self.config.ping_interval);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

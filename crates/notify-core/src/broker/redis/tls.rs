@@ -57,10 +57,27 @@ pub fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerEr
         source,
     };
     // rustls needs a process-wide crypto provider; ring is the one this workspace builds.
-    // An error only means a provider is already installed, which serves as well.
-    let _already_installed = rustls::crypto::ring::default_provider().install_default();
-    if tls.is_empty() {
+    install_crypto_provider();
+    let Some(certificates) = certificates(tls)? else {
         return redis::Client::open(url).map_err(invalid_url);
+    };
+    redis::Client::build_with_tls(url, certificates).map_err(|source| BrokerError::TlsSetup {
+        url: redact_url(url),
+        source,
+    })
+}
+
+/// Installs ring as the process's rustls provider; an error only means a provider is
+/// already installed, which serves as well.
+pub(super) fn install_crypto_provider() {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The certificates `tls` names, read now; `None` when nothing is set (system roots, no
+/// client certificate).
+pub(super) fn certificates(tls: &RedisTls) -> Result<Option<redis::TlsCertificates>, BrokerError> {
+    if tls.is_empty() {
+        return Ok(None);
     }
     let root_cert = tls.ca_cert.as_deref().map(read).transpose()?;
     let client_tls = match &tls.client {
@@ -70,14 +87,10 @@ pub fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerEr
         }),
         None => None,
     };
-    let certificates = redis::TlsCertificates {
+    Ok(Some(redis::TlsCertificates {
         client_tls,
         root_cert,
-    };
-    redis::Client::build_with_tls(url, certificates).map_err(|source| BrokerError::TlsSetup {
-        url: redact_url(url),
-        source,
-    })
+    }))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, BrokerError> {

@@ -1,6 +1,7 @@
 //! Redis URLs and their secrets: [`redact_url`] makes a URL fit for logs and error messages,
 //! with every secret it may carry masked; [`read_url_file`] reads a URL (password included)
 //! from a file, so the password is neither on a command line nor in every child's environment.
+//! [`split_seeds`] splits a cluster's comma-separated seed URLs.
 
 use std::path::Path;
 
@@ -41,13 +42,44 @@ pub fn read_url_file(path: &Path) -> Result<String, UrlFileError> {
 /// Query parameters that carry a password (`redis+unix:///run/redis.sock?pass=secret`).
 const SECRET_PARAMETERS: [&str; 2] = ["pass", "password"];
 
-/// `redis://user:secret@host` → `redis://user:***@host`.
+/// The URLs of a comma-separated list (`redis://h1:7000,redis://h2:7001`, a cluster's seed
+/// nodes), trimmed. A list is only split before a `redis://` or `rediss://`, so a comma inside
+/// a password stays in its URL.
+pub fn split_seeds(urls: &str) -> Vec<&str> {
+    let mut seeds = Vec::new();
+    let mut start = 0;
+    for (comma, _) in urls.match_indices(',') {
+        let next = urls[comma + 1..].trim_start();
+        if next.starts_with("redis://") || next.starts_with("rediss://") {
+            seeds.push(urls[start..comma].trim());
+            start = comma + 1;
+        }
+    }
+    seeds.push(urls[start..].trim());
+    seeds.retain(|seed| !seed.is_empty());
+    seeds
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`; each URL of a seed list
+/// ([`split_seeds`]) on its own.
 ///
 /// The userinfo is everything before the last `@` of the URL (before its query), so a password
 /// that contains `/`, `:` or `@` is masked whole; a user name is kept, a lone token
 /// (`redis://token@host`) is masked. `pass`/`password` query parameters are masked too. When in
 /// doubt it masks more, never less.
 pub fn redact_url(url: &str) -> String {
+    let seeds = split_seeds(url);
+    if seeds.len() > 1 {
+        return seeds
+            .into_iter()
+            .map(redact_one)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    redact_one(url)
+}
+
+fn redact_one(url: &str) -> String {
     let (head, query) = match url.split_once('?') {
         Some((head, query)) => (head, Some(query)),
         None => (url, None),
@@ -151,6 +183,23 @@ mod tests {
         assert_eq!(
             redact_url("https://gw:8443/api?x=@"),
             "https://gw:8443/api?x=@"
+        );
+    }
+
+    #[test]
+    fn seed_lists_are_split_before_each_url_and_masked_one_by_one() {
+        assert_eq!(
+            split_seeds("redis://h1:7000, redis://h2:7001,rediss://:p,w@h3:7002"),
+            [
+                "redis://h1:7000",
+                "redis://h2:7001",
+                "rediss://:p,w@h3:7002"
+            ]
+        );
+        assert_eq!(split_seeds("redis://:a,b@h:1"), ["redis://:a,b@h:1"]);
+        assert_eq!(
+            redact_url("redis://:s1@h1:7000,redis://u:s2@h2:7001"),
+            "redis://:***@h1:7000,redis://u:***@h2:7001"
         );
     }
 
