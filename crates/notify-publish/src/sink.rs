@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 use notify_core::broker::redis::redact_url;
 use notify_core::broker::redis::{publish_command, publish_script};
-use notify_core::broker::redis::{redis_client, RedisTls};
+use notify_core::broker::redis::{BrokerError, RedisTarget, RedisTls};
 use notify_proto::{ChannelNames, Notification};
 use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
@@ -65,6 +65,19 @@ pub enum PublishError {
     /// input, like a line that fails local validation.
     #[error("rejected by the gateway: {0}")]
     Rejected(String),
+    /// Published with this id, but fewer replicas than `--wait-replicas` acknowledged it in
+    /// time: a failover now would lose it (the gateways would announce `resync`).
+    #[error("{target}: published as {id} but acknowledged by {acknowledged} of {wanted} replicas; a failover may lose it")]
+    NotReplicated {
+        /// `Redis at redis://…`.
+        target: String,
+        /// The message's stream id.
+        id: String,
+        /// Replicas that acknowledged (Redis's `WAIT` reply).
+        acknowledged: u32,
+        /// `--wait-replicas`.
+        wanted: u32,
+    },
     /// Anything else about this one message (an unexpected reply or status).
     #[error("{0}")]
     Failed(String),
@@ -85,6 +98,7 @@ impl PublishError {
             PublishError::Unavailable { .. } => exit::UNAVAILABLE,
             PublishError::Denied { .. } => exit::NOPERM,
             PublishError::Rejected(_) => exit::DATAERR,
+            PublishError::NotReplicated { .. } => exit::TEMPFAIL,
             PublishError::Failed(_) => exit::FAILURE,
         }
     }
@@ -155,6 +169,8 @@ pub struct RedisSink {
     retention: usize,
     target: String,
     timeout: Duration,
+    /// `--wait-replicas`: 0 for none.
+    wait_replicas: u32,
 }
 
 impl RedisSink {
@@ -166,26 +182,21 @@ impl RedisSink {
         channel_prefix: &str,
         retention: usize,
         timeout: Duration,
+        wait_replicas: u32,
     ) -> Result<Self, PublishError> {
         let target = format!("Redis at {}", redact_url(url));
         // Its errors mask the URL's password already.
-        let client =
-            redis_client(url, tls).map_err(|error| PublishError::Failed(error.to_string()))?;
+        let redis_target = RedisTarget::from_url(url, tls)
+            .map_err(|error| PublishError::Failed(error.to_string()))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        // The crate's own timeout covers connect; this one also covers AUTH/HELLO on a server
-        // that accepts TCP but never answers.
-        let connection = tokio::time::timeout(
-            timeout + Duration::from_millis(100),
-            client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| PublishError::Unavailable {
-            target: target.clone(),
-            reason: no_answer(timeout),
-        })?
-        .map_err(|error| classify_redis(&target, timeout, &error))?;
+        // For a sentinel URL: the primary the sentinels name now, checked with ROLE. Each
+        // step (asking, connecting, AUTH/HELLO, ROLE) is bounded by `timeout`.
+        let connection = redis_target
+            .connect(&config, timeout)
+            .await
+            .map_err(|error| classify_broker(&target, timeout, error))?;
         let mut connection = connection;
         let script = publish_script();
         script
@@ -200,6 +211,7 @@ impl RedisSink {
             retention,
             target,
             timeout,
+            wait_replicas,
         })
     }
 
@@ -234,16 +246,54 @@ impl RedisSink {
                     ),
                 });
             }
-            for (offset, reply) in replies.into_iter().enumerate() {
-                let result = match reply {
+            let mut results: Vec<Result<Delivery, PublishError>> = replies
+                .into_iter()
+                .map(|reply| match reply {
                     Ok(value) => read_redis_reply(value).map_err(PublishError::Failed),
                     Err(error) => Err(classify_redis(&self.target, self.timeout, &error)),
-                };
+                })
+                .collect();
+            if self.wait_replicas > 0 {
+                self.wait_for_replicas(&mut results).await?;
+            }
+            for (offset, result) in results.into_iter().enumerate() {
                 report_result(
                     &mut report,
                     chunk_index * REDIS_PIPELINE_CHUNK + offset,
                     result,
                 )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Redis `WAIT`: blocks until `--wait-replicas` replicas hold everything written on this
+    /// connection, or 3/4 of the timeout (so the reply comes before the connection's own
+    /// timeout). Short of that, every published message of the pipeline becomes
+    /// [`PublishError::NotReplicated`] — it is in the primary's stream, but not safe from a
+    /// failover.
+    async fn wait_for_replicas(
+        &mut self,
+        results: &mut [Result<Delivery, PublishError>],
+    ) -> Result<(), PublishError> {
+        let wait = self.timeout * 3 / 4;
+        let acknowledged: u32 = redis::cmd("WAIT")
+            .arg(self.wait_replicas)
+            .arg(wait.as_millis().max(1) as u64)
+            .query_async(&mut self.connection)
+            .await
+            .map_err(|error| classify_redis(&self.target, self.timeout, &error))?;
+        if acknowledged >= self.wait_replicas {
+            return Ok(());
+        }
+        for result in results.iter_mut() {
+            if let Ok(delivery) = result {
+                *result = Err(PublishError::NotReplicated {
+                    target: self.target.clone(),
+                    id: delivery.id.clone().unwrap_or_default(),
+                    acknowledged,
+                    wanted: self.wait_replicas,
+                });
             }
         }
         Ok(())
@@ -319,6 +369,31 @@ fn classify_redis(target: &str, timeout: Duration, error: &redis::RedisError) ->
         }
     } else {
         PublishError::Failed(format!("{target}: {error}"))
+    }
+}
+
+/// Classifies a failure to reach the primary: the driver's own errors as [`classify_redis`]
+/// does, no answer or a node that is not (yet) the primary as unavailable, a bad URL or TLS
+/// file as a failure.
+fn classify_broker(target: &str, timeout: Duration, error: BrokerError) -> PublishError {
+    match error {
+        // No primary named yet (a failover under way) is as unavailable as a refused connect.
+        BrokerError::Unavailable { source, .. }
+            if source.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel =>
+        {
+            PublishError::Unavailable {
+                target: target.to_owned(),
+                reason: source.to_string(),
+            }
+        }
+        BrokerError::Unavailable { source, .. } | BrokerError::BadReply { source, .. } => {
+            classify_redis(target, timeout, &source)
+        }
+        BrokerError::Timeout { .. } | BrokerError::NotPrimary { .. } => PublishError::Unavailable {
+            target: target.to_owned(),
+            reason: error.to_string(),
+        },
+        other => PublishError::Failed(other.to_string()),
     }
 }
 

@@ -12,11 +12,12 @@ use redis::aio::MultiplexedConnection;
 
 use super::connection_names;
 use super::error::BrokerError;
+use super::target::RedisTarget;
 
 /// A lazily made, shared, self-healing command connection.
 #[derive(Debug, Clone)]
 pub(super) struct CommandConnection {
-    client: redis::Client,
+    target: RedisTarget,
     timeout: Duration,
     /// The cached connection; `None` until first use and after an error that broke it.
     cached: Arc<Mutex<Option<MultiplexedConnection>>>,
@@ -25,11 +26,11 @@ pub(super) struct CommandConnection {
 }
 
 impl CommandConnection {
-    /// A connection to `client`'s server whose connects and commands each get `timeout`,
+    /// A connection to `target`'s server whose connects and commands each get `timeout`,
     /// named `name` in `CLIENT LIST`.
-    pub(super) fn new(client: redis::Client, timeout: Duration, name: &'static str) -> Self {
+    pub(super) fn new(target: RedisTarget, timeout: Duration, name: &'static str) -> Self {
         CommandConnection {
-            client,
+            target,
             timeout,
             cached: Arc::new(Mutex::new(None)),
             name,
@@ -65,7 +66,7 @@ impl CommandConnection {
         if let Some(connection) = self.lock().clone() {
             return Ok(connection);
         }
-        let connection = connect(&self.client, self.timeout, Some(self.timeout), self.name).await?;
+        let connection = connect(&self.target, self.timeout, Some(self.timeout), self.name).await?;
         *self.lock() = Some(connection.clone());
         Ok(connection)
     }
@@ -81,33 +82,20 @@ impl CommandConnection {
     }
 }
 
-/// Opens a multiplexed connection within `timeout` and names it `name` (see
-/// [`connection_names`]). `response_timeout` bounds each reply (`None` for a connection that
-/// runs blocking commands under its own timer).
+/// Opens a multiplexed connection to `target`'s server now (for a sentinel target, the
+/// primary the sentinels name, checked with `ROLE`), each step within `timeout`, and names it
+/// `name` (see [`connection_names`]). `response_timeout` bounds each reply (`None` for a
+/// connection that runs blocking commands under its own timer).
 pub(super) async fn connect(
-    client: &redis::Client,
+    target: &RedisTarget,
     timeout: Duration,
     response_timeout: Option<Duration>,
     name: &'static str,
 ) -> Result<MultiplexedConnection, BrokerError> {
-    const OPERATION: &str = "connect";
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(response_timeout);
-    match tokio::time::timeout(
-        timeout,
-        client.get_multiplexed_async_connection_with_config(&config),
-    )
-    .await
-    {
-        Ok(Ok(mut connection)) => {
-            connection_names::set_name(&mut connection, name, timeout).await?;
-            Ok(connection)
-        }
-        Ok(Err(source)) => Err(BrokerError::from_redis(OPERATION, source)),
-        Err(_) => Err(BrokerError::Timeout {
-            operation: OPERATION,
-            after: timeout,
-        }),
-    }
+    let mut connection = target.connect(&config, timeout).await?;
+    connection_names::set_name(&mut connection, name, timeout).await?;
+    Ok(connection)
 }

@@ -23,6 +23,9 @@
 //! - [`links`]: readiness from both links.
 //! - [`connection_names`]: how each connection shows in `CLIENT LIST`.
 //! - [`error`]: the typed [`BrokerError`].
+//! - [`target`]: where connections go — one server, or the primary the sentinels name
+//!   (`redis+sentinel://`), asked again at every connect and checked with `ROLE`.
+//! - [`sentinel_url`]: the `redis+sentinel://` URL's spelling.
 //! - [`tls`]: the client for a URL, `rediss://` with a private CA and a client certificate.
 //! - [`url`]: [`redact_url`], for logs.
 
@@ -33,9 +36,11 @@ pub mod error;
 mod links;
 pub mod publisher;
 pub mod scripts;
+pub mod sentinel_url;
 mod stream_follower;
 mod stream_reader;
 mod subscriber;
+pub mod target;
 pub mod tls;
 pub mod url;
 
@@ -51,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::error::BrokerError;
 pub use self::publisher::publish_command;
 pub use self::scripts::{publish_script, PUBLISH_SCRIPT, READ_SCRIPT};
+pub use self::target::RedisTarget;
 pub use self::tls::{redis_client, ClientIdentity, RedisTls};
 pub use self::url::{read_url_file, redact_url, UrlFileError};
 
@@ -76,7 +82,8 @@ pub const DEFAULT_RETENTION: usize = 10_000;
 /// Settings for [`RedisBroker::start`].
 #[derive(Debug, Clone)]
 pub struct RedisBrokerConfig {
-    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (see [`tls`](Self::tls)).
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (see [`tls`](Self::tls)),
+    /// or `redis+sentinel[s]://…/MASTER_NAME` (see [`sentinel_url`]).
     pub url: String,
     /// Limit for connecting and for each command.
     pub command_timeout: Duration,
@@ -135,18 +142,18 @@ where
         ingest: Arc<Ingest<T>>,
         shutdown: CancellationToken,
     ) -> Result<(Self, JoinHandle<()>), BrokerError> {
-        let client = redis_client(&config.url, &config.tls)?;
+        let target = RedisTarget::from_url(&config.url, &config.tls)?;
         let (links, state) = Links::new();
         let links = Arc::new(links);
         let reader = StreamReader::new(Arc::clone(&ingest));
         let subscriber = Subscriber {
-            client: client.clone(),
+            target: target.clone(),
             config: config.clone(),
             ingest: Arc::clone(&ingest),
             links: Arc::clone(&links),
         };
         let follower = StreamFollower {
-            client: client.clone(),
+            target: target.clone(),
             config: config.clone(),
             ingest: Arc::clone(&ingest),
             reader: reader.clone(),
@@ -160,12 +167,12 @@ where
             ingest,
             retention: config.retention,
             commands: CommandConnection::new(
-                client.clone(),
+                target.clone(),
                 config.command_timeout,
                 connection_names::COMMANDS,
             ),
             replays: CommandConnection::new(
-                client,
+                target,
                 config.command_timeout,
                 connection_names::REPLAYS,
             ),

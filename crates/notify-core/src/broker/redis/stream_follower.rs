@@ -35,6 +35,7 @@ use super::coverage::Gap;
 use super::error::BrokerError;
 use super::links::{Link, Links};
 use super::stream_reader::{RegionRead, StreamReader};
+use super::target::RedisTarget;
 use super::RedisBrokerConfig;
 use crate::backoff::Backoff;
 use crate::ingest::Ingest;
@@ -47,7 +48,7 @@ pub const BLOCK: Duration = Duration::from_millis(1000);
 
 /// The follower task's state.
 pub(super) struct StreamFollower<T> {
-    pub(super) client: redis::Client,
+    pub(super) target: RedisTarget,
     pub(super) config: RedisBrokerConfig,
     pub(super) ingest: Arc<Ingest<T>>,
     pub(super) reader: StreamReader<T>,
@@ -93,7 +94,7 @@ where
         let timeout = self.config.command_timeout;
         // No response timeout on the driver: XREAD BLOCK runs under our own, longer timer.
         let mut connection =
-            connect(&self.client, timeout, None, connection_names::STREAMS).await?;
+            connect(&self.target, timeout, None, connection_names::STREAMS).await?;
         let regions = self.ingest.hub().regions();
         if self.positions.is_empty() {
             let start: Vec<(Region, StreamId)> = regions

@@ -59,8 +59,21 @@ pub fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerEr
     // rustls needs a process-wide crypto provider; ring is the one this workspace builds.
     // An error only means a provider is already installed, which serves as well.
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
-    if tls.is_empty() {
+    let Some(certificates) = tls_certificates(tls)? else {
         return redis::Client::open(url).map_err(invalid_url);
+    };
+    redis::Client::build_with_tls(url, certificates).map_err(|source| BrokerError::TlsSetup {
+        url: redact_url(url),
+        source,
+    })
+}
+
+/// The CA and client certificate read from their files; `None` when none is set.
+pub(super) fn tls_certificates(
+    tls: &RedisTls,
+) -> Result<Option<redis::TlsCertificates>, BrokerError> {
+    if tls.is_empty() {
+        return Ok(None);
     }
     let root_cert = tls.ca_cert.as_deref().map(read).transpose()?;
     let client_tls = match &tls.client {
@@ -70,14 +83,10 @@ pub fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerEr
         }),
         None => None,
     };
-    let certificates = redis::TlsCertificates {
+    Ok(Some(redis::TlsCertificates {
         client_tls,
         root_cert,
-    };
-    redis::Client::build_with_tls(url, certificates).map_err(|source| BrokerError::TlsSetup {
-        url: redact_url(url),
-        source,
-    })
+    }))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, BrokerError> {

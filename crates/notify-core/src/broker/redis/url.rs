@@ -39,7 +39,7 @@ pub fn read_url_file(path: &Path) -> Result<String, UrlFileError> {
 }
 
 /// Query parameters that carry a password (`redis+unix:///run/redis.sock?pass=secret`).
-const SECRET_PARAMETERS: [&str; 2] = ["pass", "password"];
+const SECRET_PARAMETERS: [&str; 3] = ["pass", "password", "sentinel_password"];
 
 /// `redis://user:secret@host` → `redis://user:***@host`.
 ///
