@@ -138,8 +138,8 @@ fn publisher(
     })
 }
 
-/// The delivery verdict for one client: every `required` message arrives exactly once unless
-/// a `resync` came; no message arrives twice between two `resync`s; ids rise between two
+/// The delivery verdict for one client: every `required` message arrives exactly once, with
+/// its id, unless a `resync` came; no message arrives twice between two `resync`s; ids rise between two
 /// `resync`s. Returns the problems found.
 fn judge(frames: &[Frame], required: &[&str]) -> Vec<String> {
     let mut problems = Vec::new();
@@ -175,7 +175,19 @@ fn judge(frames: &[Frame], required: &[&str]) -> Vec<String> {
             ));
         }
     }
+    let without_id: Vec<&str> = frames
+        .iter()
+        .filter_map(|frame| match frame {
+            Frame::Notification {
+                video_id, id: None, ..
+            } => Some(video_id.as_str()),
+            _ => None,
+        })
+        .collect();
     for video_id in required {
+        if without_id.contains(video_id) {
+            problems.push(format!("{video_id} arrived without its id"));
+        }
         if !seen.contains_key(video_id) && resyncs == 0 {
             problems.push(format!(
                 "{video_id} was acknowledged but never delivered, and no resync came"
@@ -322,12 +334,13 @@ async fn gateway_and_publisher_follow_a_sentinel_failover() -> Result<()> {
         .filter(|p| p.started >= promoted && written(p))
         .find_map(|p| delivered(&received, &p.video_id))
         .context("nothing published after the kill arrived")?;
-    {
+    let (frames, ended) = {
         let received = received.lock().unwrap();
-        assert_eq!(received.ended, None, "the client's socket ended");
-        let problems = judge(&received.frames, &required);
-        assert!(problems.is_empty(), "{problems:#?}");
-    }
+        (received.frames.clone(), received.ended.clone())
+    };
+    assert_eq!(ended, None, "the client's socket ended");
+    let problems = judge(&frames, &required);
+    assert!(problems.is_empty(), "{problems:#?}");
     reading.abort();
 
     let failed: Vec<&Publish> = published.iter().filter(|p| !written(p)).collect();
