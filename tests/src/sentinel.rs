@@ -98,6 +98,32 @@ impl SentinelGroup {
         None
     }
 
+    /// `SENTINEL FAILOVER`: a graceful failover, the primary demoted to a replica of the
+    /// promoted one, both running.
+    pub async fn failover(&self) -> Result<()> {
+        let port = *self.ports.first().context("no sentinel")?;
+        let _: String = self
+            .sentinel_query(port, &["SENTINEL", "FAILOVER", MASTER_NAME])
+            .await
+            .context("SENTINEL FAILOVER")?;
+        Ok(())
+    }
+
+    /// The last `lines` lines of every sentinel's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.ports
+            .iter()
+            .map(|port| {
+                let log = std::fs::read_to_string(self.dir.join(format!("sentinel-{port}.log")))
+                    .unwrap_or_default();
+                let all: Vec<&str> = log.lines().collect();
+                let tail = all[all.len().saturating_sub(lines)..].join("\n");
+                format!("sentinel {port}:\n{tail}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     async fn wait_for_replication(&self) -> Result<()> {
         let client = self.replica.client();
         let synced = wait_until(Duration::from_secs(10), || async {
@@ -127,7 +153,7 @@ impl SentinelGroup {
                 &config,
                 format!(
                     "port {port}\nbind 127.0.0.1\ndaemonize no\nprotected-mode no\n\
-                     dir {dir}\n\
+                     dir {dir}\nlogfile {dir}/sentinel-{port}.log\n\
                      sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} 2\n\
                      sentinel down-after-milliseconds {MASTER_NAME} {down}\n\
                      sentinel failover-timeout {MASTER_NAME} {failover}\n",

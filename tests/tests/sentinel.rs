@@ -468,3 +468,137 @@ async fn sentinel_urls_fail_clearly() -> Result<()> {
     );
     Ok(())
 }
+
+/// A graceful failover (`SENTINEL FAILOVER`) keeps the old primary running: first still
+/// claiming to be the primary, then (once Sentinel converts it, killing its clients) as a
+/// replica. The gateway and the publisher must end up on the new primary, with nothing left
+/// on the demoted one, and delivery exactly once throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_stays_on_a_demoted_primary() -> Result<()> {
+    let group = SentinelGroup::start().await?;
+    let url = group.url();
+    let gateway = Gateway::start(&["--redis-url", &url, "--regions", "AE"]).await?;
+    assert!(gateway.wait_ready_status(200, WAIT).await, "never ready");
+    let socket = gateway.connect_counted("/?region=AE", "AE").await?;
+    let received = Arc::new(Mutex::new(Received::default()));
+    let reading = reader(socket, Arc::clone(&received));
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let publishing = publisher(url.clone(), Arc::clone(&stop), Arc::clone(&log));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let switched = Instant::now();
+    let promoted = group.replica.port();
+    group.failover().await?;
+    let moved = notify_tests::wait_until(Duration::from_secs(15), || async {
+        group.primary_port().await == Some(promoted)
+    })
+    .await;
+    assert!(
+        moved,
+        "the sentinels never named the replica:\n{}",
+        group.log_tail(15)
+    );
+    let demoted = notify_tests::wait_until(Duration::from_secs(20), || async {
+        role(&group.primary).await.as_deref() == Some("slave")
+    })
+    .await;
+    assert!(
+        demoted,
+        "Sentinel never converted the old primary:\n{}",
+        group.log_tail(15)
+    );
+    let converted = switched.elapsed();
+    // Publishing goes on against the new primary, acknowledged by the demoted one.
+    let resumed = notify_tests::wait_until(Duration::from_secs(15), || async {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.started > switched && p.code == Some(0))
+            .count()
+            >= 5
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    publishing.await?;
+    assert!(
+        resumed,
+        "publishing did not resume: {:?}",
+        log.lock().unwrap().last()
+    );
+    assert!(
+        gateway.wait_ready_status(200, WAIT).await,
+        "not ready again"
+    );
+
+    let names = |clients: String| -> Vec<String> {
+        clients
+            .lines()
+            .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("name=")))
+            .filter(|name| name.starts_with("notify-gateway"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let on_new = names(client_list(&group.replica).await?);
+    let on_old = names(client_list(&group.primary).await?);
+    assert!(
+        on_new.iter().any(|name| name == "notify-gateway:streams"),
+        "the stream follower is not on the new primary: {on_new:?}"
+    );
+    assert_eq!(
+        on_old,
+        Vec::<String>::new(),
+        "connections left on the demoted primary"
+    );
+
+    let published: Vec<Publish> = log.lock().unwrap().clone();
+    let required: Vec<&str> = published
+        .iter()
+        .filter(|p| p.code == Some(0))
+        .map(|p| p.video_id.as_str())
+        .collect();
+    let last = required.last().context("nothing acknowledged")?.to_string();
+    let arrived =
+        notify_tests::wait_until(WAIT, || async { delivered(&received, &last).is_some() }).await;
+    assert!(arrived, "the last acknowledged message never arrived");
+    let first_after = published
+        .iter()
+        .filter(|p| p.started > switched && p.code == Some(0))
+        .find_map(|p| delivered(&received, &p.video_id));
+    let (frames, ended) = {
+        let received = received.lock().unwrap();
+        (received.frames.clone(), received.ended.clone())
+    };
+    reading.abort();
+    assert_eq!(ended, None, "the client's socket ended");
+    let problems = judge(&frames, &required);
+    assert!(problems.is_empty(), "{problems:#?}");
+    eprintln!(
+        "graceful failover: old primary converted to a replica {converted:?} after SENTINEL \
+         FAILOVER; first replicated message after it delivered at {:?}; resyncs {}",
+        first_after.map(|at| at.duration_since(switched)),
+        gateway.metric("notify_broker_resyncs_total").await?,
+    );
+    Ok(())
+}
+
+/// The `role:` line of `INFO replication` (`master` or `slave`).
+async fn role(redis: &RedisServer) -> Option<String> {
+    let mut connection = redis.connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut connection)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("role:"))
+        .map(|role| role.trim().to_owned())
+}
+
+async fn client_list(redis: &RedisServer) -> Result<String> {
+    let mut connection = redis.connection().await?;
+    Ok(redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut connection)
+        .await?)
+}
