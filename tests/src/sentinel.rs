@@ -45,16 +45,32 @@ impl SentinelGroup {
     /// then a failover could not be agreed on.
     pub async fn start() -> Result<Self> {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
-        let primary = RedisServer::start().await?;
-        let primary_port = primary.port().to_string();
-        let replica =
-            RedisServer::start_with_args(&["--replicaof", "127.0.0.1", &primary_port]).await?;
         let dir = std::env::temp_dir().join(format!(
             "notify-sentinel-{}-{}",
             std::process::id(),
             STARTED.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&dir).context("creating the sentinels' directory")?;
+        std::fs::create_dir_all(&dir).context("creating the group's directory")?;
+        // Replication writes the RDB it receives to the server's directory even without
+        // `save`: each node gets its own directory, or the next redis-server started in the
+        // shared temporary directory would load this group's data.
+        let own_dir = |name: &str| -> Result<String> {
+            let path = dir.join(name);
+            std::fs::create_dir_all(&path).context("creating a node's directory")?;
+            Ok(path.to_string_lossy().into_owned())
+        };
+        let primary_dir = own_dir("primary")?;
+        let replica_dir = own_dir("replica")?;
+        let primary = RedisServer::start_with_args(&["--dir", &primary_dir]).await?;
+        let primary_port = primary.port().to_string();
+        let replica = RedisServer::start_with_args(&[
+            "--dir",
+            &replica_dir,
+            "--replicaof",
+            "127.0.0.1",
+            &primary_port,
+        ])
+        .await?;
         let mut group = SentinelGroup {
             primary,
             replica,
@@ -66,9 +82,12 @@ impl SentinelGroup {
         for _ in 0..SENTINELS {
             group.start_sentinel().await?;
         }
-        let watching = wait_until(Duration::from_secs(15), || group.all_watching()).await;
+        let watching = wait_until(Duration::from_secs(30), || group.all_watching()).await;
         if !watching {
-            bail!("the sentinels did not find the replica and each other within 15 s");
+            bail!(
+                "the sentinels did not find the replica and each other within 30 s:\n{}",
+                group.log_tail(10)
+            );
         }
         Ok(group)
     }
