@@ -61,15 +61,26 @@ impl SentinelGroup {
         };
         let primary_dir = own_dir("primary")?;
         let replica_dir = own_dir("replica")?;
-        let primary = RedisServer::start_with_args(&["--dir", &primary_dir]).await?;
+        // No 5 s wait for more replicas before a full sync (Redis 7's default), here or on
+        // the replica once it is promoted and the old primary comes back as its replica.
+        let no_sync_delay = ["--repl-diskless-sync-delay", "0"];
+        let primary =
+            RedisServer::start_with_args(&[&no_sync_delay[..], &["--dir", &primary_dir]].concat())
+                .await?;
         let primary_port = primary.port().to_string();
-        let replica = RedisServer::start_with_args(&[
-            "--dir",
-            &replica_dir,
-            "--replicaof",
-            "127.0.0.1",
-            &primary_port,
-        ])
+        let replica = RedisServer::start_with_args(
+            &[
+                &no_sync_delay[..],
+                &[
+                    "--dir",
+                    &replica_dir,
+                    "--replicaof",
+                    "127.0.0.1",
+                    &primary_port,
+                ],
+            ]
+            .concat(),
+        )
         .await?;
         let mut group = SentinelGroup {
             primary,
@@ -145,7 +156,7 @@ impl SentinelGroup {
 
     async fn wait_for_replication(&self) -> Result<()> {
         let client = self.replica.client();
-        let synced = wait_until(Duration::from_secs(10), || async {
+        let synced = wait_until(Duration::from_secs(20), || async {
             let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
                 return false;
             };
@@ -158,7 +169,7 @@ impl SentinelGroup {
         })
         .await;
         if !synced {
-            bail!("the replica did not sync with the primary within 10 s");
+            bail!("the replica did not sync with the primary within 20 s");
         }
         Ok(())
     }
