@@ -28,6 +28,9 @@ static ONE_GROUP_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_n
 /// (1 s) periods.
 const HEALTHY: Duration = Duration::from_secs(4);
 
+/// Longest wait for a failover to complete.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(45);
+
 /// Successful publishes required after the failover before the run stops.
 const PUBLISHED_AFTER_FAILOVER: usize = 15;
 
@@ -274,7 +277,9 @@ async fn gateway_and_publisher_follow_a_sentinel_failover() -> Result<()> {
     group.primary.kill();
     let mut not_ready_seen = false;
     let mut ready_again = None;
-    while killed.elapsed() < Duration::from_secs(25) {
+    // A failover takes a few seconds; the limit also covers one TILT period (30 s), which a
+    // sentinel enters when the machine stalls it for 2 s.
+    while killed.elapsed() < FAILOVER_LIMIT {
         let status = gateway.get("/readyz").await.map(|(status, _)| status).ok();
         if status == Some(503) {
             not_ready_seen = true;
@@ -497,7 +502,7 @@ async fn nothing_stays_on_a_demoted_primary() -> Result<()> {
     let switched = Instant::now();
     let promoted = group.replica.port();
     group.failover().await?;
-    let moved = notify_tests::wait_until(Duration::from_secs(15), || async {
+    let moved = notify_tests::wait_until(FAILOVER_LIMIT, || async {
         group.primary_port().await == Some(promoted)
     })
     .await;
