@@ -9,6 +9,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # redis-cli forms the Redis Cluster of tests/tests/cluster.rs.
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 # promtool checks deploy/prometheus/notify-alerts.yml (tests/tests/monitoring.rs).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)

@@ -18,6 +18,7 @@
 //! - [`run_publish`]: runs `notify-publish` to completion with optional stdin.
 //! - [`cluster::RedisCluster`]: a real 3-primary Redis Cluster with a replica each, for the
 //!   cluster tests.
+//! - [`sentinel`]: a primary, a replica and three `redis-sentinel`s watching them.
 //! - [`certs`]: a private CA and the certificates it signs, for the TLS tests; a gateway
 //!   serving TLS is [`Gateway::start_tls`], a Redis speaking only TLS is
 //!   [`RedisServer::start_tls`].
@@ -27,6 +28,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod haproxy;
+pub mod sentinel;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
@@ -63,7 +65,7 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// SIGKILLs a child process, if any, and reaps it.
-fn kill_child(child: &mut Option<Child>) {
+pub(crate) fn kill_child(child: &mut Option<Child>) {
     if let Some(mut child) = child.take() {
         let _ = child.kill();
         let _ = child.wait();
@@ -103,6 +105,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     tls: Option<RedisServerTls>,
+    /// Further `redis-server` arguments (e.g. `--replicaof`), kept for a restart.
+    extra_args: Vec<String>,
 }
 
 /// The PEM files of a Redis that speaks only TLS ([`RedisServer::start_tls`]).
@@ -123,20 +127,27 @@ impl RedisServer {
     /// Starts `redis-server` and waits until it answers PING. A port taken between choosing it
     /// and binding it (another test, another process) is retried on a new port.
     pub async fn start() -> Result<Self> {
-        Self::start_on_a_free_port(None).await
+        Self::start_on_a_free_port(None, &[]).await
+    }
+
+    /// Starts `redis-server` with further arguments (`["--replicaof", "127.0.0.1", "6379"]`),
+    /// like [`start`](Self::start).
+    pub async fn start_with_args(args: &[&str]) -> Result<Self> {
+        Self::start_on_a_free_port(None, args).await
     }
 
     /// Starts `redis-server` listening only with TLS (`--port 0 --tls-port P`), with the
     /// certificates in `tls`, and waits until it answers over TLS; retried like
     /// [`start`](Self::start).
     pub async fn start_tls(tls: RedisServerTls) -> Result<Self> {
-        Self::start_on_a_free_port(Some(tls)).await
+        Self::start_on_a_free_port(Some(tls), &[]).await
     }
 
-    async fn start_on_a_free_port(tls: Option<RedisServerTls>) -> Result<Self> {
+    async fn start_on_a_free_port(tls: Option<RedisServerTls>, args: &[&str]) -> Result<Self> {
         let mut failures = Vec::new();
+        let extra_args = owned(args);
         for _ in 0..REDIS_START_ATTEMPTS {
-            match Self::start_with(free_port(), tls.clone()).await {
+            match Self::start_with(free_port(), tls.clone(), extra_args.clone()).await {
                 Ok(server) => return Ok(server),
                 Err(error) => failures.push(format!("{error:#}")),
             }
@@ -150,7 +161,11 @@ impl RedisServer {
     /// Starts `redis-server` on `port` and waits until *this* child answers (its `INFO`
     /// `process_id` is the child's pid: a different server already on the port does not count).
     /// With `tls`, it listens only with TLS and the check goes over TLS.
-    async fn start_with(port: u16, tls: Option<RedisServerTls>) -> Result<Self> {
+    async fn start_with(
+        port: u16,
+        tls: Option<RedisServerTls>,
+        extra_args: Vec<String>,
+    ) -> Result<Self> {
         let mut command = Command::new("redis-server");
         match &tls {
             None => command.args(["--port", &port.to_string()]),
@@ -170,6 +185,7 @@ impl RedisServer {
         let child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .args(&extra_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -179,6 +195,7 @@ impl RedisServer {
             child: Some(child),
             port,
             tls,
+            extra_args,
         };
         let client = server.client();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -299,7 +316,8 @@ impl RedisServer {
     /// Starts the server again on the same port (after [`kill`](Self::kill)).
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();
-        let restarted = Self::start_with(self.port, self.tls.clone()).await?;
+        let restarted =
+            Self::start_with(self.port, self.tls.clone(), self.extra_args.clone()).await?;
         *self = restarted;
         Ok(())
     }

@@ -32,9 +32,11 @@ Exit status:
   69  Redis or the gateway is unavailable (connection refused, a failed TLS handshake such
       as a certificate from an unknown CA, no answer within --timeout, or the gateway's
       broker is down); the summary counts what was not published
+  75  with --wait-replicas N: some messages were published but fewer than N replicas
+      acknowledged them in time, so a failover may lose them (each is named)
   77  permission denied: the gateway answered 401/403 (missing or wrong --api-key), or Redis
       refused the credentials in --redis-url
-When several apply, 77 and 69 win over 1, and 1 over 65.";
+When several apply, 77 and 69 win over 1, 1 over 75, and 75 over 65.";
 
 /// Publish `new_trending` notifications to Redis or a notify gateway, one from flags or many
 /// from NDJSON, and report how many subscribers got each.
@@ -77,8 +79,9 @@ pub struct Cli {
     #[arg(long, short, value_name = "FILE")]
     pub input: Option<PathBuf>,
 
-    /// Redis to PUBLISH to: redis://[:password@]host:port[/db], or rediss://… for TLS
-    /// (ignored with --gateway-url)
+    /// Redis to PUBLISH to: redis://[:password@]host:port[/db], or rediss://… for TLS, or
+    /// the primary Redis Sentinel names: redis+sentinel://[:password@]h1:26379,h2:26379/MASTER[/db]
+    /// [?sentinel_password=…] (redis+sentinels:// for TLS) (ignored with --gateway-url)
     #[arg(
         long,
         env = "NOTIFY_REDIS_URL",
@@ -120,6 +123,19 @@ pub struct Cli {
         requires = "redis_client_cert"
     )]
     pub redis_client_key: Option<PathBuf>,
+
+    /// After each pipeline of messages, wait (Redis WAIT, up to 3/4 of --timeout) until this
+    /// many replicas hold it; messages not acknowledged by them are reported (exit 75): a
+    /// failover before replication would lose them. 0: do not wait. Not with
+    /// --redis-cluster (WAIT answers for one shard only)
+    #[arg(
+        long,
+        env = "NOTIFY_WAIT_REPLICAS",
+        default_value_t = 0,
+        value_name = "N",
+        conflicts_with_all = ["gateway_url", "redis_cluster"]
+    )]
+    pub wait_replicas: u32,
 
     /// Channel prefix: messages go to {prefix}{REGION}
     #[arg(long, env = "NOTIFY_CHANNEL_PREFIX", default_value = notify_proto::DEFAULT_CHANNEL_PREFIX)]
@@ -272,6 +288,14 @@ fn parse_redis_url_file(path: &str) -> Result<String, String> {
 }
 
 fn check_redis_url(url: &str) -> Result<(), String> {
+    if let Some(parsed) = notify_core::broker::redis::sentinel_url::SentinelUrl::parse(url) {
+        return parsed.map(drop).map_err(|error| {
+            format!(
+                "invalid --redis-url {}: {error} (redis+sentinel://[:password@]host:port,…/MASTER_NAME[/db])",
+                redact_url(url)
+            )
+        });
+    }
     redis::Client::open(url).map(drop).map_err(|error| {
         format!(
             "invalid --redis-url {}: not a Redis URL (redis://[:password@]host:port[/db] or \

@@ -47,6 +47,8 @@ pub mod exit {
     pub const NOINPUT: u8 = 66;
     /// EX_UNAVAILABLE: Redis or the gateway cannot be reached, or its broker is down.
     pub const UNAVAILABLE: u8 = 69;
+    /// EX_TEMPFAIL: published, but not acknowledged by `--wait-replicas` replicas in time.
+    pub const TEMPFAIL: u8 = 75;
     /// EX_NOPERM: the gateway (401/403) or Redis refused the credentials.
     pub const NOPERM: u8 = 77;
 }
@@ -117,6 +119,7 @@ async fn connect(cli: &Cli) -> Result<Sink, PublishError> {
                 &cli.channel_prefix,
                 cli.retention,
                 cli.timeout,
+                cli.wait_replicas,
             )
             .await?,
         )),
@@ -173,6 +176,7 @@ async fn run_batch<O: Write, E: Write>(
         sink: None,
         window: Vec::new(),
         window_bytes: 0,
+        unreplicated: 0,
     };
     let mut non_blank = 0;
     let mut read_error = None;
@@ -228,8 +232,10 @@ async fn run_batch<O: Write, E: Write>(
         return Err(error.into());
     }
     let counts = reporter.counts();
-    Ok(if counts.failed > 0 {
+    Ok(if counts.failed > publisher.unreplicated {
         exit::FAILURE
+    } else if publisher.unreplicated > 0 {
+        exit::TEMPFAIL
     } else if counts.bad > 0 {
         exit::DATAERR
     } else {
@@ -245,6 +251,9 @@ struct WindowPublisher<'a> {
     /// (line number, message).
     window: Vec<(usize, Notification)>,
     window_bytes: usize,
+    /// Messages published but not acknowledged by `--wait-replicas` replicas (among the
+    /// reporter's failed ones).
+    unreplicated: usize,
 }
 
 impl WindowPublisher<'_> {
@@ -279,6 +288,7 @@ impl WindowPublisher<'_> {
         let batch: Vec<&Notification> = window.iter().map(|(_, n)| n).collect();
         let destinations: Vec<Destination> = batch.iter().map(|n| sink.destination(n)).collect();
         let mut reported = vec![false; batch.len()];
+        let unreplicated = &mut self.unreplicated;
         let result = sink
             .publish_all(&batch, |index, result| {
                 let number = window[index].0;
@@ -294,7 +304,12 @@ impl WindowPublisher<'_> {
                     // The fatal error is reported once, with the lines it stopped.
                     Err(error) if error.is_fatal() => return,
                     Err(PublishError::Rejected(reason)) => reporter.bad(number, &reason),
-                    Err(error) => reporter.failed(number, &error.to_string()),
+                    Err(error) => {
+                        if matches!(error, PublishError::NotReplicated { .. }) {
+                            *unreplicated += 1;
+                        }
+                        reporter.failed(number, &error.to_string());
+                    }
                 }
                 reported[index] = true;
             })

@@ -65,6 +65,19 @@ pub enum PublishError {
     /// input, like a line that fails local validation.
     #[error("rejected by the gateway: {0}")]
     Rejected(String),
+    /// Published with this id, but fewer replicas than `--wait-replicas` acknowledged it in
+    /// time: a failover now would lose it (the gateways would announce `resync`).
+    #[error("{target}: published as {id} but acknowledged by {acknowledged} of {wanted} replicas; a failover may lose it")]
+    NotReplicated {
+        /// `Redis at redis://…`.
+        target: String,
+        /// The message's stream id.
+        id: String,
+        /// Replicas that acknowledged (Redis's `WAIT` reply).
+        acknowledged: u32,
+        /// `--wait-replicas`.
+        wanted: u32,
+    },
     /// Anything else about this one message (an unexpected reply or status).
     #[error("{0}")]
     Failed(String),
@@ -85,6 +98,7 @@ impl PublishError {
             PublishError::Unavailable { .. } => exit::UNAVAILABLE,
             PublishError::Denied { .. } => exit::NOPERM,
             PublishError::Rejected(_) => exit::DATAERR,
+            PublishError::NotReplicated { .. } => exit::TEMPFAIL,
             PublishError::Failed(_) => exit::FAILURE,
         }
     }
@@ -156,6 +170,8 @@ pub struct RedisSink {
     retention: usize,
     target: String,
     timeout: Duration,
+    /// `--wait-replicas`: 0 for none.
+    wait_replicas: u32,
 }
 
 impl RedisSink {
@@ -170,6 +186,7 @@ impl RedisSink {
         channel_prefix: &str,
         retention: usize,
         timeout: Duration,
+        wait_replicas: u32,
     ) -> Result<Self, PublishError> {
         let target = format!("Redis at {}", redact_url(url));
         // Its errors mask the URL's password already.
@@ -194,6 +211,7 @@ impl RedisSink {
             retention,
             target,
             timeout,
+            wait_replicas,
         })
     }
 
@@ -203,14 +221,19 @@ impl RedisSink {
         mut report: impl FnMut(usize, Result<Delivery, PublishError>),
     ) -> Result<(), PublishError> {
         for (chunk_index, chunk) in batch.chunks(REDIS_PIPELINE_CHUNK).enumerate() {
-            let replies = self.send_chunk(chunk).await;
-            for (offset, reply) in replies.into_iter().enumerate() {
-                let result = match reply {
+            let mut results = Vec::with_capacity(chunk.len());
+            for reply in self.send_chunk(chunk).await {
+                results.push(match reply {
                     Ok(Ok(value)) => read_redis_reply(value).map_err(PublishError::Failed),
                     Ok(Err(error)) => Err(classify_redis(&self.target, self.timeout, &error)),
                     // The whole pipeline failed: nothing from here on is confirmed.
                     Err(error) => return Err(error),
-                };
+                });
+            }
+            if self.wait_replicas > 0 {
+                self.wait_for_replicas(&mut results).await?;
+            }
+            for (offset, result) in results.into_iter().enumerate() {
                 report_result(
                     &mut report,
                     chunk_index * REDIS_PIPELINE_CHUNK + offset,
@@ -293,6 +316,38 @@ impl RedisSink {
         }
         replies.into_iter().flatten().collect()
     }
+
+    /// Redis `WAIT`: blocks until `--wait-replicas` replicas hold everything written on this
+    /// connection, or 3/4 of the timeout (so the reply comes before the connection's own
+    /// timeout). Short of that, every published message of the pipeline becomes
+    /// [`PublishError::NotReplicated`] — it is in the primary's stream, but not safe from a
+    /// failover.
+    async fn wait_for_replicas(
+        &mut self,
+        results: &mut [Result<Delivery, PublishError>],
+    ) -> Result<(), PublishError> {
+        let wait = self.timeout * 3 / 4;
+        let acknowledged: u32 = redis::cmd("WAIT")
+            .arg(self.wait_replicas)
+            .arg(wait.as_millis().max(1) as u64)
+            .query_async(&mut self.connection)
+            .await
+            .map_err(|error| classify_redis(&self.target, self.timeout, &error))?;
+        if acknowledged >= self.wait_replicas {
+            return Ok(());
+        }
+        for result in results.iter_mut() {
+            if let Ok(delivery) = result {
+                *result = Err(PublishError::NotReplicated {
+                    target: self.target.clone(),
+                    id: delivery.id.clone().unwrap_or_default(),
+                    acknowledged,
+                    wanted: self.wait_replicas,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Adds the command that publishes one notification: `EVALSHA` of the publish script (record in
@@ -338,21 +393,6 @@ fn no_answer(timeout: Duration) -> String {
     )
 }
 
-/// Classifies a failure to connect: a timeout is unavailability, a driver error as
-/// [`classify_redis`] says.
-fn classify_broker(target: &str, timeout: Duration, error: &BrokerError) -> PublishError {
-    match error {
-        BrokerError::Timeout { .. } => PublishError::Unavailable {
-            target: target.to_owned(),
-            reason: no_answer(timeout),
-        },
-        BrokerError::Unavailable { source, .. } | BrokerError::BadReply { source, .. } => {
-            classify_redis(target, timeout, source)
-        }
-        other => PublishError::Failed(format!("{target}: {other}")),
-    }
-}
-
 fn classify_redis(target: &str, timeout: Duration, error: &redis::RedisError) -> PublishError {
     let code = error.code().unwrap_or_default();
     let denied = error.kind() == redis::ErrorKind::AuthenticationFailed
@@ -379,6 +419,31 @@ fn classify_redis(target: &str, timeout: Duration, error: &redis::RedisError) ->
         }
     } else {
         PublishError::Failed(format!("{target}: {error}"))
+    }
+}
+
+/// Classifies a failure to reach the primary: the driver's own errors as [`classify_redis`]
+/// does, no answer or a node that is not (yet) the primary as unavailable, a bad URL or TLS
+/// file as a failure.
+fn classify_broker(target: &str, timeout: Duration, error: &BrokerError) -> PublishError {
+    match error {
+        // No primary named yet (a failover under way) is as unavailable as a refused connect.
+        BrokerError::Unavailable { source, .. }
+            if source.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel =>
+        {
+            PublishError::Unavailable {
+                target: target.to_owned(),
+                reason: source.to_string(),
+            }
+        }
+        BrokerError::Unavailable { source, .. } | BrokerError::BadReply { source, .. } => {
+            classify_redis(target, timeout, source)
+        }
+        BrokerError::Timeout { .. } | BrokerError::NotPrimary { .. } => PublishError::Unavailable {
+            target: target.to_owned(),
+            reason: error.to_string(),
+        },
+        other => PublishError::Failed(other.to_string()),
     }
 }
 

@@ -17,6 +17,20 @@ pub enum BrokerError {
         /// The parser's complaint.
         source: redis::RedisError,
     },
+    /// A `redis+sentinel://` URL that does not parse.
+    #[error("invalid Redis Sentinel URL {url:?}: {source}")]
+    SentinelUrl {
+        /// The URL as given, passwords masked.
+        url: String,
+        /// What is wrong with it.
+        source: super::sentinel_url::SentinelUrlError,
+    },
+    /// The node the sentinels named is not (or no longer) the primary: a failover is under way.
+    #[error("the node the sentinels named answers ROLE as a {role}, not the primary")]
+    NotPrimary {
+        /// What the node said it is.
+        role: &'static str,
+    },
     /// A file named for Redis TLS (`--redis-ca-cert`, a client certificate or key) could
     /// not be read.
     #[error("cannot read {}", path.display())]
@@ -84,14 +98,25 @@ impl BrokerError {
     pub(crate) fn breaks_connection(&self) -> bool {
         match self {
             BrokerError::Unavailable { source, .. } => {
-                source.is_io_error() || source.is_connection_dropped() || source.is_timeout()
+                source.is_io_error()
+                    || source.is_connection_dropped()
+                    || source.is_timeout()
+                    || demoted(source)
             }
-            BrokerError::Timeout { .. } => true,
+            BrokerError::Timeout { .. } | BrokerError::NotPrimary { .. } => true,
             BrokerError::InvalidUrl { .. }
+            | BrokerError::SentinelUrl { .. }
             | BrokerError::TlsFile { .. }
             | BrokerError::TlsSetup { .. }
             | BrokerError::BadReply { .. }
             | BrokerError::BadId { .. } => false,
         }
     }
+}
+
+/// Whether `error` says the server stopped being the primary under the connection: a write
+/// refused with `READONLY`, or a blocked command ended with `UNBLOCKED` when the role changed.
+fn demoted(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        || error.code() == Some("UNBLOCKED")
 }

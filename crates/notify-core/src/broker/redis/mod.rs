@@ -27,6 +27,9 @@
 //! - [`links`]: readiness from both links.
 //! - [`connection_names`]: how each connection shows in `CLIENT LIST`.
 //! - [`error`]: the typed [`BrokerError`].
+//! - [`target`]: where connections go — one server, or the primary the sentinels name
+//!   (`redis+sentinel://`), asked again at every connect and checked with `ROLE`.
+//! - [`sentinel_url`]: the `redis+sentinel://` URL's spelling.
 //! - [`tls`]: the client for a URL, `rediss://` with a private CA and a client certificate.
 //! - [`url`]: [`redact_url`], for logs.
 
@@ -39,6 +42,7 @@ pub mod error;
 mod links;
 pub mod publisher;
 pub mod scripts;
+pub mod sentinel_url;
 mod stream_follower;
 mod stream_reader;
 mod subscriber;
@@ -89,8 +93,9 @@ pub const DEFAULT_RETENTION: usize = 10_000;
 /// Settings for [`RedisBroker::start`].
 #[derive(Debug, Clone)]
 pub struct RedisBrokerConfig {
-    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (see [`tls`](Self::tls));
-    /// for a cluster, the seed nodes' URLs, comma-separated.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (see [`tls`](Self::tls)),
+    /// or `redis+sentinel[s]://…/MASTER_NAME` (see [`sentinel_url`]); for a cluster, the seed
+    /// nodes' URLs, comma-separated.
     pub url: String,
     /// Whether `url` names a Redis Cluster (hash-tagged names, sharded pub/sub).
     pub cluster: bool,
@@ -179,9 +184,9 @@ where
             positions: HashMap::new(),
         };
         let task = match &target {
-            RedisTarget::Single(client) => {
+            RedisTarget::Single(_) | RedisTarget::Sentinel(_) => {
                 let subscriber = Subscriber {
-                    client: client.clone(),
+                    target: target.clone(),
                     config: config.clone(),
                     ingest: Arc::clone(&ingest),
                     links,

@@ -17,13 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::BrokerError;
 use super::links::{keep_up, Link, Links};
+use super::target::RedisTarget;
 use super::RedisBrokerConfig;
 use crate::backoff::Backoff;
 use crate::ingest::Ingest;
 
 /// The subscriber task's state.
 pub(super) struct Subscriber<T> {
-    pub(super) client: redis::Client,
+    pub(super) target: RedisTarget,
     pub(super) config: RedisBrokerConfig,
     pub(super) ingest: Arc<Ingest<T>>,
     pub(super) links: Arc<Links>,
@@ -108,8 +109,10 @@ where
 
     async fn subscribe(&self, channels: &[String]) -> Result<redis::aio::PubSub, BrokerError> {
         const OPERATION: &str = "subscribe";
+        // For a sentinel target: the primary named now (its own errors carry their cause).
+        let client = self.target.client(self.config.command_timeout).await?;
         let attempt = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
+            let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(channels).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };

@@ -40,7 +40,7 @@ pub fn read_url_file(path: &Path) -> Result<String, UrlFileError> {
 }
 
 /// Query parameters that carry a password (`redis+unix:///run/redis.sock?pass=secret`).
-const SECRET_PARAMETERS: [&str; 2] = ["pass", "password"];
+const SECRET_PARAMETERS: [&str; 3] = ["pass", "password", "sentinel_password"];
 
 /// The URLs of a comma-separated list (`redis://h1:7000,redis://h2:7001`, a cluster's seed
 /// nodes), trimmed. A list is only split before a `redis://` or `rediss://`, so a comma inside
