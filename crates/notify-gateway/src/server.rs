@@ -127,6 +127,21 @@ pub async fn run(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let admin_listener = match config.admin_listen {
+        Some(address) => Some(admin::bind(address).await?),
+        None => None,
+    };
+    run_on(listener, admin_listener, config, shutdown).await
+}
+
+/// [`run`] with the admin listener (`--admin-listen`) already bound, so the binary can
+/// refuse a taken address before it starts logging.
+pub async fn run_on(
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let local_addr = listener
         .local_addr()
         .context("reading the listen address")?;
@@ -174,10 +189,6 @@ pub async fn run(
             tracing::info!("broker: embedded (single node; set --redis-url for several nodes)");
             Broker::Embedded(EmbeddedBroker::new(Arc::clone(&ingest)))
         }
-    };
-    let admin_listener = match config.admin_listen {
-        Some(address) => Some(admin::bind(address).await?),
-        None => None,
     };
     // The publish API is served where /api/* is: the admin address when there is one.
     let publish_listen = match &admin_listener {
