@@ -687,6 +687,7 @@ async fn root(
         );
         return reject("capacity", StatusCode::SERVICE_UNAVAILABLE, text);
     };
+    tracing::debug!(%region, %client, %peer, since = ?since, "connection opened");
     let connection = Connection {
         region,
         since,
@@ -755,7 +756,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.app.prometheus.render(),
+        telemetry::render_metrics(&state.app.prometheus),
     )
         .into_response()
 }

@@ -110,6 +110,22 @@ pub enum PayloadError {
 }
 
 impl PayloadError {
+    /// Every [`PayloadError::kind`], so a counter can show each reason at 0 before the first.
+    pub const KINDS: [&'static str; 12] = [
+        "too_large",
+        "not_utf8",
+        "not_json",
+        "duplicate_key",
+        "not_object",
+        "missing_field",
+        "empty_field",
+        "wrong_type",
+        "unsupported_event",
+        "bad_region",
+        "region_mismatch",
+        "bad_thumbnail",
+    ];
+
     /// A short, stable, label-safe name for metrics (`bad_payloads_total{reason="not_json"}`).
     pub fn kind(&self) -> &'static str {
         match self {
