@@ -22,7 +22,7 @@ use crate::publish_access::{parse_api_key, read_key_file};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use ipnet::IpNet;
-use notify_core::broker::redis::redact_url;
+use notify_core::broker::redis::suggest_redis_url;
 use notify_proto::{Region, DEFAULT_CHANNEL_PREFIX, DEFAULT_MAX_PAYLOAD_BYTES};
 
 /// Log output format.
@@ -555,14 +555,12 @@ impl GatewayConfig {
                 missing: "--trusted-proxies",
             });
         }
-        if let Some(url) = self.redis_url() {
-            if !url.contains("://") {
-                return Err(ConfigError::RedisUrlWithoutScheme {
-                    flag: self.redis_url_flag(),
-                    shown: redact_url(&format!("redis://{url}"))["redis://".len()..].to_owned(),
-                    suggestion: redact_url(&format!("redis://{url}")),
-                });
-            }
+        if let Some(suggestion) = self.redis_url().and_then(suggest_redis_url) {
+            return Err(ConfigError::RedisUrlWithoutScheme {
+                flag: self.redis_url_flag(),
+                shown: suggestion["redis://".len()..].to_owned(),
+                suggestion,
+            });
         }
         Ok(())
     }

@@ -93,9 +93,10 @@ pub enum PayloadError {
     /// `event` is something other than `new_trending`.
     #[error("event {0:?} is not supported (expected \"new_trending\")")]
     UnsupportedEvent(String),
-    /// `region` is not a region.
+    /// `region` is not a region. The message includes the region error's, so it is not
+    /// also a `source` (a printed chain would say it twice).
     #[error("field `region`: {0}")]
-    Region(#[from] RegionError),
+    Region(RegionError),
     /// The payload's region differs from the region of the channel it came on.
     #[error("payload region {payload} does not match channel region {channel}")]
     RegionMismatch {
@@ -107,6 +108,12 @@ pub enum PayloadError {
     /// `thumbnail` is not an absolute http(s) URL.
     #[error("thumbnail {0:?} is not an http(s) URL")]
     BadThumbnail(String),
+}
+
+impl From<RegionError> for PayloadError {
+    fn from(error: RegionError) -> Self {
+        PayloadError::Region(error)
+    }
 }
 
 impl PayloadError {

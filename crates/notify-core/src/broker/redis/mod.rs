@@ -52,7 +52,7 @@ pub use self::error::BrokerError;
 pub use self::publisher::publish_command;
 pub use self::scripts::{publish_script, PUBLISH_SCRIPT, READ_SCRIPT};
 pub use self::tls::{redis_client, ClientIdentity, RedisTls};
-pub use self::url::{read_url_file, redact_url, UrlFileError};
+pub use self::url::{read_url_file, redact_url, suggest_redis_url, UrlFileError};
 
 use self::commands::CommandConnection;
 use self::coverage::Gap;
