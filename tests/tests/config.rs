@@ -577,3 +577,45 @@ async fn debug_level_tells_the_connection_story_and_info_does_not() -> Result<()
     }
     Ok(())
 }
+
+#[test]
+fn pairs_and_the_two_redis_url_sources_follow_the_precedence_across_sources() {
+    // A certificate in the file without its key anywhere: one line, exit 2.
+    let half = TempFile::new("half.toml", "tls-cert = \"/etc/notify/cert.pem\"\n");
+    let output = run_gateway(&["--config", half.path(), "--check-config"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr_of(&output),
+        "error: --tls-cert is set but --tls-key is not: give both or neither\n"
+    );
+    // The file's redis-url yields to a variable's redis-url-file (a stronger source).
+    let url_file = TempFile::new("redis-url", "redis://:hunter2@env-host:6380\n");
+    let file = TempFile::new("redis.toml", "redis-url = \"redis://file-host:6379\"\n");
+    let output = run_gateway(
+        &["--config", file.path(), "--check-config"],
+        &[("NOTIFY_REDIS_URL_FILE", url_file.path())],
+    );
+    let shown = stdout_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert!(shown.contains("# redis-url is not set"), "{shown}");
+    assert!(
+        effective_line(&shown, "redis-url-file").ends_with("# env"),
+        "{shown}"
+    );
+    assert!(!shown.contains("hunter2"), "{shown}");
+    // Both in the file: one must go.
+    let both = TempFile::new(
+        "both.toml",
+        &format!(
+            "redis-url = \"redis://a:1\"\nredis-url-file = \"{}\"\n",
+            url_file.path()
+        ),
+    );
+    let output = run_gateway(&["--config", both.path(), "--check-config"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr_of(&output).contains("`redis-url` and `redis-url-file` are both set"),
+        "{}",
+        stderr_of(&output)
+    );
+}
