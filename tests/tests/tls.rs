@@ -313,16 +313,18 @@ fn tls_flags_must_come_together_and_load() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("--tls-"), "{stderr}");
     }
-    // Both given, but the certificate file is not one: a clear startup error.
+    // Both given, but the certificate file is not one: a configuration error, found before
+    // the start, in one line.
     let bad = certs.dir.write("bad.crt", "garbage").unwrap();
     let bad = bad.to_string_lossy();
     let output = run(&["--tls-cert", &bad, "--tls-key", &certs.key]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("loading the TLS certificate") && stderr.contains("bad.crt"),
+        stderr.starts_with("error: --tls-cert/--tls-key: ") && stderr.contains("bad.crt"),
         "{stderr}"
     );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
 /// The flags of one valid notification for `region`.

@@ -192,7 +192,7 @@ where
 
     /// Queues a message without an id for the region's clients: no history, no mark.
     fn publish_live(&self, notification: &Notification) -> usize {
-        self.count_received(notification.region);
+        self.count_received(notification.region, None);
         self.hub
             .publish(notification.region, None, T::from(notification.to_json()))
     }
@@ -224,7 +224,7 @@ where
         let id = state.history.next_id(now_ms);
         notification.id = Some(id);
         let frame = T::from(notification.to_json());
-        self.count_received(notification.region);
+        self.count_received(notification.region, Some(id));
         state.history.record(id, frame.clone());
         let queued = self.hub.publish(notification.region, Some(id), frame);
         (Some(id), queued)
@@ -244,7 +244,7 @@ where
             metrics::counter!("notify_duplicates_dropped_total").increment(1);
             return false;
         }
-        self.count_received(region);
+        self.count_received(region, Some(id));
         state.history.record(id, frame.clone());
         self.hub.publish(region, Some(id), frame);
         true
@@ -286,7 +286,9 @@ where
             .publish_epoch_start(region, state.epoch, T::from(announcement.to_json()))
     }
 
-    fn count_received(&self, region: Region) {
+    /// Counts a notification received for `region` (and logs it at debug level).
+    fn count_received(&self, region: Region, id: Option<StreamId>) {
+        tracing::debug!(%region, id = ?id, "notification received");
         if let Some(counter) = self.received.get(&region) {
             counter.increment(1);
         }

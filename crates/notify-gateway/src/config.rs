@@ -1,20 +1,28 @@
-//! Command-line and environment configuration. Every flag has an `NOTIFY_*` variable, so the
-//! same binary runs from a shell, a systemd unit or a container spec.
+//! The gateway's configuration: flags, their `NOTIFY_*` variables, and the `--config` TOML
+//! file ([`crate::config_file`]), with the precedence flag > environment > file > built-in
+//! default. The same binary runs from a shell, a systemd unit or a container spec.
 //!
-//! Every duration and size is checked before anything starts: each flag's own range in its
-//! value parser, and the rules between flags in [`GatewayConfig::validate`]. A bad value is a
-//! usage error (exit code 2, one line naming the flag), never a panic later.
+//! Every value is checked before anything starts ([`GatewayConfig::load`]): each flag's own
+//! range in its value parser, the rules between flags in [`GatewayConfig::validate`], and the
+//! Redis URL and TLS files in [`GatewayConfig::check_resources`]. A bad value is a usage error
+//! (exit code 2, one line naming the flag, with a hint where there is one), never a panic or a
+//! failure after the start was logged.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::admission::origins::OriginPattern;
 use crate::client_addr::parse_proxy_network;
+use crate::config_file::{config_path, ConfigFileError, FileValues};
+use crate::effective_config::EffectiveConfig;
 use crate::headers::parse_frame_ancestors;
 use crate::publish_access::{parse_api_key, read_key_file};
-use clap::{CommandFactory, Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use ipnet::IpNet;
+use notify_core::broker::redis::suggest_redis_url;
 use notify_proto::{Region, DEFAULT_CHANNEL_PREFIX, DEFAULT_MAX_PAYLOAD_BYTES};
 
 /// Log output format.
@@ -28,10 +36,28 @@ pub enum LogFormat {
 
 /// notify-gateway: pushes new-trending notifications to browsers over WebSocket, per region.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "notify-gateway", version, about, long_about = None)]
+#[command(
+    name = "notify-gateway",
+    version = crate::build_info::VERSION,
+    about,
+    long_about = None,
+    after_help = AFTER_HELP
+)]
 pub struct GatewayConfig {
-    /// Address to listen on for WebSocket and HTTP.
-    #[arg(long, env = "NOTIFY_LISTEN", default_value = "127.0.0.1:8765")]
+    /// TOML file of settings: keys are the long flag names (`queue-limit = 512`,
+    /// `regions = ["AE", "FI"]`). Flags and NOTIFY_* variables override it.
+    #[arg(long, env = "NOTIFY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration (flags, environment, --config file, the Redis URL and TLS
+    /// files), print the effective settings with secrets masked, and exit: 0 if valid, 2 if
+    /// not. Nothing is bound or connected.
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// Address to listen on for WebSocket and HTTP: IP:PORT, HOST:PORT (resolved at start) or
+    /// :PORT (every IPv4 interface, 0.0.0.0).
+    #[arg(long, env = "NOTIFY_LISTEN", default_value = "127.0.0.1:8765", value_parser = parse_listen_flag)]
     pub listen: SocketAddr,
 
     /// Redis URL (redis://[:password@]host:port[/db], or rediss:// for TLS). Without it the
@@ -250,8 +276,8 @@ pub struct GatewayConfig {
     pub frame_ancestors: String,
 
     /// Separate address for /metrics, /api/*, /healthz and /readyz; when set, the public
-    /// address no longer serves /metrics and /api/*.
-    #[arg(long, env = "NOTIFY_ADMIN_LISTEN")]
+    /// address no longer serves /metrics and /api/*. Same forms as --listen.
+    #[arg(long, env = "NOTIFY_ADMIN_LISTEN", value_parser = parse_listen_flag)]
     pub admin_listen: Option<SocketAddr>,
 
     /// Log format; the level comes from RUST_LOG (default info).
@@ -314,8 +340,23 @@ pub const MAX_QUEUE_LIMIT: usize = 65_536;
 /// Longest accepted duration for any period or timeout flag.
 const MAX_PERIOD: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// A rule between flags that their own ranges cannot express.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// `--help` text after the flags: where settings come from, and the exit status.
+pub const AFTER_HELP: &str = "\
+Configuration: every flag can also be set by its NOTIFY_* variable (shown with each flag) and
+by a key of the --config TOML file with the flag's long name (queue-limit = 512,
+regions = [\"AE\", \"FI\"], proxy-protocol = true). A flag wins over its variable, the
+variable over the file, the file over the built-in default. Unknown keys are errors.
+--check-config prints the effective settings, secrets masked, and where each came from.
+
+Exit status:
+  0   stopped on SIGTERM/SIGINT after draining; --check-config: the configuration is valid
+  1   any other failure after the start
+  2   configuration error: a bad flag, variable or --config file value, an unreadable file
+  69  an address (--listen, --admin-listen) cannot be bound, e.g. already in use";
+
+/// A rule between flags that their own ranges cannot express, or a setting that names a
+/// resource that cannot be used (a Redis URL that does not parse, unreadable TLS files).
+#[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A cluster is reached through its seed nodes' URLs.
     #[error("--redis-cluster needs the seed nodes in --redis-url or --redis-url-file")]
@@ -344,22 +385,152 @@ pub enum ConfigError {
         /// The least value that works with the other two flags.
         needed: usize,
     },
+    /// One of two settings that only work together (a certificate and its key).
+    #[error("{given} is set but {missing} is not: give both or neither")]
+    HalfPair {
+        /// The flag that is set.
+        given: &'static str,
+        /// Its partner.
+        missing: &'static str,
+    },
+    /// Both sources of the Redis URL in the configuration file.
+    #[error("{file}: `redis-url` and `redis-url-file` are both set: keep one")]
+    TwoRedisUrls {
+        /// The configuration file.
+        file: String,
+    },
+    /// A Redis URL without a scheme, the commonest slip (`127.0.0.1:6379`).
+    #[error("{flag} {shown:?} is not a Redis URL: did you mean {suggestion}?")]
+    RedisUrlWithoutScheme {
+        /// Where the URL came from (`--redis-url` or `--redis-url-file`).
+        flag: &'static str,
+        /// The URL as given, secrets masked.
+        shown: String,
+        /// The URL with `redis://` in front, secrets masked.
+        suggestion: String,
+    },
+    /// A Redis URL (or its TLS files) the Redis client refuses.
+    #[error(
+        "{flag}: {source} (expected redis://[:password@]host:port[/db] or rediss://… for TLS)"
+    )]
+    RedisUrl {
+        /// Where the URL came from.
+        flag: &'static str,
+        /// The client's complaint (URL masked).
+        source: notify_core::broker::redis::BrokerError,
+    },
+    /// `--tls-cert` / `--tls-key` that do not load.
+    #[error("--tls-cert/--tls-key: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Why the configuration cannot be loaded; each prints as one message.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A flag or variable clap refused (or `--help`/`--version`, which are not errors).
+    #[error("{0}")]
+    Usage(#[from] clap::Error),
+    /// The `--config` file.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+    /// A rule between settings, or a resource a setting names.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+impl LoadError {
+    /// Prints the error once on stderr (clap's own format for clap's errors, else one
+    /// `error:` line) and returns the exit code: 0 for `--help`/`--version`, else 2.
+    pub fn report(&self) -> u8 {
+        match self {
+            LoadError::Usage(error) => {
+                let _ = error.print();
+                u8::try_from(error.exit_code()).unwrap_or(crate::exit::USAGE)
+            }
+            other => {
+                eprintln!("error: {}", with_causes(other));
+                crate::exit::USAGE
+            }
+        }
+    }
+}
+
+/// The error's message followed by each cause the message does not already contain.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        let text = current.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = current.source();
+    }
+    message
 }
 
 /// Room in the write-buffer cap for a frame header and the `id` a notification gains.
 pub const WRITE_BUFFER_HEADROOM: usize = 1024;
 
+/// A configuration that passed every check, and what `--check-config` shows of it.
+#[derive(Debug)]
+pub struct LoadedConfig {
+    /// The settings.
+    pub config: GatewayConfig,
+    /// Each setting's value (secrets masked) and where it came from.
+    pub effective: EffectiveConfig,
+}
+
 impl GatewayConfig {
-    /// Parses the command line and environment and checks the rules between flags; on any
-    /// error prints one clear message and exits with code 2 (before any logging starts).
-    pub fn parse_and_validate() -> Self {
-        let config = Self::parse();
-        if let Err(error) = config.validate() {
-            Self::command()
-                .error(clap::error::ErrorKind::ArgumentConflict, error)
-                .exit();
+    /// Reads the command line `args`, the environment (`env`) and the `--config` file, then
+    /// runs every check: each value's parser, [`Self::validate`] and
+    /// [`Self::check_resources`].
+    pub fn load(
+        args: Vec<OsString>,
+        env: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<LoadedConfig, LoadError> {
+        let file = match config_path(&args, env) {
+            Some(path) => FileValues::read(&path, &Self::command())?,
+            None => FileValues::default(),
+        };
+        let matches = file.apply(Self::command()).try_get_matches_from(args)?;
+        let mut config = Self::from_arg_matches(&matches)?;
+        config.prefer_the_stronger_redis_url(&matches, &file)?;
+        config.validate()?;
+        config.check_resources()?;
+        let effective = EffectiveConfig::from_matches(&Self::command(), &matches, &file, &config);
+        Ok(LoadedConfig { config, effective })
+    }
+
+    /// `--redis-url` and `--redis-url-file` exclude each other on the command line; when one
+    /// comes from the file and the other from a flag or variable, the flag or variable wins.
+    fn prefer_the_stronger_redis_url(
+        &mut self,
+        matches: &ArgMatches,
+        file: &FileValues,
+    ) -> Result<(), ConfigError> {
+        if self.redis_url.is_none() || self.redis_url_file.is_none() {
+            return Ok(());
         }
-        config
+        let from_file = |id| matches.value_source(id) == Some(ValueSource::DefaultValue);
+        match (from_file("redis_url"), from_file("redis_url_file")) {
+            (true, true) => Err(ConfigError::TwoRedisUrls {
+                file: file
+                    .path
+                    .as_ref()
+                    .map(|path| path.display().to_string())
+                    .unwrap_or_default(),
+            }),
+            (true, false) => {
+                self.redis_url = None;
+                Ok(())
+            }
+            _ => {
+                self.redis_url_file = None;
+                Ok(())
+            }
+        }
     }
 
     /// Checks the rules between flags (each flag's own range is checked while parsing).
@@ -380,7 +551,69 @@ impl GatewayConfig {
                 needed: needed + 1,
             });
         }
+        // clap ties these pairs together on the command line; a file value can bring one alone.
+        for (first, second, names) in [
+            (
+                self.tls_cert.is_some(),
+                self.tls_key.is_some(),
+                ("--tls-cert", "--tls-key"),
+            ),
+            (
+                self.redis_client_cert.is_some(),
+                self.redis_client_key.is_some(),
+                ("--redis-client-cert", "--redis-client-key"),
+            ),
+        ] {
+            if first != second {
+                let (given, missing) = if first { names } else { (names.1, names.0) };
+                return Err(ConfigError::HalfPair { given, missing });
+            }
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(ConfigError::HalfPair {
+                given: "--proxy-protocol",
+                missing: "--trusted-proxies",
+            });
+        }
+        if let Some(suggestion) = self.redis_url().and_then(suggest_redis_url) {
+            return Err(ConfigError::RedisUrlWithoutScheme {
+                flag: self.redis_url_flag(),
+                shown: suggestion["redis://".len()..].to_owned(),
+                suggestion,
+            });
+        }
         Ok(())
+    }
+
+    /// Checks what the settings name without connecting or binding: the Redis URL parses
+    /// (with its TLS files, if any) and the served certificate and key load.
+    pub fn check_resources(&self) -> Result<(), ConfigError> {
+        if let Some(url) = self.redis_url() {
+            let layout = if self.redis_cluster {
+                notify_proto::KeyLayout::Cluster
+            } else {
+                notify_proto::KeyLayout::Single
+            };
+            notify_core::broker::redis::RedisTarget::new(url, &self.redis_tls(), layout).map_err(
+                |source| ConfigError::RedisUrl {
+                    flag: self.redis_url_flag(),
+                    source,
+                },
+            )?;
+        }
+        if let Some(files) = self.tls_files() {
+            crate::tls::TlsTerminator::new(files)?;
+        }
+        Ok(())
+    }
+
+    /// The flag the Redis URL came from.
+    fn redis_url_flag(&self) -> &'static str {
+        if self.redis_url.is_some() {
+            "--redis-url"
+        } else {
+            "--redis-url-file"
+        }
     }
 
     /// `--ws-max-write-buffer-bytes`, or its default: twice one write batch plus the largest
@@ -437,6 +670,10 @@ fn parse_trusted_proxy(input: &str) -> Result<IpNet, String> {
 
 fn parse_frame_ancestors_flag(input: &str) -> Result<String, String> {
     parse_frame_ancestors(input).map_err(|error| error.to_string())
+}
+
+fn parse_listen_flag(input: &str) -> Result<SocketAddr, String> {
+    crate::listen_address::parse_listen_address(input).map_err(|error| error.to_string())
 }
 
 fn parse_region(input: &str) -> Result<Region, String> {
@@ -498,7 +735,10 @@ mod tests {
     #[test]
     fn a_cluster_needs_its_seed_urls() {
         let without = GatewayConfig::try_parse_from(["notify-gateway", "--redis-cluster"]).unwrap();
-        assert_eq!(without.validate(), Err(ConfigError::ClusterWithoutRedisUrl));
+        assert!(matches!(
+            without.validate(),
+            Err(ConfigError::ClusterWithoutRedisUrl)
+        ));
         let with = GatewayConfig::try_parse_from([
             "notify-gateway",
             "--redis-cluster",
@@ -506,7 +746,8 @@ mod tests {
             "redis://h1:7000,redis://h2:7001",
         ])
         .unwrap();
-        assert_eq!(with.validate(), Ok(()));
+        assert!(with.validate().is_ok());
+        assert!(with.check_resources().is_ok());
     }
 
     #[test]

@@ -5,7 +5,12 @@
 //! SIGTERM/SIGINT; everything else is here so the tests can read it as one piece.
 //!
 //! # Layout
-//! - [`config`]: flags and `NOTIFY_*` environment variables.
+//! - [`config`]: flags, `NOTIFY_*` environment variables and their checks.
+//! - [`config_file`]: the `--config` TOML file.
+//! - [`effective_config`]: what `--check-config` prints.
+//! - [`listen_address`]: the forms `--listen` accepts (`HOST:PORT`, `:PORT`).
+//! - [`build_info`]: version and git commit.
+//! - [`exit`]: exit codes.
 //! - [`server`]: shared state, HTTP routes, the accept loop, shutdown and drain.
 //! - [`handshake`]: what a WebSocket request's query asks for (`region`, `since`).
 //! - [`socket`]: one WebSocket connection: batching writes, pings, close codes.
@@ -26,11 +31,16 @@
 pub mod admin;
 pub mod admission;
 pub mod assets;
+pub mod build_info;
 pub mod capacity;
 pub mod client_addr;
 pub mod config;
+pub mod config_file;
+pub mod effective_config;
+pub mod exit;
 pub mod handshake;
 pub mod headers;
+pub mod listen_address;
 pub mod ops;
 pub mod proxy_protocol;
 pub mod publish_access;

@@ -128,6 +128,21 @@ pub async fn run(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let admin_listener = match config.admin_listen {
+        Some(address) => Some(admin::bind(address).await?),
+        None => None,
+    };
+    run_on(listener, admin_listener, config, shutdown).await
+}
+
+/// [`run`] with the admin listener (`--admin-listen`) already bound, so the binary can
+/// refuse a taken address before it starts logging.
+pub async fn run_on(
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let local_addr = listener
         .local_addr()
         .context("reading the listen address")?;
@@ -181,10 +196,6 @@ pub async fn run(
             tracing::info!("broker: embedded (single node; set --redis-url for several nodes)");
             Broker::Embedded(EmbeddedBroker::new(Arc::clone(&ingest)))
         }
-    };
-    let admin_listener = match config.admin_listen {
-        Some(address) => Some(admin::bind(address).await?),
-        None => None,
     };
     // The publish API is served where /api/* is: the admin address when there is one.
     let publish_listen = match &admin_listener {
@@ -700,6 +711,7 @@ async fn root(
         );
         return reject("capacity", StatusCode::SERVICE_UNAVAILABLE, text);
     };
+    tracing::debug!(%region, %client, %peer, since = ?since, "connection opened");
     let connection = Connection {
         region,
         since,
@@ -768,7 +780,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.app.prometheus.render(),
+        telemetry::render_metrics(&state.app.prometheus),
     )
         .into_response()
 }

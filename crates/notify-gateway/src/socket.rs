@@ -137,8 +137,9 @@ pub async fn serve(mut socket: WebSocket, connection: Connection) {
         gauge.decrement(1.0);
     }
     match ending {
-        Ending::ClientGone => {}
+        Ending::ClientGone => tracing::debug!(%region, "connection ended by the client"),
         Ending::ClientClosed => {
+            tracing::debug!(%region, "client sent a close frame");
             // tungstenite queued the echo of the client's close frame; send it.
             finish_close(region, socket.flush()).await;
         }

@@ -1,8 +1,10 @@
-//! Logs and metrics setup: tracing with `RUST_LOG` and text or JSON output; the Prometheus
-//! recorder that every `metrics::` macro in the workspace reports to, and the handles the
-//! hot path uses so it never looks a metric up by name.
+//! Logs and metrics setup: tracing with `RUST_LOG` and text or JSON output (ANSI colour only
+//! on a terminal, never with `NO_COLOR`); the Prometheus recorder that every `metrics::` macro
+//! in the workspace reports to, the process metrics, the build info, every event counter
+//! registered at 0, and the handles the hot path uses so it never looks a metric up by name.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,14 +18,25 @@ use crate::config::LogFormat;
 /// Installs the global tracing subscriber. Level from `RUST_LOG`, default `info`.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     // A second install (tests calling run twice) is harmless; ignore it.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Colour only for a person at a terminal: not in a file, a pipe or journald, and never when
+/// `NO_COLOR` is set to anything but the empty string (<https://no-color.org>).
+fn use_colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 /// Upper bounds of the fan-out latency histogram, in seconds (100 µs … 5 s).
@@ -42,6 +55,13 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .context("installing the Prometheus recorder")?;
     describe();
+    register_at_zero();
+    metrics::gauge!(
+        "notify_build_info",
+        "version" => crate::build_info::PACKAGE_VERSION,
+        "commit" => crate::build_info::COMMIT
+    )
+    .set(1.0);
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -53,8 +73,64 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// The process metrics (`process_resident_memory_bytes`, `process_open_fds`, …), read from
+/// the OS at each scrape.
+static PROCESS_METRICS: std::sync::LazyLock<metrics_process::Collector> =
+    std::sync::LazyLock::new(|| {
+        let collector = metrics_process::Collector::default();
+        collector.describe();
+        collector
+    });
+
+/// Renders `/metrics`: the process metrics are read now, then everything is rendered.
+pub fn render_metrics(handle: &PrometheusHandle) -> String {
+    PROCESS_METRICS.collect();
+    handle.render()
+}
+
+/// Counters that otherwise appear only with their first event, so dashboards and alerts
+/// (`rate(...)`, `absent(...)`) see them from the first scrape.
+fn register_at_zero() {
+    use notify_core::broker::ResumeSource;
+    use notify_proto::PayloadError;
+    let bad_payload_reasons = PayloadError::KINDS
+        .into_iter()
+        .chain(["unknown_channel", "foreign_id"]);
+    for reason in bad_payload_reasons {
+        metrics::counter!("notify_bad_payloads_total", "reason" => reason).absolute(0);
+    }
+    for source in [
+        ResumeSource::Memory,
+        ResumeSource::Stream,
+        ResumeSource::Resync,
+    ] {
+        metrics::counter!("notify_resumes_total", "source" => source.as_str()).absolute(0);
+    }
+    for reason in ["error", "timeout"] {
+        metrics::counter!("notify_tls_handshake_failures_total", "reason" => reason).absolute(0);
+    }
+    for name in [
+        "notify_messages_delivered_total",
+        "notify_messages_dropped_total",
+        "notify_slow_client_disconnects_total",
+        "notify_broker_reconnects_total",
+        "notify_broker_resyncs_total",
+        "notify_resyncs_total",
+        "notify_duplicates_dropped_total",
+        "notify_sockets_refused_total",
+        "notify_accept_errors_total",
+        "notify_proxy_header_errors_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+}
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "notify_build_info",
+        "Always 1; the version and git commit of the running gateway as labels."
+    );
     describe_gauge!(
         "notify_connections",
         "Open WebSocket connections, by region."
@@ -168,5 +244,19 @@ impl ConnectionMetrics {
     /// The connection gauge of `region`.
     pub fn connections(&self, region: Region) -> Option<&Gauge> {
         self.connections.get(&region)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_colour;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
     }
 }

@@ -27,5 +27,5 @@ pub mod strict_json;
 pub use channel::{ChannelNames, KeyLayout, DEFAULT_CHANNEL_PREFIX};
 pub use control::ControlMessage;
 pub use notification::{Notification, PayloadError, DEFAULT_MAX_PAYLOAD_BYTES, EVENT_NEW_TRENDING};
-pub use region::{Region, RegionError, SEED_REGIONS};
+pub use region::{suggest_region, Region, RegionError, SEED_REGIONS};
 pub use stream_id::{StreamId, StreamIdError};

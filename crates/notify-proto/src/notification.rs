@@ -93,9 +93,10 @@ pub enum PayloadError {
     /// `event` is something other than `new_trending`.
     #[error("event {0:?} is not supported (expected \"new_trending\")")]
     UnsupportedEvent(String),
-    /// `region` is not a region.
+    /// `region` is not a region. The message includes the region error's, so it is not
+    /// also a `source` (a printed chain would say it twice).
     #[error("field `region`: {0}")]
-    Region(#[from] RegionError),
+    Region(RegionError),
     /// The payload's region differs from the region of the channel it came on.
     #[error("payload region {payload} does not match channel region {channel}")]
     RegionMismatch {
@@ -109,7 +110,29 @@ pub enum PayloadError {
     BadThumbnail(String),
 }
 
+impl From<RegionError> for PayloadError {
+    fn from(error: RegionError) -> Self {
+        PayloadError::Region(error)
+    }
+}
+
 impl PayloadError {
+    /// Every [`PayloadError::kind`], so a counter can show each reason at 0 before the first.
+    pub const KINDS: [&'static str; 12] = [
+        "too_large",
+        "not_utf8",
+        "not_json",
+        "duplicate_key",
+        "not_object",
+        "missing_field",
+        "empty_field",
+        "wrong_type",
+        "unsupported_event",
+        "bad_region",
+        "region_mismatch",
+        "bad_thumbnail",
+    ];
+
     /// A short, stable, label-safe name for metrics (`bad_payloads_total{reason="not_json"}`).
     pub fn kind(&self) -> &'static str {
         match self {

@@ -77,6 +77,58 @@ const RIGHT_TO_LEFT: [(&str, &str); 26] = [
     ("YE", "ar"),
 ];
 
+/// Codes people type for a region that are not its ISO 3166-1 alpha-2 code: reserved or
+/// customary two-letter codes (UK, EL), and the alpha-3 codes of the seed regions and of the
+/// most populous countries. Sorted by the mistaken code.
+const MISTAKEN_CODES: [(&str, &str); 30] = [
+    ("ARE", "AE"),
+    ("AUS", "AU"),
+    ("BEL", "BE"),
+    ("BRA", "BR"),
+    ("CAN", "CA"),
+    ("CHE", "CH"),
+    ("CHN", "CN"),
+    ("CZE", "CZ"),
+    ("DEU", "DE"),
+    ("DNK", "DK"),
+    ("EL", "GR"),
+    ("ESP", "ES"),
+    ("FIN", "FI"),
+    ("FRA", "FR"),
+    ("GBR", "GB"),
+    ("IND", "IN"),
+    ("ISR", "IL"),
+    ("ITA", "IT"),
+    ("JPN", "JP"),
+    ("KOR", "KR"),
+    ("MEX", "MX"),
+    ("NLD", "NL"),
+    ("POL", "PL"),
+    ("RUS", "RU"),
+    ("SAU", "SA"),
+    ("SWE", "SE"),
+    ("TUR", "TR"),
+    ("UAE", "AE"),
+    ("UK", "GB"),
+    ("USA", "US"),
+];
+
+/// The region meant by a mistaken code (`UK` → GB, `usa` → US), if it is a known mistake.
+pub fn suggest_region(input: &str) -> Option<Region> {
+    let upper = input.trim().to_ascii_uppercase();
+    MISTAKEN_CODES
+        .binary_search_by(|(mistake, _)| (*mistake).cmp(upper.as_str()))
+        .ok()
+        .and_then(|index| Region::parse(MISTAKEN_CODES[index].1).ok())
+}
+
+/// `: did you mean GB?` for a known mistake, else nothing.
+fn did_you_mean(input: &str) -> String {
+    suggest_region(input)
+        .map(|region| format!(": did you mean {region}?"))
+        .unwrap_or_default()
+}
+
 /// A region: an assigned ISO 3166-1 alpha-2 code, stored in canonical uppercase.
 ///
 /// Two bytes, `Copy`, usable as a map key; construct it with [`Region::parse`] or `str::parse`.
@@ -88,10 +140,16 @@ pub struct Region([u8; 2]);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegionError {
     /// Not two ASCII letters at all (`../x`, `USA`, ``).
-    #[error("region {0:?} is not an ISO 3166-1 alpha-2 code (two letters, e.g. AE or us)")]
+    #[error(
+        "region {0:?} is not an ISO 3166-1 alpha-2 code (two letters, e.g. AE or us){hint}",
+        hint = did_you_mean(.0)
+    )]
     Malformed(String),
     /// Two letters, but not a code ISO 3166-1 has assigned (`ZZ`, `UK`).
-    #[error("region {0:?} is not an assigned ISO 3166-1 alpha-2 code")]
+    #[error(
+        "region {0:?} is not an assigned ISO 3166-1 alpha-2 code{hint}",
+        hint = did_you_mean(.0)
+    )]
     Unassigned(String),
 }
 
@@ -219,6 +277,18 @@ mod tests {
             Err(RegionError::Unassigned(_))
         ));
         assert!(matches!(Region::parse(""), Err(RegionError::Malformed(_))));
+        assert_eq!(
+            Region::parse("UK").unwrap_err().to_string(),
+            "region \"UK\" is not an assigned ISO 3166-1 alpha-2 code: did you mean GB?"
+        );
+        assert!(Region::parse("usa")
+            .unwrap_err()
+            .to_string()
+            .ends_with(": did you mean US?"));
+        assert!(!Region::parse("ZZ")
+            .unwrap_err()
+            .to_string()
+            .contains("mean"));
         assert!(matches!(
             Region::parse("USA"),
             Err(RegionError::Malformed(_))

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use notify_core::broker::redis::redact_url;
-use notify_core::broker::redis::{split_seeds, RedisTls};
+use notify_core::broker::redis::{redact_url, split_seeds, suggest_redis_url, RedisTls};
 use notify_proto::KeyLayout;
 
 use crate::input::FlagFields;
@@ -41,7 +40,7 @@ When several apply, 77 and 69 win over 1, 1 over 75, and 75 over 65.";
 /// Publish `new_trending` notifications to Redis or a notify gateway, one from flags or many
 /// from NDJSON, and report how many subscribers got each.
 #[derive(Debug, Parser)]
-#[command(name = "notify-publish", version, after_help = AFTER_HELP)]
+#[command(name = "notify-publish", version = crate::VERSION, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Region of the one notification: ISO 3166-1 alpha-2, case-insensitive (AE, fi, …)
     #[arg(long, required_unless_present = "input", conflicts_with = "input")]
@@ -288,6 +287,12 @@ fn parse_redis_url_file(path: &str) -> Result<String, String> {
 }
 
 fn check_redis_url(url: &str) -> Result<(), String> {
+    if let Some(suggestion) = suggest_redis_url(url) {
+        let shown = &suggestion["redis://".len()..];
+        return Err(format!(
+            "--redis-url {shown:?} is not a Redis URL: did you mean {suggestion}?"
+        ));
+    }
     if let Some(parsed) = notify_core::broker::redis::sentinel_url::SentinelUrl::parse(url) {
         return parsed.map(drop).map_err(|error| {
             format!(
@@ -308,6 +313,12 @@ fn check_redis_url(url: &str) -> Result<(), String> {
 fn check_gateway_url(url: &str) -> Result<(), String> {
     let expected = "expected http://host:port or https://host:port";
     let invalid = |why: &str| format!("invalid --gateway-url {}: {why}", redact_url(url));
+    if !url.contains("://") {
+        return Err(invalid(&format!(
+            "no scheme; did you mean {}?",
+            redact_url(&format!("http://{}", url.trim()))
+        )));
+    }
     let parsed =
         reqwest::Url::parse(url).map_err(|error| invalid(&format!("{error}; {expected}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
@@ -414,6 +425,20 @@ mod tests {
             assert!(!error.contains("s3cr"), "{flag} {url}: {error}");
             assert!(!error.contains("et@"), "{flag} {url}: {error}");
         }
+    }
+
+    #[test]
+    fn addresses_without_a_scheme_get_a_suggestion() {
+        let error = checked(&["--redis-url", "127.0.0.1:6379"]).unwrap_err();
+        assert_eq!(
+            error,
+            "--redis-url \"127.0.0.1:6379\" is not a Redis URL: did you mean redis://127.0.0.1:6379?"
+        );
+        let error = checked(&["--gateway-url", "127.0.0.1:8765"]).unwrap_err();
+        assert!(
+            error.ends_with("did you mean http://127.0.0.1:8765?"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -29,6 +29,14 @@ use notify_proto::Notification;
 use tokio::io::AsyncRead;
 
 pub use cli::Cli;
+
+/// `--version`: the crate version and the git commit built (`unknown` outside a checkout).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("NOTIFY_GIT_COMMIT"),
+    ")"
+);
 use input::FlagError;
 use output::Reporter;
 use sink::{Destination, GatewaySink, PublishError, RedisSink, Sink};

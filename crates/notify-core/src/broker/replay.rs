@@ -124,6 +124,7 @@ impl ReplayCursor {
         if self.source.is_none() {
             self.source = Some(source);
             count_resume(source);
+            tracing::debug!(region = %self.region, since = %self.since, source = source.as_str(), "resume served");
         }
     }
 

@@ -67,7 +67,7 @@ pub use self::publisher::publish_command;
 pub use self::scripts::{publish_script, PUBLISH_SCRIPT, READ_SCRIPT, SHARDED_PUBLISH_SCRIPT};
 pub use self::target::RedisTarget;
 pub use self::tls::{redis_client, ClientIdentity, RedisTls};
-pub use self::url::{read_url_file, redact_url, split_seeds, UrlFileError};
+pub use self::url::{read_url_file, redact_url, split_seeds, suggest_redis_url, UrlFileError};
 
 use self::cluster::subscriber::ShardedSubscriber;
 use self::commands::CommandConnection;

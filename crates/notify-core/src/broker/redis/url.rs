@@ -1,5 +1,6 @@
 //! Redis URLs and their secrets: [`redact_url`] makes a URL fit for logs and error messages,
-//! with every secret it may carry masked; [`read_url_file`] reads a URL (password included)
+//! with every secret it may carry masked; [`suggest_redis_url`] the URL meant by an address
+//! typed without its scheme; [`read_url_file`] reads a URL (password included)
 //! from a file, so the password is neither on a command line nor in every child's environment.
 //! [`split_seeds`] splits a cluster's comma-separated seed URLs.
 
@@ -37,6 +38,12 @@ pub fn read_url_file(path: &Path) -> Result<String, UrlFileError> {
         .find(|line| !line.is_empty() && !line.starts_with('#'))
         .map(str::to_owned)
         .ok_or(UrlFileError::Empty { path: shown })
+}
+
+/// The URL meant by a Redis address typed without a scheme (`127.0.0.1:6379` →
+/// `redis://127.0.0.1:6379`), secrets masked; `None` when `url` has a scheme.
+pub fn suggest_redis_url(url: &str) -> Option<String> {
+    (!url.contains("://")).then(|| redact_url(&format!("redis://{}", url.trim())))
 }
 
 /// Query parameters that carry a password (`redis+unix:///run/redis.sock?pass=secret`).
@@ -142,6 +149,19 @@ mod tests {
             read_url_file(&path),
             Err(UrlFileError::Unreadable { .. })
         ));
+    }
+
+    #[test]
+    fn a_missing_scheme_gets_a_suggestion() {
+        assert_eq!(
+            suggest_redis_url("127.0.0.1:6379").as_deref(),
+            Some("redis://127.0.0.1:6379")
+        );
+        assert_eq!(
+            suggest_redis_url(":secret@10.0.0.1:6379").as_deref(),
+            Some("redis://:***@10.0.0.1:6379")
+        );
+        assert_eq!(suggest_redis_url("redis://h:1"), None);
     }
 
     #[test]
