@@ -37,6 +37,12 @@ When several apply, 77 and 69 win over 1, and 1 over 65.";
 
 /// Publish `new_trending` notifications to Redis or a notify gateway, one from flags or many
 /// from NDJSON, and report how many subscribers got each.
+/// Where messages go when neither `--redis-url` nor `--gateway-url` is given.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// The gateway's own default address, suggested when a local Redis is not there.
+pub const LOCAL_GATEWAY_URL: &str = "http://127.0.0.1:8765";
+
 #[derive(Debug, Parser)]
 #[command(name = "notify-publish", version, after_help = AFTER_HELP)]
 pub struct Cli {
@@ -81,7 +87,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "NOTIFY_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        default_value = DEFAULT_REDIS_URL,
         hide_env_values = true
     )]
     pub redis_url: String,

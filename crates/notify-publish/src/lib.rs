@@ -109,16 +109,37 @@ async fn connect(cli: &Cli) -> Result<Sink, PublishError> {
             cli.timeout,
             usize::from(cli.concurrency),
         )?)),
-        None => Ok(Sink::Redis(
-            RedisSink::connect(
-                cli.redis_url(),
-                &cli.redis_tls(),
-                &cli.channel_prefix,
-                cli.retention,
-                cli.timeout,
-            )
-            .await?,
-        )),
+        None => RedisSink::connect(
+            cli.redis_url(),
+            &cli.redis_tls(),
+            &cli.channel_prefix,
+            cli.retention,
+            cli.timeout,
+        )
+        .await
+        .map(Sink::Redis)
+        .map_err(|error| suggest_gateway(cli, error)),
+    }
+}
+
+/// A newcomer who runs the gateway alone (embedded broker) and then `notify-publish` without
+/// a target reaches for a Redis that is not there (the default, `redis://127.0.0.1:6379`):
+/// when a Redis on this machine is unavailable, the error also says how to publish through a
+/// local gateway instead.
+fn suggest_gateway(cli: &Cli, error: PublishError) -> PublishError {
+    let local_redis = reqwest::Url::parse(cli.redis_url())
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_owned))
+        .is_some_and(|host| matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]"));
+    match error {
+        PublishError::Unavailable { target, reason } if local_redis => PublishError::Unavailable {
+            target,
+            reason: format!(
+                "{reason}; to publish through a gateway instead, name it: --gateway-url {}",
+                cli::LOCAL_GATEWAY_URL
+            ),
+        },
+        other => other,
     }
 }
 
