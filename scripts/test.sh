@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the tests need
-# (redis-server, Chromium) when missing, builds the binaries the end-to-end tests spawn,
+# (redis-server, Chromium, Node.js and npm) when missing, builds the binaries the end-to-end tests spawn,
 # runs the Rust tests, a short fuzzing pass and the real-browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# The browser tests need Node.js >= 20; tests/browser/run.sh fetches a newer one from the npm
+# registry when Debian's (18 on Debian 12) is older.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "== installing ${missing[*]} (Debian packages)"
   sudo=""

@@ -60,10 +60,11 @@ process.on('exit', () => {
 
 /** A running notify-gateway process. */
 export class Gateway {
-  constructor(port, regions, args = []) {
+  constructor(port, regions, args = [], host = '127.0.0.1') {
     this.port = port;
     this.regions = regions;
     this.args = args;
+    this.host = host;
     this.origin = `http://127.0.0.1:${port}`;
     this.wsOrigin = `ws://127.0.0.1:${port}`;
     this.child = null;
@@ -72,10 +73,11 @@ export class Gateway {
 
   /**
    * Starts a gateway serving `regions` on `port` (a free one when omitted); `args` are extra
-   * command-line flags, e.g. `['--redis-url', redis.url]`.
+   * command-line flags, e.g. `['--redis-url', redis.url]`; `host` is the listen address
+   * (`0.0.0.0` for a non-loopback gateway, still reached over 127.0.0.1).
    */
-  static async start({ regions = ['AE', 'FI'], port, args = [] } = {}) {
-    const gateway = new Gateway(port ?? (await freePort()), regions, args);
+  static async start({ regions = ['AE', 'FI'], port, args = [], host } = {}) {
+    const gateway = new Gateway(port ?? (await freePort()), regions, args, host);
     await gateway.spawn();
     return gateway;
   }
@@ -87,7 +89,7 @@ export class Gateway {
     delete env.NOTIFY_API_KEY;
     delete env.NOTIFY_LISTEN;
     delete env.NOTIFY_REGIONS;
-    const args = ['--listen', `127.0.0.1:${this.port}`, '--regions', this.regions.join(','), ...this.args];
+    const args = ['--listen', `${this.host}:${this.port}`, '--regions', this.regions.join(','), ...this.args];
     const deadline = Date.now() + 20000;
     // A restart on the same port may briefly find it still held; retry until the deadline.
     for (;;) {
