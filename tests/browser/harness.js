@@ -172,12 +172,16 @@ export class Gateway {
     return { status: response.status, body };
   }
 
-  /** Publishes and insists on HTTP 200 with at least `minSubscribers` receivers. */
-  async publishOk(notification, minSubscribers = 1) {
+  /**
+   * Publishes and insists on HTTP 200 with at least `minReached` receivers: browsers with the
+   * embedded broker (`clients_reached`), gateway nodes with Redis (`gateway_nodes_reached`).
+   */
+  async publishOk(notification, minReached = 1) {
     const { status, body } = await this.publish(notification);
     if (status !== 200) throw new Error(`publish failed: HTTP ${status} ${JSON.stringify(body)}`);
-    if (!(Number(body.subscribers) >= minSubscribers)) {
-      throw new Error(`publish reached ${body.subscribers} subscribers, expected >= ${minSubscribers}`);
+    const reached = body.clients_reached ?? body.gateway_nodes_reached;
+    if (!(Number(reached) >= minReached)) {
+      throw new Error(`publish reached ${JSON.stringify(body)}, expected >= ${minReached}`);
     }
     return body;
   }

@@ -2,8 +2,8 @@
 //!
 //! It replaces the seed's PHP `NotificationPublisher`: one notification from flags, or many
 //! from NDJSON, validated by notify-proto and sent as canonical JSON either straight to Redis
-//! (`PUBLISH tvs:{REGION}`) or through a gateway's `POST /api/publish`. It reports how many
-//! subscribers got each message and exits with a sysexits-style status ([`exit`]).
+//! (`PUBLISH tvs:{REGION}`) or through a gateway's `POST /api/publish`. It reports how far
+//! each message reached (gateway nodes, or a gateway's browsers) and exits with a sysexits-style status ([`exit`]).
 //!
 //! # Layout
 //! - [`cli`]: flags and `--help`.
