@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the tests need
-# (redis-server, Chromium, promtool) when missing, builds the binaries the end-to-end tests spawn,
+# (redis-server, redis-sentinel, Chromium, promtool, HAProxy, Node.js and npm) when missing, builds the binaries the end-to-end tests spawn,
 # runs the Rust tests, a short fuzzing pass and the real-browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,10 @@ command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # The fleet test puts deploy/haproxy/haproxy.cfg in front of three gateways.
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+# The browser tests need Node.js >= 20; tests/browser/run.sh fetches a newer one from the npm
+# registry when Debian's (18 on Debian 12) is older.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "== installing ${missing[*]} (Debian packages)"
   sudo=""

@@ -61,10 +61,11 @@ process.on('exit', () => {
 
 /** A running notify-gateway process. */
 export class Gateway {
-  constructor(port, regions, args = []) {
+  constructor(port, regions, args = [], host = '127.0.0.1') {
     this.port = port;
     this.regions = regions;
     this.args = args;
+    this.host = host;
     this.origin = `http://127.0.0.1:${port}`;
     this.wsOrigin = `ws://127.0.0.1:${port}`;
     this.child = null;
@@ -73,10 +74,11 @@ export class Gateway {
 
   /**
    * Starts a gateway serving `regions` on `port` (a free one when omitted); `args` are extra
-   * command-line flags, e.g. `['--redis-url', redis.url]`.
+   * command-line flags, e.g. `['--redis-url', redis.url]`; `host` is the listen address
+   * (`0.0.0.0` for a non-loopback gateway, still reached over 127.0.0.1).
    */
-  static async start({ regions = ['AE', 'FI'], port, args = [] } = {}) {
-    const gateway = new Gateway(port ?? (await freePort()), regions, args);
+  static async start({ regions = ['AE', 'FI'], port, args = [], host } = {}) {
+    const gateway = new Gateway(port ?? (await freePort()), regions, args, host);
     await gateway.spawn();
     return gateway;
   }
@@ -88,7 +90,7 @@ export class Gateway {
     delete env.NOTIFY_API_KEY;
     delete env.NOTIFY_LISTEN;
     delete env.NOTIFY_REGIONS;
-    const args = ['--listen', `127.0.0.1:${this.port}`, '--regions', this.regions.join(','), ...this.args];
+    const args = ['--listen', `${this.host}:${this.port}`, '--regions', this.regions.join(','), ...this.args];
     const deadline = Date.now() + 20000;
     // A restart on the same port may briefly find it still held; retry until the deadline.
     for (;;) {
@@ -171,12 +173,16 @@ export class Gateway {
     return { status: response.status, body };
   }
 
-  /** Publishes and insists on HTTP 200 with at least `minSubscribers` receivers. */
-  async publishOk(notification, minSubscribers = 1) {
+  /**
+   * Publishes and insists on HTTP 200 with at least `minReached` receivers: browsers with the
+   * embedded broker (`clients_reached`), gateway nodes with Redis (`gateway_nodes_reached`).
+   */
+  async publishOk(notification, minReached = 1) {
     const { status, body } = await this.publish(notification);
     if (status !== 200) throw new Error(`publish failed: HTTP ${status} ${JSON.stringify(body)}`);
-    if (!(Number(body.subscribers) >= minSubscribers)) {
-      throw new Error(`publish reached ${body.subscribers} subscribers, expected >= ${minSubscribers}`);
+    const reached = body.clients_reached ?? body.gateway_nodes_reached;
+    if (!(Number(reached) >= minReached)) {
+      throw new Error(`publish reached ${JSON.stringify(body)}, expected >= ${minReached}`);
     }
     return body;
   }

@@ -6,14 +6,52 @@
 # Env: NOTIFY_GATEWAY_BIN (default target/debug/notify-gateway), CHROMIUM_PATH (default
 # /usr/bin/chromium), UPDATE_SCREENSHOTS=1 (also refresh docs/screenshots/). Screenshots land
 # in target/screenshots/; docs/screenshots/ gets a copy when missing.
+#
+# Needs Node.js >= 20 (playwright-core refuses older) and npm. Missing ones are installed from
+# Debian packages (as root); when the system's Node is older (Debian 12 ships 18), a pinned
+# Node from the npm registry (the official binary, packaged as node-linux-<arch>) is unpacked
+# into tests/browser/.node/ and used for these tests only.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-if ! command -v node >/dev/null 2>&1; then
-  echo "run.sh: node (>= 20) is required" >&2
-  exit 1
+MIN_NODE_MAJOR=20
+NODE_FROM_NPM=22.23.3
+
+node_major() {
+  "$1" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0
+}
+
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "run.sh: node or npm missing; installing nodejs and npm (Debian packages)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
+  else
+    echo "run.sh: Node.js >= $MIN_NODE_MAJOR and npm are required (apt-get install -y nodejs npm)" >&2
+    exit 1
+  fi
 fi
+
+if [ "$(node_major node)" -lt "$MIN_NODE_MAJOR" ]; then
+  if [ "$(node_major .node/bin/node)" -lt "$MIN_NODE_MAJOR" ]; then
+    case "$(uname -m)" in
+      x86_64) arch=x64 ;;
+      aarch64) arch=arm64 ;;
+      *) echo "run.sh: node $(node --version) is older than $MIN_NODE_MAJOR and no Node build is known for $(uname -m)" >&2; exit 1 ;;
+    esac
+    echo "run.sh: node $(node --version) is older than $MIN_NODE_MAJOR; fetching node-linux-$arch@$NODE_FROM_NPM from the npm registry"
+    download="$(mktemp -d)"
+    (cd "$download" && npm pack --silent "node-linux-$arch@$NODE_FROM_NPM" >/dev/null)
+    tar -xzf "$download"/node-linux-"$arch"-*.tgz -C "$download" package/bin/node
+    mkdir -p .node/bin
+    mv "$download/package/bin/node" .node/bin/node
+    rm -rf "$download"
+  fi
+  PATH="$PWD/.node/bin:$PATH"
+  export PATH
+fi
+echo "run.sh: node $(node --version)"
 
 # Dependencies: playwright-core only (it never downloads a browser here). `npm ci` needs the
 # registry unless the package is cached; an existing matching node_modules is reused as is.

@@ -620,7 +620,11 @@ async fn api_publish_needs_the_key_and_reaches_clients() {
     assert_eq!(response.status(), 200);
     let receipt: Value = response.json().await.unwrap();
     assert_eq!(receipt["region"], "CZ");
-    assert_eq!(receipt["subscribers"], 1, "one gateway subscribed on Redis");
+    assert_eq!(
+        receipt["gateway_nodes_reached"], 1,
+        "one gateway subscribed on Redis"
+    );
+    assert_eq!(receipt["subscribers"], 1, "kept, deprecated");
     let value = next_json(&mut client, WAIT).await.unwrap();
     assert_eq!(value["title"], "Čeština: č ž š");
 

@@ -175,7 +175,7 @@ async fn single_notification_from_flags() -> Result<()> {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let printed = printed_ids(
         &text(&output.stdout),
-        &["published AE dQw4w9WgXcQ to tvs:AE: 1 subscriber"],
+        &["published AE dQw4w9WgXcQ to tvs:AE: reached 1 gateway node"],
     )?;
     assert_eq!(text(&output.stderr), "");
     let (channel, payload) = next_message(&mut sub, WAIT).await.context("no message")?;
@@ -191,7 +191,7 @@ async fn single_notification_from_flags() -> Result<()> {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let printed = printed_ids(
         &text(&output.stdout),
-        &["published AE dQw4w9WgXcQ to tvs:AE: 1 subscriber"],
+        &["published AE dQw4w9WgXcQ to tvs:AE: reached 1 gateway node"],
     )?;
     let (_, payload) = next_message(&mut sub, WAIT).await.context("no message")?;
     let value: Value = serde_json::from_str(&payload)?;
@@ -237,7 +237,7 @@ async fn single_notification_from_flags() -> Result<()> {
     let printed = take_id(&mut reply)?;
     assert_eq!(
         reply,
-        serde_json::json!({"region":"FI","video_id":"fi1","channel":"tvs:FI","subscribers":1})
+        serde_json::json!({"region":"FI","video_id":"fi1","redis_channel":"tvs:FI","gateway_nodes_reached":1,"subscribers":1})
     );
     let (_, payload) = next_message(&mut sub_fi, WAIT)
         .await
@@ -351,11 +351,11 @@ async fn ndjson_from_a_file() -> Result<()> {
     let printed = printed_ids(
         &text(&output.stdout),
         &[
-            "published AE dQw4w9WgXcQ to tvs:AE: 1 subscriber",
-            "published AE ae2 to tvs:AE: 1 subscriber",
-            "published CZ cz1 to tvs:CZ: 1 subscriber",
-            "published FI fi1 to tvs:FI: 1 subscriber",
-            "published DK dk1 to tvs:DK: 1 subscriber",
+            "published AE dQw4w9WgXcQ to tvs:AE: reached 1 gateway node",
+            "published AE ae2 to tvs:AE: reached 1 gateway node",
+            "published CZ cz1 to tvs:CZ: reached 1 gateway node",
+            "published FI fi1 to tvs:FI: reached 1 gateway node",
+            "published DK dk1 to tvs:DK: reached 1 gateway node",
         ],
     )?;
     let stderr = text(&output.stderr);
@@ -407,14 +407,14 @@ async fn ndjson_from_stdin_with_json_output() -> Result<()> {
         .collect::<Result<_>>()?;
     assert_eq!(
         replies[0],
-        serde_json::json!({"line":1,"region":"AE","video_id":"dQw4w9WgXcQ","channel":"tvs:AE","subscribers":1})
+        serde_json::json!({"line":1,"region":"AE","video_id":"dQw4w9WgXcQ","redis_channel":"tvs:AE","gateway_nodes_reached":1,"subscribers":1})
     );
     let lines: Vec<i64> = replies[..6]
         .iter()
         .map(|reply| reply["line"].as_i64().unwrap())
         .collect();
     assert_eq!(lines, [1, 2, 4, 5, 6, 7]);
-    assert_eq!(replies[5]["channel"], "tvs:CZ");
+    assert_eq!(replies[5]["redis_channel"], "tvs:CZ");
     assert_eq!(
         replies[6]["summary"],
         serde_json::json!({"published":6,"bad":0,"failed":0,"lines":6,"elapsed_ms":replies[6]["summary"]["elapsed_ms"]})
@@ -483,8 +483,8 @@ async fn bad_lines_are_named_and_good_lines_still_published() -> Result<()> {
     let printed = printed_ids(
         &text(&output.stdout),
         &[
-            "published AE good1 to tvs:AE: 1 subscriber",
-            "published AE good2 to tvs:AE: 1 subscriber",
+            "published AE good1 to tvs:AE: reached 1 gateway node",
+            "published AE good2 to tvs:AE: reached 1 gateway node",
         ],
     )?;
     let mut ids = Vec::new();
@@ -525,8 +525,8 @@ async fn bad_lines_are_named_and_good_lines_still_published() -> Result<()> {
     assert_eq!(
         published,
         [
-            serde_json::json!({"line":1,"region":"AE","video_id":"good1","channel":"tvs:AE","subscribers":1}),
-            serde_json::json!({"line":7,"region":"AE","video_id":"good2","channel":"tvs:AE","subscribers":1}),
+            serde_json::json!({"line":1,"region":"AE","video_id":"good1","redis_channel":"tvs:AE","gateway_nodes_reached":1,"subscribers":1}),
+            serde_json::json!({"line":7,"region":"AE","video_id":"good2","redis_channel":"tvs:AE","gateway_nodes_reached":1,"subscribers":1}),
         ]
     );
     let mut json_ids = Vec::new();
@@ -680,9 +680,9 @@ async fn messages_are_recorded_in_the_region_stream() -> Result<()> {
     let printed = printed_ids(
         &text(&output.stdout),
         &[
-            "published AE s1 to tvs:AE: 0 subscribers",
-            "published AE s2 to tvs:AE: 0 subscribers",
-            "published AE s3 to tvs:AE: 0 subscribers",
+            "published AE s1 to tvs:AE: reached 0 gateway nodes",
+            "published AE s2 to tvs:AE: reached 0 gateway nodes",
+            "published AE s3 to tvs:AE: reached 0 gateway nodes",
         ],
     )?;
     assert_increasing(&printed);
@@ -752,7 +752,7 @@ async fn gateway_publish_with_key() -> Result<()> {
     let stdout = text(&output.stdout);
     let rest = stdout
         .strip_prefix(&format!(
-            "published AE dQw4w9WgXcQ via {gateway_url}: 2 subscribers"
+            "published AE dQw4w9WgXcQ via {gateway_url}: reached 2 gateway nodes"
         ))
         .with_context(|| stdout.clone())?;
     let id = match rest.strip_prefix(" (id ") {
@@ -801,7 +801,8 @@ async fn gateway_publish_with_key() -> Result<()> {
     assert_eq!(replies[0]["error"], "field `region` is missing");
     assert_eq!(replies[1]["gateway"], gateway_url.as_str());
     assert_eq!(replies[1]["region"], "AE");
-    assert_eq!(replies[1]["subscribers"], 2);
+    assert_eq!(replies[1]["gateway_nodes_reached"], 2);
+    assert_eq!(replies[1]["subscribers"], 2, "kept, deprecated");
     let summary = &replies.last().context("summary")?["summary"];
     assert_eq!(
         (summary["published"].as_i64(), summary["bad"].as_i64()),

@@ -1,6 +1,8 @@
 // The demo page's script (served as /demo.js; the page's Content-Security-Policy allows no
 // inline script). Fills the publish form from /api/info, publishes through /api/publish and
-// lists what this page receives through the browser client.
+// lists what this page receives through the browser client. A `?region=` this gateway does not
+// serve is an error with the served regions to choose from, never a silent switch; the shell
+// command it suggests always names this gateway (`--gateway-url`), never a default Redis.
 import { TrendingNotifier, normalizeRegion } from '/client.js';
 
 const SAMPLES = [
@@ -17,9 +19,14 @@ const FALLBACK_REGIONS = ['AE', 'FI', 'CZ', 'DK', 'BE', 'GB', 'CH', 'US'];
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-let watched = 'US';
-try { watched = normalizeRegion(params.get('region') || 'US'); } catch { watched = 'US'; }
+// The region the address bar asks for, as typed; `watched` is what the page watches once the
+// gateway's regions are known (null: nothing, the request was not a served region).
+const requested = params.get('region');
+let watched = null;
+let wellFormed = 'US';
+try { wellFormed = normalizeRegion(requested || 'US'); } catch { wellFormed = null; }
 let publishMode = 'open';
+let broker = 'unknown';
 
 function setResult(kind, text) {
   $('result').dataset.kind = kind;
@@ -55,9 +62,25 @@ function shellQuote(value) {
   return /^[A-Za-z0-9_./:@%+=-]+$/.test(value) ? value : `'${value.replaceAll("'", `'\\''`)}'`;
 }
 
+/** The note above the suggested command, for this gateway's publish mode. */
+function commandNote() {
+  if (publishMode === 'key') return 'Or from a shell, through this gateway (it needs an API key: put it in a file):';
+  if (publishMode === 'disabled') {
+    const redis = broker === 'redis' ? ' Or publish to its Redis: --redis-url redis://… instead of --gateway-url.' : '';
+    return 'To publish through this gateway, start it with --api-key (or --api-key-file), then from a shell, with that key:' + redis;
+  }
+  return 'Or from a shell, through this gateway:';
+}
+
 function updateCommand() {
+  // Always a target: without --gateway-url, notify-publish would publish to whatever Redis
+  // runs on its own machine.
+  const target = ['--gateway-url', location.origin];
+  if (publishMode !== 'open') target.push('--api-key-file', '/path/to/api-key');
+  $('command-note').textContent = commandNote();
   $('command').textContent = [
     'notify-publish',
+    ...target,
     '--region', $('region').value,
     '--video-id', $('video-id').value,
     '--title', $('title').value,
@@ -69,6 +92,8 @@ function updateCommand() {
 function addReceived(notification) {
   $('received-empty').hidden = true;
   const item = document.createElement('li');
+  // The whole entry follows the title's direction, so a right-to-left title is right-aligned.
+  item.dir = notification.rtl ? 'rtl' : 'auto';
   const meta = document.createElement('span');
   meta.className = 'meta';
   const time = new Date((Number(notification.ts) || 0) * 1000);
@@ -82,21 +107,48 @@ function addReceived(notification) {
   while ($('received').children.length > 10) $('received').lastElementChild.remove();
 }
 
+// Connects once the gateway's regions are known (setupForm), so a region it does not serve is
+// never asked for.
 const notifier = new TrendingNotifier({
-  region: watched,
+  region: wellFormed || 'US',
+  autoConnect: false,
   status: $('status'),
   onNotification: addReceived,
   onResync: (message) => setResult('error', `Missed messages could not be replayed (${message.reason}); showing live updates.`),
 });
 window.notifier = notifier;
 
-function watch(region) {
+/** Watches `region`; the address bar follows unless this is the page's first choice. */
+function watch(region, { updateUrl = true } = {}) {
   watched = region;
+  $('region-error').hidden = true;
   $('watch-region').value = region;
   notifier.setRegion(region);
+  if (notifier.state === 'closed') notifier.connect();
+  if (!updateUrl) return;
   const url = new URL(location.href);
   url.searchParams.set('region', region);
   history.replaceState(null, '', url);
+}
+
+/** The address bar asks for a region this gateway cannot serve: say so, offer the served ones. */
+function showRegionError(regions) {
+  const why = wellFormed
+    ? `Region ${wellFormed} is not served by this gateway.`
+    : `"${requested}" is not a region code (two letters, ISO 3166-1, e.g. US).`;
+  $('region-error-text').textContent = `${why} Choose one of the ${regions.length} regions it serves:`;
+  $('region-choices').replaceChildren(...regions.map((code) => {
+    const item = document.createElement('li');
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.textContent = code;
+    button.addEventListener('click', () => watch(code));
+    item.append(button);
+    return item;
+  }));
+  $('region-error').hidden = false;
+  $('status').textContent = 'Not watching';
+  $('status').dataset.state = 'closed';
 }
 
 $('watch-region').addEventListener('change', (event) => watch(event.target.value));
@@ -131,9 +183,10 @@ $('publish-form').addEventListener('submit', async (event) => {
       setResult('error', `Not published (HTTP ${response.status}): ${reply.error || response.statusText}`);
       return;
     }
-    const count = Number(reply.subscribers) || 0;
-    let text = `Published to ${reply.region || body.region}: ${count} subscriber${count === 1 ? '' : 's'}.`;
-    if (body.region !== watched) text += ` This page watches ${watched}, so no toast here.`;
+    let text = `Published to ${reply.region || body.region}: ${reachText(reply)}.`;
+    if (body.region !== watched) {
+      text += watched ? ` This page watches ${watched}, so no toast here.` : ' This page watches no region, so no toast here.';
+    }
     setResult('ok', text);
     if (body.region !== watched) {
       const button = document.createElement('button');
@@ -150,24 +203,44 @@ $('publish-form').addEventListener('submit', async (event) => {
   }
 });
 
+/** How far a publish reached, named for what the gateway counted (docs/PROTOCOL.md). */
+function reachText(reply) {
+  const plural = (count, noun) => `${count} ${noun}${count === 1 ? '' : 's'}`;
+  if (Number.isInteger(reply.clients_reached)) return `reached ${plural(reply.clients_reached, 'browser')}`;
+  if (Number.isInteger(reply.gateway_nodes_reached)) return `reached ${plural(reply.gateway_nodes_reached, 'gateway node')}`;
+  return `${plural(Number(reply.subscribers) || 0, 'subscriber')}`;
+}
+
 function setupForm(regions) {
-  if (!regions.includes(watched)) {
-    // The gateway does not serve the requested region: watch the first one it does.
-    watched = regions.includes('US') ? 'US' : regions[0];
-    notifier.setRegion(watched);
+  if (requested === null && !regions.includes(wellFormed)) {
+    // No region asked for and the gateway does not serve US: the first one it does.
+    wellFormed = regions[0];
   }
-  fillSelect($('watch-region'), regions, watched);
-  fillSelect($('region'), regions, watched);
+  const served = regions.includes(wellFormed);
+  fillSelect($('watch-region'), regions, served ? wellFormed : null);
+  if (served) {
+    watch(wellFormed, { updateUrl: false });
+  } else {
+    // A blank choice keeps the picker honest: nothing is watched until one is chosen.
+    const none = document.createElement('option');
+    none.value = '';
+    none.textContent = '—';
+    none.selected = true;
+    none.disabled = true;
+    $('watch-region').prepend(none);
+    showRegionError(regions);
+  }
+  fillSelect($('region'), regions, served ? wellFormed : regions[0]);
   $('sample').replaceChildren(...SAMPLES.map((sample, index) => {
     const option = document.createElement('option');
     option.value = String(index);
     option.textContent = sample.name;
     return option;
   }));
-  const match = SAMPLES.findIndex((sample) => sample.region === watched);
+  const match = SAMPLES.findIndex((sample) => sample.region === $('region').value);
   const index = match >= 0 ? match : SAMPLES.length - 1;
   $('sample').value = String(index);
-  applySample(SAMPLES[index], watched);
+  applySample(SAMPLES[index], $('region').value);
 }
 
 async function loadInfo() {
@@ -177,12 +250,16 @@ async function loadInfo() {
     const info = await response.json();
     const regions = Array.isArray(info.regions) && info.regions.length ? info.regions : FALLBACK_REGIONS;
     publishMode = ['open', 'key', 'disabled'].includes(info.publish) ? info.publish : 'disabled';
+    broker = info.broker || 'unknown';
     $('info').textContent = `Gateway ${info.version || ''} · broker: ${info.broker || 'unknown'} · publish: ${publishMode}`;
     setupForm(regions);
   } catch (error) {
     publishMode = 'disabled';
     $('info').textContent = `Gateway info unavailable (${error.message})`;
-    setupForm(FALLBACK_REGIONS);
+    // Without the gateway's list, trust a well-formed requested region (the WebSocket's own
+    // 400 would say if it is not served).
+    const extra = wellFormed && !FALLBACK_REGIONS.includes(wellFormed) ? [wellFormed] : [];
+    setupForm([...extra, ...FALLBACK_REGIONS]);
   }
   $('key-field').hidden = publishMode !== 'key';
   $('publish-open').hidden = publishMode === 'disabled';

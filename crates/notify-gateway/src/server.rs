@@ -816,13 +816,18 @@ async fn publish(
         }
         return json_error(rejection.status(), rejection);
     }
-    let notification = match Notification::from_slice(&body, app.settings.max_payload_bytes) {
-        Ok(notification) => notification,
-        Err(error @ notify_proto::PayloadError::TooLarge { .. }) => {
-            return json_error(StatusCode::PAYLOAD_TOO_LARGE, error);
-        }
-        Err(error) => return json_error(StatusCode::BAD_REQUEST, error),
-    };
+    // A missing `ts` is now, as the CLI does (docs/PROTOCOL.md).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() as i64);
+    let notification =
+        match Notification::from_publish_request(&body, now, app.settings.max_payload_bytes) {
+            Ok(notification) => notification,
+            Err(error @ notify_proto::PayloadError::TooLarge { .. }) => {
+                return json_error(StatusCode::PAYLOAD_TOO_LARGE, error);
+            }
+            Err(error) => return json_error(StatusCode::BAD_REQUEST, error),
+        };
     if matches!(app.broker, Broker::Embedded(_)) && !app.hub.serves(notification.region) {
         return json_error(
             StatusCode::BAD_REQUEST,
@@ -833,12 +838,15 @@ async fn publish(
         );
     }
     match app.broker.publish(&notification).await {
-        Ok(receipt) => Json(json!({
-            "region": notification.region,
-            "subscribers": receipt.subscribers,
-            "id": receipt.id,
-        }))
-        .into_response(),
+        Ok(receipt) => {
+            // `gateway_nodes_reached` (Redis) or `clients_reached` (embedded), and the
+            // deprecated `subscribers` (notify_proto::publish_reply).
+            let mut reply = serde_json::Map::new();
+            reply.insert("region".into(), json!(notification.region));
+            receipt.reach.write_into(&mut reply);
+            reply.insert("id".into(), json!(receipt.id));
+            Json(reply).into_response()
+        }
         Err(error) => json_error(StatusCode::SERVICE_UNAVAILABLE, error),
     }
 }

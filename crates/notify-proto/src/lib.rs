@@ -15,11 +15,13 @@
 //! - [`channel`]: `{prefix}{REGION}` Redis channel names and their inverse.
 //! - [`control`]: messages the gateway sends on its own behalf (not published by anyone).
 //! - [`stream_id`]: message ids (`ms-seq`), the order of a region's history.
+//! - [`publish_reply`]: how far a publish reached ([`Reach`]: gateway nodes or clients).
 //! - [`strict_json`]: JSON parsing that refuses duplicate object keys.
 
 pub mod channel;
 pub mod control;
 pub mod notification;
+pub mod publish_reply;
 pub mod region;
 pub mod stream_id;
 pub mod strict_json;
@@ -27,5 +29,6 @@ pub mod strict_json;
 pub use channel::{ChannelNames, KeyLayout, DEFAULT_CHANNEL_PREFIX};
 pub use control::ControlMessage;
 pub use notification::{Notification, PayloadError, DEFAULT_MAX_PAYLOAD_BYTES, EVENT_NEW_TRENDING};
+pub use publish_reply::Reach;
 pub use region::{suggest_region, Region, RegionError, SEED_REGIONS};
 pub use stream_id::{StreamId, StreamIdError};

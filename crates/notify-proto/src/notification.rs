@@ -181,6 +181,34 @@ impl Notification {
         Self::from_value(parse_json(payload, max_bytes)?)
     }
 
+    /// Parses a notification handed to a publisher (an NDJSON line of the CLI, a
+    /// `POST /api/publish` body): as [`Notification::from_slice`], except that a missing or
+    /// `null` `ts` becomes `now` (Unix seconds). The payload, and the canonical JSON it
+    /// becomes, must fit in `max_bytes`, so every gateway accepts what was published.
+    ///
+    /// Payloads read from a Redis channel keep the strict rule: `ts` is required there.
+    pub fn from_publish_request(
+        payload: &[u8],
+        now: i64,
+        max_bytes: usize,
+    ) -> Result<Self, PayloadError> {
+        let mut value = parse_json(payload, max_bytes)?;
+        if let Value::Object(fields) = &mut value {
+            if matches!(fields.get("ts"), None | Some(Value::Null)) {
+                fields.insert("ts".into(), now.into());
+            }
+        }
+        let notification = Self::from_value(value)?;
+        let size = notification.to_json().len();
+        if size > max_bytes {
+            return Err(PayloadError::TooLarge {
+                size,
+                limit: max_bytes,
+            });
+        }
+        Ok(notification)
+    }
+
     /// Validates an already parsed JSON value (one NDJSON line, one HTTP body).
     pub fn from_value(value: Value) -> Result<Self, PayloadError> {
         let Value::Object(mut fields) = value else {

@@ -37,8 +37,14 @@ Exit status:
       refused the credentials in --redis-url
 When several apply, 77 and 69 win over 1, 1 over 75, and 75 over 65.";
 
+/// Where messages go when neither `--redis-url` nor `--gateway-url` is given.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// The gateway's own default address, suggested when a local Redis is not there.
+pub const LOCAL_GATEWAY_URL: &str = "http://127.0.0.1:8765";
+
 /// Publish `new_trending` notifications to Redis or a notify gateway, one from flags or many
-/// from NDJSON, and report how many subscribers got each.
+/// from NDJSON, and report how far each reached (gateway nodes, or a gateway's browsers).
 #[derive(Debug, Parser)]
 #[command(name = "notify-publish", version = crate::VERSION, after_help = AFTER_HELP)]
 pub struct Cli {
@@ -84,7 +90,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "NOTIFY_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        default_value = DEFAULT_REDIS_URL,
         hide_env_values = true
     )]
     pub redis_url: String,
@@ -184,7 +190,8 @@ pub struct Cli {
     pub max_payload_bytes: usize,
 
     /// human: sentences (successes on stdout, problems and the summary on stderr);
-    /// json: one object per message on stdout, then {"summary":{…}}
+    /// json: one object per message on stdout ("redis_channel" or "gateway",
+    /// "gateway_nodes_reached" or "clients_reached", "id"), then {"summary":{…}}
     #[arg(long, env = "NOTIFY_OUTPUT", value_enum, default_value_t = Format::Human)]
     pub output: Format,
 

@@ -82,21 +82,7 @@ fn flag_of(error: &PayloadError) -> &'static str {
 /// a missing `rtl` comes from the region. The line, and the canonical JSON it becomes, must
 /// fit in `max_bytes` (the gateway drops larger payloads).
 pub fn parse_line(line: &[u8], now: i64, max_bytes: usize) -> Result<Notification, PayloadError> {
-    let mut value = notify_proto::notification::parse_json(line, max_bytes)?;
-    if let Value::Object(fields) = &mut value {
-        if matches!(fields.get("ts"), None | Some(Value::Null)) {
-            fields.insert("ts".into(), now.into());
-        }
-    }
-    let notification = Notification::from_value(value)?;
-    let size = notification.to_json().len();
-    if size > max_bytes {
-        return Err(PayloadError::TooLarge {
-            size,
-            limit: max_bytes,
-        });
-    }
-    Ok(notification)
+    Notification::from_publish_request(line, now, max_bytes)
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //!
 //! It replaces the seed's PHP `NotificationPublisher`: one notification from flags, or many
 //! from NDJSON, validated by notify-proto and sent as canonical JSON either straight to Redis
-//! (`PUBLISH tvs:{REGION}`) or through a gateway's `POST /api/publish`. It reports how many
-//! subscribers got each message and exits with a sysexits-style status ([`exit`]).
+//! (`PUBLISH tvs:{REGION}`) or through a gateway's `POST /api/publish`. It reports how far
+//! each message reached (gateway nodes, or a gateway's browsers) and exits with a sysexits-style status ([`exit`]).
 //!
 //! # Layout
 //! - [`cli`]: flags and `--help`.
@@ -119,18 +119,39 @@ async fn connect(cli: &Cli) -> Result<Sink, PublishError> {
             cli.timeout,
             usize::from(cli.concurrency),
         )?)),
-        None => Ok(Sink::Redis(
-            RedisSink::connect(
-                cli.redis_url(),
-                &cli.redis_tls(),
-                cli.key_layout(),
-                &cli.channel_prefix,
-                cli.retention,
-                cli.timeout,
-                cli.wait_replicas,
-            )
-            .await?,
-        )),
+        None => RedisSink::connect(
+            cli.redis_url(),
+            &cli.redis_tls(),
+            cli.key_layout(),
+            &cli.channel_prefix,
+            cli.retention,
+            cli.timeout,
+            cli.wait_replicas,
+        )
+        .await
+        .map(Sink::Redis)
+        .map_err(|error| suggest_gateway(cli, error)),
+    }
+}
+
+/// A newcomer who runs the gateway alone (embedded broker) and then `notify-publish` without
+/// a target reaches for a Redis that is not there (the default, `redis://127.0.0.1:6379`):
+/// when a Redis on this machine is unavailable, the error also says how to publish through a
+/// local gateway instead.
+fn suggest_gateway(cli: &Cli, error: PublishError) -> PublishError {
+    let local_redis = reqwest::Url::parse(cli.redis_url())
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_owned))
+        .is_some_and(|host| matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]"));
+    match error {
+        PublishError::Unavailable { target, reason } if local_redis => PublishError::Unavailable {
+            target,
+            reason: format!(
+                "{reason}; to publish through a gateway instead, name it: --gateway-url {}",
+                cli::LOCAL_GATEWAY_URL
+            ),
+        },
+        other => other,
     }
 }
 

@@ -1,9 +1,13 @@
 //! What the command prints: one result per message and, for batches, a summary.
 //!
-//! Human format: successes on stdout (`published AE dQw4w9WgXcQ to tvs:AE: 2 subscribers`),
+//! Human format: successes on stdout (`published AE dQw4w9WgXcQ to tvs:AE: reached 2 gateway
+//! nodes`; through an embedded-broker gateway `… via http://…: reached 3 clients`),
 //! bad or failed lines and the summary on stderr (`line 3: field `title` is missing`,
 //! `published 998 of 1000 lines (2 bad) in 41 ms`). JSON format: one object per message on
-//! stdout, then `{"summary":{…}}` for batches, so a script reads one stream.
+//! stdout, then `{"summary":{…}}` for batches, so a script reads one stream. A published
+//! message's object names its destination (`redis_channel` or `gateway`) and its reach
+//! (`gateway_nodes_reached` or `clients_reached`, see [`notify_proto::Reach`]); `subscribers`,
+//! the same number under its old name, is deprecated.
 //!
 //! A closed stdout (`notify-publish … | head -1`) is not an error: output stops, publishing
 //! and the exit code do not change.
@@ -88,10 +92,10 @@ impl<O: Write, E: Write> Reporter<O, E> {
                     None => String::new(),
                 };
                 let text = format!(
-                    "published {} {} {target}: {}{id}",
+                    "published {} {} {target}: reached {}{id}",
                     notification.region,
                     notification.video_id,
-                    subscribers(delivery.subscribers)
+                    delivery.reach.describe()
                 );
                 self.write_out(&text);
             }
@@ -103,14 +107,15 @@ impl<O: Write, E: Write> Reporter<O, E> {
                 object.insert("region".into(), notification.region.as_str().into());
                 object.insert("video_id".into(), notification.video_id.clone().into());
                 match destination {
+                    // Not `channel`: that is the notification's own field (the video's channel).
                     Destination::Channel(channel) => {
-                        object.insert("channel".into(), channel.clone().into())
+                        object.insert("redis_channel".into(), channel.clone().into())
                     }
                     Destination::Gateway(url) => {
                         object.insert("gateway".into(), url.clone().into())
                     }
                 };
-                object.insert("subscribers".into(), delivery.subscribers.into());
+                delivery.reach.write_into(&mut object);
                 if let Some(id) = &delivery.id {
                     object.insert("id".into(), id.clone().into());
                 }
@@ -233,18 +238,10 @@ impl<O: Write, E: Write> Reporter<O, E> {
     }
 }
 
-fn subscribers(count: i64) -> String {
-    if count == 1 {
-        "1 subscriber".to_owned()
-    } else {
-        format!("{count} subscribers")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify_proto::Region;
+    use notify_proto::{Reach, Region};
 
     fn notification() -> Notification {
         Notification::new(
@@ -257,9 +254,9 @@ mod tests {
         )
     }
 
-    fn delivery(subscribers: i64) -> Delivery {
+    fn delivery(nodes: u64) -> Delivery {
         Delivery {
-            subscribers,
+            reach: Reach::GatewayNodes(nodes),
             id: None,
         }
     }
@@ -275,8 +272,8 @@ mod tests {
         reporter.summary(3, Duration::from_millis(41));
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "published AE dQw4w9WgXcQ to tvs:AE: 2 subscribers\n\
-             published AE dQw4w9WgXcQ to tvs:AE: 1 subscriber\n"
+            "published AE dQw4w9WgXcQ to tvs:AE: reached 2 gateway nodes\n\
+             published AE dQw4w9WgXcQ to tvs:AE: reached 1 gateway node\n"
         );
         assert_eq!(
             String::from_utf8(err).unwrap(),
@@ -308,7 +305,7 @@ mod tests {
             .collect();
         assert_eq!(
             lines[0],
-            json!({"line":1,"region":"AE","video_id":"dQw4w9WgXcQ","channel":"tvs:AE","subscribers":2})
+            json!({"line":1,"region":"AE","video_id":"dQw4w9WgXcQ","redis_channel":"tvs:AE","gateway_nodes_reached":2,"subscribers":2})
         );
         assert_eq!(
             lines[1],
@@ -317,6 +314,30 @@ mod tests {
         assert_eq!(lines[3]["line"], 5);
         assert_eq!(lines[4]["summary"]["failed"], 2);
         assert!(err.is_empty());
+    }
+
+    #[test]
+    fn a_gateway_with_the_embedded_broker_reports_clients() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let gateway = Destination::Gateway("http://127.0.0.1:8765".into());
+        let clients = Delivery {
+            reach: Reach::Clients(3),
+            id: Some("5-0".into()),
+        };
+        let mut human = Reporter::new(&mut out, &mut err, Format::Human, false);
+        human.published(None, &notification(), &gateway, &clients);
+        assert_eq!(
+            String::from_utf8(std::mem::take(&mut out)).unwrap(),
+            "published AE dQw4w9WgXcQ via http://127.0.0.1:8765: reached 3 clients (id 5-0)\n"
+        );
+        let mut json_reporter = Reporter::new(&mut out, &mut err, Format::Json, false);
+        json_reporter.published(None, &notification(), &gateway, &clients);
+        let line: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            line,
+            json!({"region":"AE","video_id":"dQw4w9WgXcQ","gateway":"http://127.0.0.1:8765",
+                   "clients_reached":3,"subscribers":3,"id":"5-0"})
+        );
     }
 
     struct ClosedPipe;

@@ -22,7 +22,7 @@ use futures_util::stream::{self, StreamExt};
 use notify_core::broker::redis::redact_url;
 use notify_core::broker::redis::{publish_command, publish_script};
 use notify_core::broker::redis::{BrokerError, RedisConnection, RedisTarget, RedisTls};
-use notify_proto::{ChannelNames, KeyLayout, Notification};
+use notify_proto::{ChannelNames, KeyLayout, Notification, Reach};
 use serde::Deserialize;
 
 use crate::exit;
@@ -33,9 +33,9 @@ pub const REDIS_PIPELINE_CHUNK: usize = 1000;
 /// What the destination said about one delivered message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    /// Subscribers that received it: Redis's PUBLISH reply (gateway nodes), or what the
-    /// gateway reports.
-    pub subscribers: i64,
+    /// How far it reached: gateway nodes (Redis's `PUBLISH` reply, also what a Redis-backed
+    /// gateway reports) or clients (a gateway with the embedded broker).
+    pub reach: Reach,
     /// History id, when the destination recorded one.
     pub id: Option<String>,
 }
@@ -368,8 +368,8 @@ pub fn add_redis_publish(
     ));
 }
 
-/// Reads the reply to [`add_redis_publish`]'s command: `[id, subscribers]`, where subscribers
-/// is the `PUBLISH` reply (gateway connections that received the message).
+/// Reads the reply to [`add_redis_publish`]'s command: `[id, nodes]`, where nodes is the
+/// `PUBLISH` reply (subscribed gateway connections that received the message).
 pub fn read_redis_reply(reply: redis::Value) -> Result<Delivery, String> {
     let unexpected =
         |other: &redis::Value| format!("unexpected reply to the publish script: {other:?}");
@@ -377,8 +377,8 @@ pub fn read_redis_reply(reply: redis::Value) -> Result<Delivery, String> {
         return Err(unexpected(&reply));
     };
     match items.as_slice() {
-        [redis::Value::BulkString(id), redis::Value::Int(subscribers)] => Ok(Delivery {
-            subscribers: *subscribers,
+        [redis::Value::BulkString(id), redis::Value::Int(nodes)] if *nodes >= 0 => Ok(Delivery {
+            reach: Reach::GatewayNodes(*nodes as u64),
             id: Some(String::from_utf8_lossy(id).into_owned()),
         }),
         _ => Err(unexpected(&reply)),
@@ -457,13 +457,6 @@ pub struct GatewaySink {
     concurrency: usize,
     target: String,
     timeout: Duration,
-}
-
-#[derive(Debug, Deserialize)]
-struct GatewayReply {
-    subscribers: i64,
-    #[serde(default)]
-    id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -576,16 +569,23 @@ impl GatewaySink {
             .await
             .map_err(|error| self.transport(error))?;
         if status.is_success() {
-            let reply: GatewayReply = serde_json::from_slice(&body).map_err(|error| {
+            let unexpected = |why: String| {
                 PublishError::Failed(format!(
-                    "{}: unexpected answer to POST /api/publish ({status}): {error}",
+                    "{}: unexpected answer to POST /api/publish ({status}): {why}",
                     self.target
                 ))
+            };
+            let reply: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|error| unexpected(error.to_string()))?;
+            let reach = Reach::from_reply(&reply).ok_or_else(|| {
+                unexpected("no gateway_nodes_reached, clients_reached or subscribers count".into())
             })?;
-            return Ok(Delivery {
-                subscribers: reply.subscribers,
-                id: reply.id,
-            });
+            let id = match reply.get("id") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(id)) => Some(id.clone()),
+                Some(other) => return Err(unexpected(format!("id is not a string: {other}"))),
+            };
+            return Ok(Delivery { reach, id });
         }
         let message = serde_json::from_slice::<GatewayErrorBody>(&body)
             .map(|body| body.error)
@@ -654,7 +654,7 @@ mod tests {
         assert_eq!(
             read_redis_reply(Array(vec![BulkString(b"17-0".to_vec()), Int(3)])).unwrap(),
             Delivery {
-                subscribers: 3,
+                reach: Reach::GatewayNodes(3),
                 id: Some("17-0".to_owned())
             }
         );
@@ -665,7 +665,7 @@ mod tests {
             ]))
             .unwrap(),
             Delivery {
-                subscribers: 0,
+                reach: Reach::GatewayNodes(0),
                 id: Some("1795833028395-12".to_owned())
             }
         );
@@ -677,6 +677,7 @@ mod tests {
             Array(vec![]),
             Array(vec![BulkString(b"17-0".to_vec())]),
             Array(vec![Int(3), BulkString(b"17-0".to_vec())]),
+            Array(vec![BulkString(b"17-0".to_vec()), Int(-1)]),
             Array(vec![BulkString(b"17-0".to_vec()), Int(3), Int(1)]),
             Array(vec![
                 BulkString(b"17-0".to_vec()),

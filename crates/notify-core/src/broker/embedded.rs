@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use notify_proto::Notification;
+use notify_proto::{Notification, Reach};
 
 use super::replay::{ReplayCursor, ReplayStep};
 use super::PublishReceipt;
@@ -35,7 +35,7 @@ where
         let mut notification = notification.clone();
         let (id, queued) = self.ingest.deliver_new(&mut notification);
         PublishReceipt {
-            subscribers: queued as u64,
+            reach: Reach::Clients(queued as u64),
             id,
         }
     }

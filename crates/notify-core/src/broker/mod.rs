@@ -14,7 +14,7 @@ pub mod embedded;
 pub mod redis;
 pub mod replay;
 
-use notify_proto::{Notification, StreamId};
+use notify_proto::{Notification, Reach, StreamId};
 
 pub use self::embedded::EmbeddedBroker;
 pub use self::redis::{BrokerError, RedisBroker, RedisBrokerConfig};
@@ -45,9 +45,9 @@ impl BrokerState {
 /// What a publish achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishReceipt {
-    /// Redis: the `PUBLISH` reply (subscribed gateway connections). Embedded: local clients the
-    /// message was queued for.
-    pub subscribers: u64,
+    /// Redis: the `PUBLISH` reply, [`Reach::GatewayNodes`] (subscribed gateway connections).
+    /// Embedded: [`Reach::Clients`], the local clients the message was queued for.
+    pub reach: Reach,
     /// The message's history id, when the broker recorded one.
     pub id: Option<StreamId>,
 }

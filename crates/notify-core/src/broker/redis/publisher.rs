@@ -2,7 +2,7 @@
 //! notification, as one command for callers that pipeline many (the CLI, the load generator)
 //! and as one call on the broker's command connection (the gateway's `POST /api/publish`).
 
-use notify_proto::{ChannelNames, Notification, StreamId};
+use notify_proto::{ChannelNames, Notification, Reach, StreamId};
 
 use super::commands::CommandConnection;
 use super::error::BrokerError;
@@ -64,7 +64,7 @@ pub(super) async fn publish(
         source,
     })?;
     Ok(PublishReceipt {
-        subscribers,
+        reach: Reach::GatewayNodes(subscribers),
         id: Some(id),
     })
 }
