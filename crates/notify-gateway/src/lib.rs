@@ -21,6 +21,7 @@
 //! - [`proxy_protocol`]: PROXY protocol headers from trusted load balancers.
 //! - [`publish_access`]: who may publish over HTTP.
 //! - [`replay_budget`]: how many resumes replay history at once.
+//! - [`resume`]: the replay and seam of a resume, shared by both transports.
 
 pub mod admin;
 pub mod admission;
@@ -29,12 +30,16 @@ pub mod capacity;
 pub mod client_addr;
 pub mod config;
 pub mod handshake;
+pub mod hangup;
 pub mod headers;
 pub mod proxy_protocol;
 pub mod publish_access;
 pub mod replay_budget;
+pub mod resume;
 pub mod server;
 pub mod socket;
+pub mod sse;
+pub mod subscriber;
 pub mod telemetry;
 pub mod tls;
 
