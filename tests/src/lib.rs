@@ -16,11 +16,13 @@
 //!   its log), with helpers for HTTP and WebSocket clients; a gateway that dies at start is
 //!   reported with its log.
 //! - [`run_publish`]: runs `notify-publish` to completion with optional stdin.
+//! - [`sse`]: a Server-Sent Events client that parses the stream as a browser does.
 //! - [`certs`]: a private CA and the certificates it signs, for the TLS tests; a gateway
 //!   serving TLS is [`Gateway::start_tls`], a Redis speaking only TLS is
 //!   [`RedisServer::start_tls`].
 
 pub mod certs;
+pub mod sse;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
