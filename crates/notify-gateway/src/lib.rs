@@ -1,4 +1,4 @@
-//! notify-gateway: WebSocket fan-out and HTTP on one port, fed by Redis or the embedded
+//! notify-gateway: WebSocket and Server-Sent Events fan-out and HTTP on one port, fed by Redis or the embedded
 //! broker.
 //!
 //! The binary (`main.rs`) only parses configuration, sets up logging, binds, and waits for
@@ -9,6 +9,9 @@
 //! - [`server`]: shared state, HTTP routes, the accept loop, shutdown and drain.
 //! - [`handshake`]: what a WebSocket request's query asks for (`region`, `since`).
 //! - [`socket`]: one WebSocket connection: batching writes, pings, close codes.
+//! - [`sse`]: Server-Sent Events at `GET /events`: the encoding and one stream's task.
+//! - [`subscriber`]: the admission every client passes, whatever its transport.
+//! - [`hangup`]: a streamed response cutting its own connection (a client that stopped reading).
 //! - [`tls`]: TLS for clients (`wss://`, `https://`) and certificate reload.
 //! - [`capacity`]: the open-files limit and connection slots.
 //! - [`telemetry`]: logging and Prometheus metrics.
