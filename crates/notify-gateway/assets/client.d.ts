@@ -83,6 +83,9 @@ export interface TrendingNotifierOptions {
   transport?: TransportOption;
   /** WebSocket failures before opening that switch `"auto"` to SSE (default 2). */
   sseAfterFailures?: number;
+  /** Opt-in: while the page is hidden and permission is granted, a system notification
+   * instead of a toast. */
+  backgroundNotices?: boolean;
   /** Connect from the constructor (default true). */
   autoConnect?: boolean;
   /** The toast heading; default `Trending in {region}`. */
@@ -99,6 +102,8 @@ export interface TrendingNotifierOptions {
 
 export class TrendingNotifier {
   constructor(options?: TrendingNotifierOptions);
+  /** Asks for notification permission; call it from a user gesture. */
+  static requestNoticePermission(): Promise<NotificationPermission>;
   readonly options: TrendingNotifierOptions;
   readonly state: ConnectionState;
   readonly region: RegionCode;

@@ -33,6 +33,10 @@
  *                  "websocket": WebSocket only; "sse": Server-Sent Events only. The last id
  *                  is kept across the switch, so nothing is lost or shown twice.
  *   sseAfterFailures  WebSocket failures before opening that switch "auto" to SSE (default 2).
+ *   backgroundNotices  Opt-in (default false): while the page is hidden and the user has
+ *                  granted notification permission, show a system notification (the
+ *                  Notification API) instead of a toast. The client never asks for permission
+ *                  itself; call `TrendingNotifier.requestNoticePermission()` from a click.
  *   formatLabel    (region) => string, the toast heading. Default "Trending in {region}".
  *   onNotification (notification) => void, for every `new_trending` message.
  *   onState        (state, detail) => void on every state change; detail has `attempt`,
@@ -46,6 +50,7 @@
  * Properties: `state`, `region`, `lastId`, `transport` ("websocket" or "sse": the one in use),
  * `url` (the URL of the current or next connection).
  * Methods: `connect()` (called by the constructor unless `autoConnect: false`),
+ * `TrendingNotifier.requestNoticePermission()` (static; from a user gesture),
  * `setRegion(region)`, `showToast(notification)`, `close()` (stops for good: no reconnects).
  *
  * Every server string is written with textContent or setAttribute, never parsed as HTML, and a
@@ -484,12 +489,56 @@ export class TrendingNotifier {
         this.lastId = id;
       }
       this._call('onNotification', message);
+      if (this._showNotice(message)) return;
       if (this.options.toasts !== false && typeof document !== 'undefined') this.showToast(message);
     } else if (message.event === 'resync') {
       if (typeof message.latest === 'string' && message.latest !== '') this.lastId = message.latest;
       this._call('onResync', message);
     }
     // Other events are for newer clients; ignore them.
+  }
+
+  /** Asks for permission to show system notifications; call it from a user gesture (a click).
+   * Resolves to the permission: "granted", "denied" or "default". */
+  static async requestNoticePermission() {
+    const Notice = globalThis.Notification;
+    if (typeof Notice !== 'function') return 'denied';
+    if (Notice.permission !== 'default') return Notice.permission;
+    return Notice.requestPermission();
+  }
+
+  /** With `backgroundNotices`, while the page is hidden and permission is granted: shows the
+   * notification as a system notification and returns true. Otherwise false (show a toast). */
+  _showNotice(notification) {
+    if (this.options.backgroundNotices !== true) return false;
+    const Notice = globalThis.Notification;
+    if (typeof Notice !== 'function' || Notice.permission !== 'granted') return false;
+    if (typeof document === 'undefined' || document.visibilityState !== 'hidden') return false;
+    const region = String(notification.region ?? '');
+    const format = this.options.formatLabel;
+    const heading = typeof format === 'function' ? String(format(region)) : `Trending in ${region}`;
+    const text = (value) => (value === undefined || value === null ? '' : String(value));
+    const options = {
+      body: `${text(notification.title)}\n${text(notification.channel)}`,
+      // One system notification per message, even when a resume delivers it again.
+      tag: typeof notification.id === 'string' ? `tvs-${notification.id}` : undefined,
+      dir: notification.rtl === true ? 'rtl' : 'ltr',
+      lang: notification.rtl === true ? (rtlLanguage(region) || 'ar') : '',
+    };
+    const icon = safeImageUrl(notification.thumbnail);
+    if (icon) options.icon = icon;
+    try {
+      const notice = new Notice(heading, options);
+      notice.onclick = () => {
+        if (typeof window !== 'undefined' && typeof window.focus === 'function') window.focus();
+        this._call('onToastClick', notification);
+        notice.close();
+      };
+      return true;
+    } catch {
+      // Some browsers only allow notifications from a service worker: fall back to a toast.
+      return false;
+    }
   }
 
   _call(name, ...args) {
