@@ -53,11 +53,15 @@ if [ "$(node_major node)" -lt "$MIN_NODE_MAJOR" ]; then
 fi
 echo "run.sh: node $(node --version)"
 
-# Dependencies: playwright-core only (it never downloads a browser here). `npm ci` needs the
-# registry unless the package is cached; an existing matching node_modules is reused as is.
-if [ -f node_modules/playwright-core/package.json ] \
-  && [ "$(node -p "require('./node_modules/playwright-core/package.json').version")" = \
-       "$(node -p "require('./package-lock.json').packages['node_modules/playwright-core'].version")" ]; then
+# Dependencies: playwright-core (it never downloads a browser here) and typescript (tsc checks
+# client.d.ts). `npm ci` needs the registry unless the packages are cached; an existing
+# node_modules holding the locked versions is reused as is.
+installed() {
+  [ -f "node_modules/$1/package.json" ] \
+    && [ "$(node -p "require('./node_modules/$1/package.json').version")" = \
+         "$(node -p "require('./package-lock.json').packages['node_modules/$1'].version")" ]
+}
+if installed playwright-core && installed typescript; then
   echo "run.sh: node_modules up to date"
 else
   PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --prefer-offline

@@ -19,6 +19,7 @@
 //! - [`cluster::RedisCluster`]: a real 3-primary Redis Cluster with a replica each, for the
 //!   cluster tests.
 //! - [`sentinel`]: a primary, a replica and three `redis-sentinel`s watching them.
+//! - [`sse`]: a Server-Sent Events client that parses the stream as a browser does.
 //! - [`certs`]: a private CA and the certificates it signs, for the TLS tests; a gateway
 //!   serving TLS is [`Gateway::start_tls`], a Redis speaking only TLS is
 //!   [`RedisServer::start_tls`].
@@ -29,6 +30,7 @@ pub mod certs;
 pub mod cluster;
 pub mod haproxy;
 pub mod sentinel;
+pub mod sse;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};

@@ -1,5 +1,6 @@
 /**
- * notify browser client — live "new trending video" toasts over WebSocket.
+ * notify browser client — live "new trending video" toasts over WebSocket, or Server-Sent
+ * Events where a network blocks WebSocket upgrades.
  *
  * A dependency-free ES module served by the gateway at `/client.js`. No build step.
  *
@@ -26,6 +27,16 @@
  *   backoffMs      First reconnect delay in ms (default 500), doubling per failed attempt...
  *   maxBackoffMs   ...up to this cap (default 30000). Each delay is jittered to 50–100 %.
  *   since          Last message id already seen; sent as `&since=` on the first connection.
+ *   transport      "auto" (default): WebSocket first, and after `sseAfterFailures` attempts
+ *                  in a row that fail before opening (what a proxy that strips `Upgrade`
+ *                  looks like) Server-Sent Events (`GET /events`) for the notifier's life;
+ *                  "websocket": WebSocket only; "sse": Server-Sent Events only. The last id
+ *                  is kept across the switch, so nothing is lost or shown twice.
+ *   sseAfterFailures  WebSocket failures before opening that switch "auto" to SSE (default 2).
+ *   backgroundNotices  Opt-in (default false): while the page is hidden and the user has
+ *                  granted notification permission, show a system notification (the
+ *                  Notification API) instead of a toast. The client never asks for permission
+ *                  itself; call `TrendingNotifier.requestNoticePermission()` from a click.
  *   formatLabel    (region) => string, the toast heading. Default "Trending in {region}".
  *   onNotification (notification) => void, for every `new_trending` message.
  *   onState        (state, detail) => void on every state change; detail has `attempt`,
@@ -34,9 +45,12 @@
  *                  were not retained, so the caller should refresh whatever it shows.
  *   onToastClick   (notification) => void when a toast is clicked or activated.
  *   WebSocket      WebSocket constructor to use (default globalThis.WebSocket).
+ *   EventSource    EventSource constructor to use (default globalThis.EventSource).
  *
- * Properties: `state`, `region`, `lastId`, `url` (the URL of the current or next connection).
+ * Properties: `state`, `region`, `lastId`, `transport` ("websocket" or "sse": the one in use),
+ * `url` (the URL of the current or next connection).
  * Methods: `connect()` (called by the constructor unless `autoConnect: false`),
+ * `TrendingNotifier.requestNoticePermission()` (static; from a user gesture),
  * `setRegion(region)`, `showToast(notification)`, `close()` (stops for good: no reconnects).
  *
  * Every server string is written with textContent or setAttribute, never parsed as HTML, and a
@@ -90,6 +104,17 @@ export function safeImageUrl(value) {
 export function backoffDelay(attempt, baseMs = 500, capMs = 30000, random = Math.random) {
   const ceiling = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 30));
   return Math.round(ceiling / 2 + random() * (ceiling / 2));
+}
+
+/** The transports a notifier can be told to use. */
+export const TRANSPORTS = Object.freeze(['auto', 'websocket', 'sse']);
+
+/** The Server-Sent Events URL beside a WebSocket base URL: same host and path, `/events`,
+ * `https:` for `wss:` and `http:` for `ws:`. */
+export function eventsUrl(webSocketBase) {
+  const url = new URL('events', webSocketBase);
+  url.protocol = url.protocol === 'wss:' ? 'https:' : url.protocol === 'ws:' ? 'http:' : url.protocol;
+  return url;
 }
 
 const STYLE_ID = 'tvs-notifier-style';
@@ -234,6 +259,15 @@ export class TrendingNotifier {
     this.backoffMs = options.backoffMs ?? 500;
     this.maxBackoffMs = options.maxBackoffMs ?? 30000;
     this._WebSocket = options.WebSocket || globalThis.WebSocket;
+    this._EventSource = options.EventSource || globalThis.EventSource;
+    const transport = options.transport ?? 'auto';
+    if (!TRANSPORTS.includes(transport)) {
+      throw new TypeError(`transport ${JSON.stringify(transport)} is not one of ${TRANSPORTS.join(', ')}`);
+    }
+    this._transportOption = transport;
+    this.transport = transport === 'sse' ? 'sse' : 'websocket';
+    this.sseAfterFailures = Math.max(1, options.sseAfterFailures ?? 2);
+    this._failuresBeforeOpen = 0;
     this._socket = null;
     this._attempt = 0;
     this._retryTimer = null;
@@ -259,7 +293,7 @@ export class TrendingNotifier {
 
   /** The URL the current (or next) connection uses, with `region` and, once known, `since`. */
   get url() {
-    const url = new URL(this.baseUrl);
+    const url = this.transport === 'sse' ? eventsUrl(this.baseUrl) : new URL(this.baseUrl);
     url.searchParams.set('region', this.region);
     if (this.lastId) url.searchParams.set('since', this.lastId);
     return url.href;
@@ -305,6 +339,7 @@ export class TrendingNotifier {
     if (socket) {
       socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
       try {
+        // An EventSource's close() takes no arguments and ignores these.
         socket.close(1000, 'client closed');
       } catch {
         // Already closing or closed.
@@ -313,7 +348,14 @@ export class TrendingNotifier {
   }
 
   _open() {
-    this._setState(this._attempt === 0 ? 'connecting' : 'reconnecting', { attempt: this._attempt });
+    this._setState(this._attempt === 0 ? 'connecting' : 'reconnecting', {
+      attempt: this._attempt,
+      transport: this.transport,
+    });
+    if (this.transport === 'sse') {
+      this._openEventSource();
+      return;
+    }
     let socket;
     try {
       socket = new this._WebSocket(this.url);
@@ -344,6 +386,14 @@ export class TrendingNotifier {
       clearTimeout(this._stableTimer);
       this._stableTimer = null;
       if (this._stopped) return;
+      this._failuresBeforeOpen = openedAt ? 0 : this._failuresBeforeOpen + 1;
+      if (this._transportOption === 'auto' && this._failuresBeforeOpen >= this.sseAfterFailures) {
+        // Upgrades keep failing before the socket opens: a proxy or middlebox in the way.
+        this.transport = 'sse';
+        this._attempt = 0;
+        this._open();
+        return;
+      }
       if (openedAt && Date.now() - openedAt >= STABLE_AFTER_MS) this._attempt = 0;
       const delayMs = backoffDelay(this._attempt, this.backoffMs, this.maxBackoffMs);
       this._attempt += 1;
@@ -353,6 +403,66 @@ export class TrendingNotifier {
         code: event.code,
         reason: event.reason,
       });
+      this._retryTimer = setTimeout(() => {
+        this._retryTimer = null;
+        this._open();
+      }, delayMs);
+    };
+  }
+
+  /** Opens the Server-Sent Events stream. The browser reconnects it by itself (with
+   * `Last-Event-ID`) when it drops or the gateway ends it; only a refusal (an HTTP error, which
+   * `EventSource` does not retry) is retried here, with backoff and `since`. */
+  _openEventSource() {
+    let source;
+    try {
+      source = new this._EventSource(this.url);
+    } catch (error) {
+      this._stopped = true;
+      this._setState('closed', { reason: String(error && error.message ? error.message : error) });
+      return;
+    }
+    this._socket = source;
+    let openedAt = 0;
+    let lastClose = {};
+    source.onopen = () => {
+      openedAt = Date.now();
+      this._setState('open', { attempt: this._attempt, transport: 'sse' });
+      clearTimeout(this._stableTimer);
+      this._stableTimer = setTimeout(() => {
+        this._attempt = 0;
+      }, STABLE_AFTER_MS);
+    };
+    source.onmessage = (event) => this._handleMessage(event.data);
+    source.addEventListener('resync', (event) => this._handleMessage(event.data));
+    source.addEventListener('close', (event) => {
+      // The gateway ends the stream (1001 shutting down, 1008 slow, 1013 retry later); the
+      // browser reconnects after the `retry:` it sent.
+      try {
+        const message = JSON.parse(event.data);
+        lastClose = { code: message.code, reason: message.reason };
+      } catch {
+        lastClose = {};
+      }
+    });
+    source.onerror = () => {
+      if (this._socket !== source || this._stopped) return;
+      clearTimeout(this._stableTimer);
+      this._stableTimer = null;
+      if (openedAt && Date.now() - openedAt >= STABLE_AFTER_MS) this._attempt = 0;
+      openedAt = 0;
+      if (source.readyState !== 2) {
+        // CONNECTING: the browser is reconnecting by itself, with Last-Event-ID.
+        this._attempt += 1;
+        this._setState('reconnecting', { attempt: this._attempt, transport: 'sse', ...lastClose });
+        return;
+      }
+      // CLOSED: refused (e.g. 503 at capacity); retry with backoff from the last id.
+      this._socket = null;
+      source.onopen = source.onmessage = source.onerror = null;
+      const delayMs = backoffDelay(this._attempt, this.backoffMs, this.maxBackoffMs);
+      this._attempt += 1;
+      this._setState('reconnecting', { attempt: this._attempt, delayMs, transport: 'sse', ...lastClose });
       this._retryTimer = setTimeout(() => {
         this._retryTimer = null;
         this._open();
@@ -379,12 +489,56 @@ export class TrendingNotifier {
         this.lastId = id;
       }
       this._call('onNotification', message);
+      if (this._showNotice(message)) return;
       if (this.options.toasts !== false && typeof document !== 'undefined') this.showToast(message);
     } else if (message.event === 'resync') {
       if (typeof message.latest === 'string' && message.latest !== '') this.lastId = message.latest;
       this._call('onResync', message);
     }
     // Other events are for newer clients; ignore them.
+  }
+
+  /** Asks for permission to show system notifications; call it from a user gesture (a click).
+   * Resolves to the permission: "granted", "denied" or "default". */
+  static async requestNoticePermission() {
+    const Notice = globalThis.Notification;
+    if (typeof Notice !== 'function') return 'denied';
+    if (Notice.permission !== 'default') return Notice.permission;
+    return Notice.requestPermission();
+  }
+
+  /** With `backgroundNotices`, while the page is hidden and permission is granted: shows the
+   * notification as a system notification and returns true. Otherwise false (show a toast). */
+  _showNotice(notification) {
+    if (this.options.backgroundNotices !== true) return false;
+    const Notice = globalThis.Notification;
+    if (typeof Notice !== 'function' || Notice.permission !== 'granted') return false;
+    if (typeof document === 'undefined' || document.visibilityState !== 'hidden') return false;
+    const region = String(notification.region ?? '');
+    const format = this.options.formatLabel;
+    const heading = typeof format === 'function' ? String(format(region)) : `Trending in ${region}`;
+    const text = (value) => (value === undefined || value === null ? '' : String(value));
+    const options = {
+      body: `${text(notification.title)}\n${text(notification.channel)}`,
+      // One system notification per message, even when a resume delivers it again.
+      tag: typeof notification.id === 'string' ? `tvs-${notification.id}` : undefined,
+      dir: notification.rtl === true ? 'rtl' : 'ltr',
+      lang: notification.rtl === true ? (rtlLanguage(region) || 'ar') : '',
+    };
+    const icon = safeImageUrl(notification.thumbnail);
+    if (icon) options.icon = icon;
+    try {
+      const notice = new Notice(heading, options);
+      notice.onclick = () => {
+        if (typeof window !== 'undefined' && typeof window.focus === 'function') window.focus();
+        this._call('onToastClick', notification);
+        notice.close();
+      };
+      return true;
+    } catch {
+      // Some browsers only allow notifications from a service worker: fall back to a toast.
+      return false;
+    }
   }
 
   _call(name, ...args) {

@@ -1,5 +1,6 @@
-//! Static assets compiled into the binary: the demo page and the browser client module, so a
-//! fresh machine needs nothing but the binary to show notifications in a browser.
+//! Static assets compiled into the binary: the demo page and the browser client module with its
+//! TypeScript declarations, so a fresh machine needs nothing but the binary to show
+//! notifications in a browser.
 
 /// One embedded file.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +26,11 @@ pub const FILES: &[Asset] = &[
         path: "/client.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../assets/client.js"),
+    },
+    Asset {
+        path: "/client.d.ts",
+        content_type: "application/typescript; charset=utf-8",
+        body: include_str!("../assets/client.d.ts"),
     },
     Asset {
         path: "/demo.js",

@@ -1,5 +1,6 @@
-//! What the gateway reads from a WebSocket request before upgrading it: the query's `region`
-//! and `since`.
+//! What the gateway reads from a client's request before serving it: the query's `region`
+//! and `since`, and for an SSE stream the `Last-Event-ID` header a reconnecting `EventSource`
+//! sends.
 //!
 //! Pure functions of the request's text, so the fuzz targets in `fuzz/` and unit tests drive
 //! exactly what the `GET /` handler runs. A query names each parameter at most once
@@ -32,6 +33,12 @@ pub enum QueryError {
     /// `since` is not a message id.
     #[error("since: {0}")]
     Since(#[from] StreamIdError),
+    /// The `Last-Event-ID` header is not a message id.
+    #[error("Last-Event-ID: {0}")]
+    LastEventId(StreamIdError),
+    /// The `Last-Event-ID` header is not text.
+    #[error("Last-Event-ID is not UTF-8")]
+    LastEventIdNotText,
 }
 
 impl QueryError {
@@ -41,6 +48,7 @@ impl QueryError {
             QueryError::Repeated(_) => "bad_query",
             QueryError::Region(_) => "bad_region",
             QueryError::Since(_) => "bad_since",
+            QueryError::LastEventId(_) | QueryError::LastEventIdNotText => "bad_last_event_id",
         }
     }
 }
@@ -69,6 +77,22 @@ impl ResumeQuery {
             Some(text) => Some(StreamId::parse(&text)?),
         };
         Ok(ResumeQuery { region, since })
+    }
+
+    /// Applies an SSE request's `Last-Event-ID` header: a browser's `EventSource` sends it when
+    /// it reconnects, with the id of the last event it received, and it replaces the URL's
+    /// `since` (which still names where the first connection started). Absent or empty: the
+    /// query's `since` stands.
+    pub fn resume_after_last_event_id(self, header: Option<&[u8]>) -> Result<Self, QueryError> {
+        let Some(header) = header.filter(|value| !value.is_empty()) else {
+            return Ok(self);
+        };
+        let text = std::str::from_utf8(header).map_err(|_| QueryError::LastEventIdNotText)?;
+        let since = StreamId::parse(text.trim()).map_err(QueryError::LastEventId)?;
+        Ok(ResumeQuery {
+            since: Some(since),
+            ..self
+        })
     }
 
     /// The query string that [`ResumeQuery::parse`] reads back as `self`.
@@ -123,5 +147,25 @@ mod tests {
         }
         let long = format!("region=AE&since={}", "9".repeat(64 * 1024));
         assert_eq!(reason(&long), "bad_since");
+    }
+
+    #[test]
+    fn last_event_id_replaces_since() {
+        let query = parse("region=AE&since=1-0").unwrap();
+        let resumed = |header: &[u8]| query.resume_after_last_event_id(Some(header));
+        assert_eq!(
+            resumed(b"5-2").unwrap().since,
+            Some(StreamId::new(5, 2)),
+            "the browser's last id wins over the URL's"
+        );
+        assert_eq!(resumed(b"").unwrap(), query);
+        assert_eq!(query.resume_after_last_event_id(None).unwrap(), query);
+        for bad in [&b"abc"[..], b"1-0-0", b"\xff\xfe", b"5-2\0"] {
+            assert_eq!(
+                resumed(bad).unwrap_err().reason(),
+                "bad_last_event_id",
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! notify-gateway: WebSocket fan-out and HTTP on one port, fed by Redis or the embedded
+//! notify-gateway: WebSocket and Server-Sent Events fan-out and HTTP on one port, fed by Redis or the embedded
 //! broker.
 //!
 //! The binary (`main.rs`) only parses configuration, sets up logging, binds, and waits for
@@ -14,6 +14,9 @@
 //! - [`server`]: shared state, HTTP routes, the accept loop, shutdown and drain.
 //! - [`handshake`]: what a WebSocket request's query asks for (`region`, `since`).
 //! - [`socket`]: one WebSocket connection: batching writes, pings, close codes.
+//! - [`sse`]: Server-Sent Events at `GET /events`: the encoding and one stream's task.
+//! - [`subscriber`]: the admission every client passes, whatever its transport.
+//! - [`hangup`]: a streamed response cutting its own connection (a client that stopped reading).
 //! - [`tls`]: TLS for clients (`wss://`, `https://`) and certificate reload.
 //! - [`capacity`]: the open-files limit and connection slots.
 //! - [`telemetry`]: logging and Prometheus metrics.
@@ -27,6 +30,7 @@
 //! - [`publish_access`]: who may publish over HTTP.
 //! - [`replay_budget`]: how many resumes replay history at once.
 //! - [`ops`]: the live ops page (`/ops`) and its once-a-second feed.
+//! - [`resume`]: the replay and seam of a resume, shared by both transports.
 
 pub mod admin;
 pub mod admission;
@@ -39,14 +43,18 @@ pub mod config_file;
 pub mod effective_config;
 pub mod exit;
 pub mod handshake;
+pub mod hangup;
 pub mod headers;
 pub mod listen_address;
 pub mod ops;
 pub mod proxy_protocol;
 pub mod publish_access;
 pub mod replay_budget;
+pub mod resume;
 pub mod server;
 pub mod socket;
+pub mod sse;
+pub mod subscriber;
 pub mod telemetry;
 pub mod tls;
 

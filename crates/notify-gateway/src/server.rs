@@ -24,7 +24,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use notify_core::broker::redis::redact_url;
@@ -49,13 +49,16 @@ use crate::capacity::{self, ConnectionSlot, ConnectionSlots, CountedStream};
 use crate::client_addr::TrustedProxies;
 use crate::config::GatewayConfig;
 use crate::handshake::ResumeQuery;
+use crate::hangup::Hangup;
 use crate::headers;
 use crate::ops::{self, OpsPage};
 use crate::proxy_protocol::ProxyProtocol;
 use crate::publish_access::{ApiKeys, PublishAccess, Rejection};
 use crate::replay_budget::ReplayBudget;
 use crate::socket::{self, Connection};
-use crate::telemetry::{self, ConnectionMetrics};
+use crate::sse;
+use crate::subscriber::admit_subscriber;
+use crate::telemetry::{self, ConnectionMetrics, Transport};
 use crate::tls::TlsTerminator;
 
 /// Settings the per-connection tasks read.
@@ -554,8 +557,11 @@ async fn serve_http<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let hangup = Hangup::new();
+    let requested_hangup = hangup.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(hangup.clone());
         router.clone().call(request)
     });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -567,9 +573,13 @@ async fn serve_http<S>(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        () = requested_hangup.requested() => return hung_up(peer),
         () = closing.cancelled() => {
             connection.as_mut().graceful_shutdown();
-            connection.await
+            tokio::select! {
+                result = connection.as_mut() => result,
+                () = requested_hangup.requested() => return hung_up(peer),
+            }
         }
     };
     if let Err(error) = result {
@@ -577,11 +587,17 @@ async fn serve_http<S>(
     }
 }
 
+/// A response stream asked to drop its connection ([`Hangup`]); dropping it closes the socket.
+fn hung_up(peer: SocketAddr) {
+    tracing::debug!(%peer, "connection cut by its response stream");
+}
+
 /// The public port: WebSocket, demo page and assets, health checks, and — unless an admin
 /// address takes them — `/metrics` and `/api/*`.
 fn public_router(state: AppState, with_operator_routes: bool) -> Router {
     let mut router = Router::new()
         .route("/", get(root))
+        .route("/events", get(events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if with_operator_routes {
@@ -639,7 +655,8 @@ fn serve_asset(asset: &'static assets::Asset) -> Response {
         .into_response()
 }
 
-fn plain(status: StatusCode, text: String) -> Response {
+/// A plain-text answer of one line.
+pub(crate) fn plain(status: StatusCode, text: String) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -669,55 +686,13 @@ async fn root(
         }
     };
     let app = &state.app;
-    let client = app.trusted_proxies.client(peer, &headers);
-    let admitted = match app.admission.admit(headers.get(header::ORIGIN), client) {
-        Ok(admitted) => admitted,
-        Err(refusal) => {
-            metrics::counter!("notify_handshakes_rejected_total", "reason" => refusal.reason())
-                .increment(1);
-            if let Some(suppressed) = app.admission_log.allow() {
-                tracing::info!(%client, %peer, reason = refusal.reason(), suppressed, "refused a WebSocket handshake: {refusal}");
-            }
-            return refusal.into_response();
-        }
+    let query = ResumeQuery::parse(query.as_deref());
+    let subscriber = match admit_subscriber(app, Transport::WebSocket, peer, &headers, query) {
+        Ok(subscriber) => subscriber,
+        Err(refusal) => return refusal.into_response(),
     };
-    let reject = |reason: &'static str, status: StatusCode, text: String| {
-        metrics::counter!("notify_handshakes_rejected_total", "reason" => reason).increment(1);
-        plain(status, text)
-    };
-    let ResumeQuery { region, since } = match ResumeQuery::parse(query.as_deref()) {
-        Ok(query) => query,
-        Err(error) => return reject(error.reason(), StatusCode::BAD_REQUEST, error.to_string()),
-    };
-    let subscription = match app.hub.subscribe(region) {
-        Ok(subscription) => subscription,
-        Err(error) => {
-            let served: Vec<String> = app.hub.regions().iter().map(Region::to_string).collect();
-            let text = format!("{error} (served: {})", served.join(","));
-            return reject("region_not_served", StatusCode::BAD_REQUEST, text);
-        }
-    };
-    if app.draining.load(Ordering::Acquire) {
-        return reject(
-            "draining",
-            StatusCode::SERVICE_UNAVAILABLE,
-            "gateway is shutting down".into(),
-        );
-    }
-    let Some(slot) = app.slots.try_take() else {
-        let text = format!(
-            "gateway at capacity ({} connections); try another node",
-            app.slots.capacity()
-        );
-        return reject("capacity", StatusCode::SERVICE_UNAVAILABLE, text);
-    };
-    tracing::debug!(%region, %client, %peer, since = ?since, "connection opened");
     let connection = Connection {
-        region,
-        since,
-        subscription,
-        slot,
-        admitted,
+        subscriber,
         app: Arc::clone(app),
     };
     let frame_limit = app.settings.max_client_frame_bytes;
@@ -730,6 +705,24 @@ async fn root(
         .max_frame_size(frame_limit)
         .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| connection_task(&tracker, socket, connection))
+}
+
+/// `GET /events`: a Server-Sent Events stream ([`sse`]).
+async fn events(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(hangup): Extension<Hangup>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    sse::open(
+        &state.app,
+        &state.tracker,
+        hangup,
+        peer,
+        &headers,
+        query.as_deref(),
+    )
 }
 
 /// The task of one upgraded connection: [`socket::serve`] itself, tracked for shutdown.

@@ -10,19 +10,9 @@
 //!
 //! # Resume
 //! A client that connects with `?since=<id>` first gets every retained message after that id,
-//! in order, then live ones. The subscription is taken before the history is read, so nothing
-//! published meanwhile is missed; live messages at or below the last id already sent are
-//! skipped, so nothing is sent twice — until a `resync` that starts a new history epoch
-//! (Redis lost its data, ids start over) ends that comparison. When the history does not
-//! reach back to `since`, the client gets a `resync` control message instead, then live
-//! messages.
-//!
-//! The replay runs under a turn of the gateway's [`ReplayBudget`](crate::replay_budget)
-//! (`--max-concurrent-replays`; a resume that waits longer than `--replay-wait` for one is
-//! closed with 1013) and reads and sends one page
-//! ([`REPLAY_PAGE`](notify_core::broker::REPLAY_PAGE) messages) at a time, each under the
-//! write timeout: a replay holds one page, and a client that does not read is cut, ending its
-//! turn.
+//! in order, then live ones, or a `resync` ([`crate::resume`], shared with SSE). A resume
+//! refused for want of a replay turn, or while the history cannot be read, is closed with
+//! 1013; shutdown interrupts a replay with 1001.
 //!
 //! Endings and their close codes:
 //! - fell behind the queue limit → 1008 (policy violation), `slow consumer: …`, counted;
@@ -44,20 +34,20 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{Sink, SinkExt, Stream};
-use notify_core::broker::ReplayStep;
 use notify_core::{Envelope, Subscription, SubscriptionError};
-use notify_proto::{ControlMessage, Region, StreamId};
+use notify_proto::{Region, StreamId};
 use tokio_tungstenite::tungstenite;
 
-use crate::admission::Admitted;
-use crate::capacity::ConnectionSlot;
+use crate::resume::{self, already_sent, ReplayFailure, ReplaySink, Seam};
 use crate::server::App;
+use crate::subscriber::Subscriber;
+use crate::telemetry::Transport;
 
 /// Most queued messages written in one flush.
 pub const MAX_BATCH: usize = 64;
 
 /// Time allowed to send a close frame before the socket is dropped anyway.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Close code for a slow consumer (RFC 6455 §7.4.1: policy violation).
 pub const CLOSE_SLOW_CONSUMER: u16 = 1008;
@@ -71,16 +61,8 @@ pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// Everything one connection needs, moved into its task.
 #[derive(Debug)]
 pub struct Connection {
-    /// The region it receives.
-    pub region: Region,
-    /// Resume after this id, when the client asked to.
-    pub since: Option<StreamId>,
-    /// Its window into the region's ring.
-    pub subscription: Subscription<Utf8Bytes>,
-    /// Held for the connection's life; frees a capacity slot on drop.
-    pub slot: ConnectionSlot,
-    /// Held for the connection's life; gives its address's connection count back on drop.
-    pub admitted: Admitted,
+    /// What it receives and holds ([`crate::subscriber`]).
+    pub subscriber: Subscriber,
     /// Shared gateway state.
     pub app: Arc<App>,
 }
@@ -102,17 +84,17 @@ enum Ending {
 /// Serves one upgraded connection until it ends.
 pub async fn serve(mut socket: WebSocket, connection: Connection) {
     let Connection {
-        region,
-        since,
-        mut subscription,
-        slot,
-        admitted,
+        subscriber:
+            Subscriber {
+                region,
+                since,
+                mut subscription,
+                slot,
+                admitted,
+            },
         app,
     } = connection;
-    let gauge = app.metrics.connections(region).cloned();
-    if let Some(gauge) = &gauge {
-        gauge.increment(1.0);
-    }
+    let open = app.metrics.open(region, Transport::WebSocket);
     // One `pump` call site: the task's future holds one pump state, not one per branch.
     let mut seam = None;
     let ending = 'connection: {
@@ -133,9 +115,7 @@ pub async fn serve(mut socket: WebSocket, connection: Connection) {
         }
         pump(&mut socket, &mut subscription, &mut seam, &app).await
     };
-    if let Some(gauge) = &gauge {
-        gauge.decrement(1.0);
-    }
+    drop(open);
     match ending {
         Ending::ClientGone => tracing::debug!(%region, "connection ended by the client"),
         Ending::ClientClosed => {
@@ -177,81 +157,46 @@ fn going_away() -> Ending {
     Ending::Close(CLOSE_GOING_AWAY, "server shutting down".into())
 }
 
-/// Where a replay handed over to live delivery: live messages with ids at or below `through`
-/// were sent by the replay — while the region's history epoch is still `epoch`. A `resync`
-/// that starts a later epoch (Redis lost its data; ids start over, possibly below `through`)
-/// ends the comparison.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Seam {
-    through: StreamId,
-    epoch: u64,
+/// The WebSocket side of a resume: pages go out as text frames, in batches.
+struct WebSocketReplay<'a> {
+    socket: &'a mut WebSocket,
+    app: &'a App,
 }
 
-/// Sends what the client missed after `since`, one page at a time under a replay turn;
-/// returns where live delivery takes over (`None`: compare nothing).
+impl ReplaySink for WebSocketReplay<'_> {
+    type Error = Ending;
+
+    async fn send_page(&mut self, entries: Vec<(StreamId, Utf8Bytes)>) -> Result<(), Ending> {
+        send_frames(
+            self.socket,
+            entries.into_iter().map(|(_, frame)| frame),
+            self.app,
+        )
+        .await
+    }
+
+    async fn send_control(&mut self, frame: Utf8Bytes) -> Result<(), Ending> {
+        send_frames(self.socket, [frame], self.app).await
+    }
+}
+
+/// Replays what the client missed after `since` ([`resume::replay`]); a refused or failed
+/// replay ends the connection with 1013, which asks the client to retry with backoff.
 async fn replay(
     socket: &mut WebSocket,
     region: Region,
     since: StreamId,
     app: &App,
 ) -> Result<Option<Seam>, Ending> {
-    let _turn = match app.replays.take_turn(app.settings.replay_wait).await {
-        Ok(turn) => turn,
-        Err(no_turn) => {
-            if let Some(suppressed) = app.replay_refusal_log.allow() {
-                tracing::warn!(%region, %since, error = %no_turn, suppressed, "resume refused with 1013: no replay turn");
+    let mut sink = WebSocketReplay { socket, app };
+    resume::replay(&mut sink, region, since, app)
+        .await
+        .map_err(|failure| match failure {
+            ReplayFailure::Refused(refusal) => {
+                Ending::Close(CLOSE_TRY_AGAIN_LATER, refusal.to_string())
             }
-            return Err(Ending::Close(
-                CLOSE_TRY_AGAIN_LATER,
-                "too many resumes at once; retry with backoff".into(),
-            ));
-        }
-    };
-    let mut cursor = app.broker.start_replay(region, since);
-    loop {
-        let step = match app.broker.replay_step(&mut cursor).await {
-            Ok(step) => step,
-            Err(error) => {
-                tracing::warn!(%region, %since, position = %cursor.position(), %error, "cannot read history for a resume");
-                return Err(Ending::Close(
-                    CLOSE_TRY_AGAIN_LATER,
-                    "history temporarily unavailable; retry shortly".into(),
-                ));
-            }
-        };
-        match step {
-            ReplayStep::Page(entries) => {
-                send_frames(socket, entries.into_iter().map(|(_, frame)| frame), app).await?;
-            }
-            ReplayStep::Done => {
-                return Ok(Some(Seam {
-                    through: cursor.position(),
-                    epoch: cursor.epoch(),
-                }));
-            }
-            ReplayStep::Resync { latest, reason } => {
-                metrics::counter!("notify_resyncs_total").increment(1);
-                let message = ControlMessage::Resync {
-                    region,
-                    since,
-                    latest,
-                    reason: reason.into(),
-                };
-                send_frames(socket, [Utf8Bytes::from(message.to_json())], app).await?;
-                // The client refreshes its view up to `latest` and continues from there, so
-                // live messages at or below it (the stream follower may still be delivering
-                // them) are not sent again. Without a `latest`, pages already sent are of this
-                // history and their ids still hold; with nothing sent, `since` may come from
-                // a history that no longer exists: compare nothing.
-                let sent_any = cursor.position() != since;
-                let through = latest.or(sent_any.then(|| cursor.position()));
-                return Ok(through.map(|through| Seam {
-                    through,
-                    epoch: cursor.epoch(),
-                }));
-            }
-        }
-    }
+            ReplayFailure::Sink(ending) => ending,
+        })
 }
 
 /// Writes `frames` in batches of [`MAX_BATCH`], each flushed within the write timeout.
@@ -272,39 +217,15 @@ async fn send_frames(
             Ok::<u64, axum::Error>(written)
         };
         match tokio::time::timeout(app.settings.write_timeout, batch).await {
-            Ok(Ok(written)) => app.metrics.delivered.increment(written),
+            Ok(Ok(written)) => app.metrics.websocket.delivered.increment(written),
             Ok(Err(error)) => return Err(write_error_ending(error, app)),
             Err(_) => {
-                app.metrics.slow_disconnects.increment(1);
+                app.metrics.websocket.slow_disconnects.increment(1);
                 return Err(Ending::Drop("write timed out"));
             }
         }
     }
     Ok(())
-}
-
-/// Whether a live envelope was already sent during the replay. Clears the seam once live
-/// delivery has passed it, or when a `resync` starts a later history epoch, so the common case
-/// costs one `None` check.
-fn already_sent(envelope: &Envelope<Utf8Bytes>, seam: &mut Option<Seam>) -> bool {
-    let Some(current) = *seam else {
-        return false;
-    };
-    if envelope
-        .starts_epoch
-        .is_some_and(|epoch| epoch > current.epoch)
-    {
-        *seam = None;
-        return false;
-    }
-    match envelope.id {
-        Some(id) if id <= current.through => true,
-        Some(_) => {
-            *seam = None;
-            false
-        }
-        None => false,
-    }
 }
 
 /// What the socket has to say when polled: a flush finished, or a client frame arrived.
@@ -368,7 +289,7 @@ impl Outbox {
     fn flushed(&mut self, app: &App) {
         self.flushing = false;
         if self.frames > 0 {
-            app.metrics.delivered.increment(self.frames);
+            app.metrics.websocket.delivered.increment(self.frames);
             self.frames = 0;
         }
         if let Some(oldest) = self.oldest.take() {
@@ -409,7 +330,7 @@ fn write_error_ending(error: axum::Error, app: &App) -> Ending {
     let inner = error.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::WriteBufferFull(_)) => {
-            app.metrics.slow_disconnects.increment(1);
+            app.metrics.websocket.slow_disconnects.increment(1);
             Ending::Drop("write buffer full")
         }
         _ => Ending::Failed(axum::Error::new(inner)),
@@ -460,7 +381,7 @@ async fn pump(
                 SocketEvent::Inbound(Some(Err(error))) => return read_error_ending(error),
             },
             () = outbox.write_deadline(), if flushing => {
-                app.metrics.slow_disconnects.increment(1);
+                app.metrics.websocket.slow_disconnects.increment(1);
                 return Ending::Drop("write timed out");
             }
             delivery = subscription.recv(), if !flushing => match delivery {
@@ -525,7 +446,7 @@ fn queue_batch(
 fn subscription_ending(error: SubscriptionError, app: &App) -> Ending {
     match error {
         SubscriptionError::Lagged { skipped } => {
-            app.metrics.slow_disconnects.increment(1);
+            app.metrics.websocket.slow_disconnects.increment(1);
             app.metrics.dropped.increment(skipped);
             Ending::Close(CLOSE_SLOW_CONSUMER, error.to_string())
         }

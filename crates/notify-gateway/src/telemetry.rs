@@ -109,10 +109,10 @@ fn register_at_zero() {
     for reason in ["error", "timeout"] {
         metrics::counter!("notify_tls_handshake_failures_total", "reason" => reason).absolute(0);
     }
+    // `notify_messages_delivered_total` and `notify_slow_client_disconnects_total` carry a
+    // `transport` label and are registered per transport ([`TransportMetrics`]).
     for name in [
-        "notify_messages_delivered_total",
         "notify_messages_dropped_total",
-        "notify_slow_client_disconnects_total",
         "notify_broker_reconnects_total",
         "notify_broker_resyncs_total",
         "notify_resyncs_total",
@@ -133,7 +133,11 @@ fn describe() {
     );
     describe_gauge!(
         "notify_connections",
-        "Open WebSocket connections, by region."
+        "Open client connections (WebSocket and SSE), by region."
+    );
+    describe_gauge!(
+        "notify_connections_by_transport",
+        "Open client connections, by transport (websocket, sse)."
     );
     describe_counter!(
         "notify_messages_received_total",
@@ -141,7 +145,7 @@ fn describe() {
     );
     describe_counter!(
         "notify_messages_delivered_total",
-        "Notification frames written to clients."
+        "Notification frames written to clients, by transport."
     );
     describe_counter!(
         "notify_messages_dropped_total",
@@ -153,7 +157,7 @@ fn describe() {
     );
     describe_counter!(
         "notify_slow_client_disconnects_total",
-        "Clients disconnected for falling behind the queue limit or timing out a write."
+        "Clients disconnected for falling behind the queue limit or timing out a write, by transport."
     );
     describe_counter!(
         "notify_broker_reconnects_total",
@@ -205,23 +209,91 @@ pub fn record_capacity(connections: usize, sockets: usize) {
     metrics::gauge!("notify_sockets_max").set(sockets as f64);
 }
 
+/// How a client receives: the label `transport` on per-connection metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `GET /` upgraded to a WebSocket.
+    WebSocket,
+    /// `GET /events`, Server-Sent Events.
+    Sse,
+}
+
+impl Transport {
+    /// Both transports.
+    pub const ALL: [Transport; 2] = [Transport::WebSocket, Transport::Sse];
+
+    /// The label value: `websocket` or `sse`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
+/// One transport's hot-path handles.
+#[derive(Debug, Clone)]
+pub struct TransportMetrics {
+    /// `notify_messages_delivered_total{transport}`.
+    pub delivered: Counter,
+    /// `notify_slow_client_disconnects_total{transport}`.
+    pub slow_disconnects: Counter,
+    /// `notify_connections_by_transport{transport}`.
+    open: Gauge,
+}
+
+impl TransportMetrics {
+    fn new(transport: Transport) -> Self {
+        let label = transport.as_str();
+        let open = metrics::gauge!("notify_connections_by_transport", "transport" => label);
+        open.set(0.0);
+        let delivered = metrics::counter!("notify_messages_delivered_total", "transport" => label);
+        delivered.absolute(0);
+        let slow_disconnects =
+            metrics::counter!("notify_slow_client_disconnects_total", "transport" => label);
+        slow_disconnects.absolute(0);
+        TransportMetrics {
+            delivered,
+            slow_disconnects,
+            open,
+        }
+    }
+}
+
 /// Pre-resolved metric handles for the per-connection hot path.
 #[derive(Debug, Clone)]
 pub struct ConnectionMetrics {
-    /// `notify_messages_delivered_total`.
-    pub delivered: Counter,
     /// `notify_messages_dropped_total`.
     pub dropped: Counter,
-    /// `notify_slow_client_disconnects_total`.
-    pub slow_disconnects: Counter,
     /// `notify_fanout_latency_seconds`.
     pub fanout_latency: Histogram,
+    /// WebSocket connections' counters.
+    pub websocket: TransportMetrics,
+    /// SSE streams' counters.
+    pub sse: TransportMetrics,
     connections: HashMap<Region, Gauge>,
 }
 
+/// One open connection, counted in `notify_connections{region}` and
+/// `notify_connections_by_transport{transport}` until dropped.
+#[derive(Debug)]
+pub struct OpenConnection {
+    region: Option<Gauge>,
+    transport: Gauge,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(region) = &self.region {
+            region.decrement(1.0);
+        }
+        self.transport.decrement(1.0);
+    }
+}
+
 impl ConnectionMetrics {
-    /// Handles for `regions`, with each region's connection gauge set to 0 so it is visible
-    /// before the first client.
+    /// Handles for `regions`, with each region's and transport's connection gauge set to 0 so
+    /// it is visible before the first client.
     pub fn new(regions: &[Region]) -> Self {
         let connections = regions
             .iter()
@@ -233,17 +305,31 @@ impl ConnectionMetrics {
             })
             .collect();
         ConnectionMetrics {
-            delivered: metrics::counter!("notify_messages_delivered_total"),
             dropped: metrics::counter!("notify_messages_dropped_total"),
-            slow_disconnects: metrics::counter!("notify_slow_client_disconnects_total"),
             fanout_latency: metrics::histogram!("notify_fanout_latency_seconds"),
+            websocket: TransportMetrics::new(Transport::WebSocket),
+            sse: TransportMetrics::new(Transport::Sse),
             connections,
         }
     }
 
-    /// The connection gauge of `region`.
-    pub fn connections(&self, region: Region) -> Option<&Gauge> {
-        self.connections.get(&region)
+    /// The handles of `transport`.
+    pub fn transport(&self, transport: Transport) -> &TransportMetrics {
+        match transport {
+            Transport::WebSocket => &self.websocket,
+            Transport::Sse => &self.sse,
+        }
+    }
+
+    /// Counts a connection of `transport` to `region` as open until the result is dropped.
+    pub fn open(&self, region: Region, transport: Transport) -> OpenConnection {
+        let region = self.connections.get(&region).cloned();
+        if let Some(gauge) = &region {
+            gauge.increment(1.0);
+        }
+        let transport = self.transport(transport).open.clone();
+        transport.increment(1.0);
+        OpenConnection { region, transport }
     }
 }
 
