@@ -420,7 +420,10 @@ async fn the_first_scrape_shows_every_counter_and_the_process_metrics() -> Resul
         assert_eq!(value(&series), Some(0.0), "{series}");
     }
     for series in [
-        "notify_slow_client_disconnects_total",
+        "notify_slow_client_disconnects_total{transport=\"websocket\"}",
+        "notify_slow_client_disconnects_total{transport=\"sse\"}",
+        "notify_messages_delivered_total{transport=\"websocket\"}",
+        "notify_messages_delivered_total{transport=\"sse\"}",
         "notify_messages_dropped_total",
         "notify_broker_reconnects_total",
         "notify_resumes_total{source=\"memory\"}",
