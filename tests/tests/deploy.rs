@@ -1,0 +1,155 @@
+//! The files in `deploy/` are what an operator runs as is, so each is checked by the tool that
+//! will read it, when that tool is installed here (a test whose tool is absent says it skipped):
+//! the systemd unit by `systemd-analyze`, the Containerfile by `podman build`, the Kubernetes
+//! manifests by parsing them and asking a real gateway for the probe paths they name.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use notify_tests::binary;
+
+/// Highest `systemd-analyze security` exposure the unit may have (0 safest, 10 worst). The
+/// hardened unit scores 1.2; the unit before hardening scored 8.3.
+const MAX_UNIT_EXPOSURE: f64 = 2.0;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_owned()
+}
+
+/// A fresh scratch directory for one test.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).expect("removing the previous scratch directory");
+    }
+    std::fs::create_dir_all(&dir).expect("creating the scratch directory");
+    dir
+}
+
+/// The path of `tool` on `PATH`, or `None` after saying the test skipped.
+fn installed(tool: &str, test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(tool))
+            .find(|candidate| candidate.is_file())
+    });
+    if found.is_none() {
+        println!("SKIPPED {test}: {tool} is not installed");
+        eprintln!("SKIPPED {test}: {tool} is not installed");
+    }
+    found
+}
+
+fn run(command: &mut Command) -> (bool, String) {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("running {command:?}: {error}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+// ---- systemd --------------------------------------------------------------------------------
+
+/// Writes `unit` as `notify-gateway.service` in `dir`, its `ExecStart` pointed at the gateway
+/// binary built for the tests (verify checks that the program exists).
+fn write_unit(dir: &Path, unit: &str) -> PathBuf {
+    let gateway = binary("notify-gateway");
+    let unit = unit.replace(
+        "ExecStart=/usr/local/bin/notify-gateway",
+        &format!("ExecStart={}", gateway.display()),
+    );
+    let path = dir.join("notify-gateway.service");
+    std::fs::write(&path, unit).expect("writing the unit copy");
+    path
+}
+
+/// The overall exposure `systemd-analyze security --offline=yes` gives a unit file.
+fn exposure(systemd_analyze: &Path, unit: &Path) -> f64 {
+    let (_, text) = run(Command::new(systemd_analyze)
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(unit));
+    let line = text
+        .lines()
+        .find(|line| line.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no overall exposure in:\n{text}"));
+    line.rsplit(':')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|score| score.parse().ok())
+        .unwrap_or_else(|| panic!("no score in {line:?}"))
+}
+
+#[test]
+fn systemd_unit_verifies_and_is_hardened() {
+    let Some(systemd_analyze) =
+        installed("systemd-analyze", "systemd_unit_verifies_and_is_hardened")
+    else {
+        return;
+    };
+    let unit = std::fs::read_to_string(workspace_root().join("deploy/notify-gateway.service"))
+        .expect("deploy/notify-gateway.service");
+
+    let hardened_dir = scratch_dir("unit-hardened");
+    let hardened = write_unit(&hardened_dir, &unit);
+    let (verified, text) = run(Command::new(&systemd_analyze)
+        .args(["verify", "--man=no"])
+        .arg(&hardened));
+    assert!(
+        verified && text.trim().is_empty(),
+        "systemd-analyze verify:\n{text}"
+    );
+    let score = exposure(&systemd_analyze, &hardened);
+    assert!(
+        score <= MAX_UNIT_EXPOSURE,
+        "the unit's exposure is {score}, above {MAX_UNIT_EXPOSURE}"
+    );
+
+    // Control: the same unit without its hardening lines scores as exposed, so the figure
+    // above is read from a real rating.
+    let bare: String = unit
+        .lines()
+        .filter(|line| {
+            line.starts_with('[')
+                || ["ExecStart=", "Description=", "WantedBy="]
+                    .iter()
+                    .any(|key| line.starts_with(key))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let bare_dir = scratch_dir("unit-bare");
+    let bare_score = exposure(&systemd_analyze, &write_unit(&bare_dir, &bare));
+    assert!(
+        bare_score > 8.0,
+        "an unhardened unit scored {bare_score}: the rating is not being read"
+    );
+    println!("systemd-analyze security: hardened {score}, unhardened {bare_score}");
+
+    // TimeoutStopSec must leave the drain its full time.
+    let stop_timeout = unit_value(&unit, "TimeoutStopSec").trim_end_matches('s');
+    let stop_timeout: u64 = stop_timeout.parse().expect("TimeoutStopSec in seconds");
+    assert!(
+        stop_timeout > DEFAULT_DRAIN_TIMEOUT_SECS,
+        "TimeoutStopSec={stop_timeout} does not exceed the drain timeout"
+    );
+}
+
+/// The gateway's default `--drain-timeout`, in seconds (README's configuration table).
+const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
+
+/// The value of the one `Key=value` line of a unit (or ini-like file).
+fn unit_value<'a>(unit: &'a str, key: &str) -> &'a str {
+    let prefix = format!("{key}=");
+    let mut values = unit
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix.as_str()));
+    let value = values.next().unwrap_or_else(|| panic!("no {key}= line"));
+    assert!(values.next().is_none(), "more than one {key}= line");
+    value
+}
