@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the tests need
-# (redis-server, Chromium) when missing, builds the binaries the end-to-end tests spawn,
+# (redis-server, Chromium, systemd-analyze, podman) when missing, builds the binaries the end-to-end tests spawn,
 # runs the Rust tests, a short fuzzing pass and the real-browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# tests/tests/deploy.rs: the systemd unit (systemd-analyze) and the Containerfile (podman build).
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "== installing ${missing[*]} (Debian packages)"
   sudo=""

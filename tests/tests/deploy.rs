@@ -4,9 +4,10 @@
 //! manifests by parsing them and asking a real gateway for the probe paths they name.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use notify_tests::binary;
+use notify_tests::{binary, free_port, http_client, wait_until};
 
 /// Highest `systemd-analyze security` exposure the unit may have (0 safest, 10 worst). The
 /// hardened unit scores 1.2; the unit before hardening scored 8.3.
@@ -152,4 +153,103 @@ fn unit_value<'a>(unit: &'a str, key: &str) -> &'a str {
     let value = values.next().unwrap_or_else(|| panic!("no {key}= line"));
     assert!(values.next().is_none(), "more than one {key}= line");
     value
+}
+
+// ---- container image ----------------------------------------------------------------------
+
+/// The uid and gid the image runs as (deploy/Containerfile's USER).
+const IMAGE_USER: &str = "10001:10001";
+
+/// Stages the image's root file system with deploy/container/stage-rootfs.sh. The gateway is
+/// the binary the tests built (target/<profile>/notify-gateway): the test checks packaging,
+/// not speed, and a release build would cost CI minutes.
+fn stage_rootfs(context: &Path) -> PathBuf {
+    let (staged, text) = run(Command::new("bash")
+        .arg(workspace_root().join("deploy/container/stage-rootfs.sh"))
+        .arg(binary("notify-gateway"))
+        .arg(context));
+    assert!(staged, "stage-rootfs.sh failed:\n{text}");
+    context.join("rootfs")
+}
+
+#[tokio::test]
+async fn staged_root_file_system_runs_the_gateway_as_its_user() {
+    let test = "staged_root_file_system_runs_the_gateway_as_its_user";
+    let Some(chroot) = installed("chroot", test) else {
+        return;
+    };
+    // chroot needs root (CI runs as root; elsewhere this part is skipped).
+    let (_, uid) = run(Command::new("id").arg("-u"));
+    if uid.trim() != "0" {
+        println!("SKIPPED {test}: chroot needs root");
+        return;
+    }
+    let rootfs = stage_rootfs(&scratch_dir("container-rootfs"));
+
+    // Only what was staged is visible: if a library were missing the loader would fail here.
+    let port = free_port();
+    let mut gateway = Command::new(chroot)
+        .arg(format!("--userspec={IMAGE_USER}"))
+        .arg(&rootfs)
+        .arg("/usr/local/bin/notify-gateway")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the gateway in the staged root");
+    let http = http_client();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let healthy = wait_until(Duration::from_secs(10), || async {
+        matches!(http.get(&url).send().await, Ok(response) if response.status() == 200)
+    })
+    .await;
+    let exited = gateway.try_wait().expect("polling the gateway");
+    gateway.kill().ok();
+    let output = gateway.wait_with_output().expect("reaping the gateway");
+    assert!(
+        healthy,
+        "the gateway in the staged root never answered /healthz (exit: {exited:?}); stderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn containerfile_builds_a_non_root_image_from_scratch() {
+    let test = "containerfile_builds_a_non_root_image_from_scratch";
+    let Some(podman) = installed("podman", test) else {
+        return;
+    };
+    let context = scratch_dir("container-context");
+    stage_rootfs(&context);
+    let tag = format!("localhost/notify-gateway-test:{}", std::process::id());
+    let (built, text) = run(Command::new(&podman)
+        .args(["build", "--quiet", "--pull=never", "--file"])
+        .arg(workspace_root().join("deploy/Containerfile"))
+        .args(["--tag", &tag])
+        .arg(&context));
+    if !built {
+        panic!("podman build failed:\n{text}");
+    }
+    let (inspected, config) = run(Command::new(&podman).args([
+        "image",
+        "inspect",
+        "--format",
+        "{{.Config.User}}|{{json .Config.Entrypoint}}|{{json .Config.ExposedPorts}}|{{.Config.StopSignal}}",
+        &tag,
+    ]));
+    let (removed, removal) = run(Command::new(&podman).args(["rmi", "--force", &tag]));
+    assert!(inspected, "podman image inspect failed:\n{config}");
+    assert!(removed, "podman rmi {tag} failed:\n{removal}");
+    let fields: Vec<&str> = config.trim().split('|').collect();
+    assert_eq!(
+        fields,
+        [
+            IMAGE_USER,
+            r#"["/usr/local/bin/notify-gateway"]"#,
+            r#"{"8765/tcp":{}}"#,
+            "SIGTERM"
+        ],
+        "image config (user, entrypoint, ports, stop signal)"
+    );
 }
