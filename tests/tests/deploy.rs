@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use notify_tests::{binary, free_port, http_client, wait_until};
+use notify_tests::{binary, free_port, http_client, wait_until, Gateway, RedisServer};
+use serde::Deserialize;
+use serde_json::Value;
 
 /// Highest `systemd-analyze security` exposure the unit may have (0 safest, 10 worst). The
 /// hardened unit scores 1.2; the unit before hardening scored 8.3.
@@ -252,4 +254,232 @@ fn containerfile_builds_a_non_root_image_from_scratch() {
         ],
         "image config (user, entrypoint, ports, stop signal)"
     );
+}
+
+// ---- Kubernetes -------------------------------------------------------------------------------
+
+/// Every document of every manifest in deploy/kubernetes, as JSON values.
+fn kubernetes_documents() -> Vec<Value> {
+    let dir = workspace_root().join("deploy/kubernetes");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes")
+        .map(|entry| entry.expect("listing deploy/kubernetes").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    paths.sort();
+    let mut documents = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).expect("reading a manifest");
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value = Value::deserialize(document)
+                .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+            documents.push(value);
+        }
+    }
+    documents
+}
+
+fn the_one<'a>(documents: &'a [Value], kind: &str) -> &'a Value {
+    let mut found = documents.iter().filter(|doc| doc["kind"] == kind);
+    let document = found.next().unwrap_or_else(|| panic!("no {kind} manifest"));
+    assert!(found.next().is_none(), "more than one {kind}");
+    document
+}
+
+fn string<'a>(value: &'a Value, what: &str) -> &'a str {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} is not a string: {value}"))
+}
+
+fn integer(value: &Value, what: &str) -> u64 {
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("{what} is not an integer: {value}"))
+}
+
+/// Seconds in a whole-second duration such as `10s`.
+fn seconds(duration: &str) -> u64 {
+    duration
+        .strip_suffix('s')
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("{duration:?} is not a whole number of seconds"))
+}
+
+/// Bytes in a Kubernetes quantity such as `384Mi` or `1Gi`.
+fn bytes(quantity: &str) -> u64 {
+    let units = [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30)];
+    units
+        .iter()
+        .find_map(|(suffix, unit)| {
+            quantity
+                .strip_suffix(suffix)
+                .and_then(|number| number.parse::<u64>().ok())
+                .map(|number| number * unit)
+        })
+        .unwrap_or_else(|| panic!("{quantity:?} is not a Ki/Mi/Gi quantity"))
+}
+
+/// `matchLabels` (or a selector map) is contained in `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let selector = selector.as_object().expect("selector is a map");
+    !selector.is_empty()
+        && selector
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
+}
+
+/// Idle RSS per connection and fan-out burst growth per connection, from docs/BENCHMARKS.md
+/// (Summary: 2,746 B, the higher run; Fanout table: 8.1 KB), and the gateway's RSS before a
+/// burst (33 MB), as deployment.yaml's sizing comment uses them.
+const IDLE_BYTES_PER_CONNECTION: u64 = 2_746;
+const BURST_BYTES_PER_CONNECTION: u64 = 8_100;
+const BASE_RSS_BYTES: u64 = 33_000_000;
+
+#[test]
+fn kubernetes_manifests_hold_together() {
+    let documents = kubernetes_documents();
+    let deployment = the_one(&documents, "Deployment");
+    let service = the_one(&documents, "Service");
+    let budget = the_one(&documents, "PodDisruptionBudget");
+    let config = &the_one(&documents, "ConfigMap")["data"];
+
+    let pod = &deployment["spec"]["template"];
+    let pod_labels = &pod["metadata"]["labels"];
+    assert!(
+        selects(&deployment["spec"]["selector"]["matchLabels"], pod_labels),
+        "the Deployment's selector does not match its pods"
+    );
+    assert!(
+        selects(&budget["spec"]["selector"]["matchLabels"], pod_labels),
+        "the PodDisruptionBudget's selector does not match the Deployment's pods"
+    );
+    assert!(
+        selects(&service["spec"]["selector"], pod_labels),
+        "the Service's selector does not match the Deployment's pods"
+    );
+
+    let containers = pod["spec"]["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1, "one container per pod");
+    let container = &containers[0];
+    let port_names: Vec<&Value> = container["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|port| &port["name"])
+        .collect();
+    for port in service["spec"]["ports"].as_array().expect("service ports") {
+        assert!(
+            port_names.contains(&&port["targetPort"]),
+            "the Service targets port {} the container does not name",
+            port["targetPort"]
+        );
+    }
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(
+        container["envFrom"][0]["configMapRef"]["name"],
+        the_one(&documents, "ConfigMap")["metadata"]["name"],
+        "the pods read the ConfigMap"
+    );
+
+    // SIGKILL must never cut a drain: the grace period covers the preStop pause and the drain.
+    let grace = integer(
+        &pod["spec"]["terminationGracePeriodSeconds"],
+        "terminationGracePeriodSeconds",
+    );
+    let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .unwrap_or(0);
+    let drain = seconds(string(
+        &config["NOTIFY_DRAIN_TIMEOUT"],
+        "NOTIFY_DRAIN_TIMEOUT",
+    ));
+    assert!(
+        grace > pre_stop + drain,
+        "terminationGracePeriodSeconds {grace} <= preStop {pre_stop} s + drain {drain} s"
+    );
+
+    // Non-root, as the image's user, on a read-only root file system.
+    let pod_security = &pod["spec"]["securityContext"];
+    assert_eq!(pod_security["runAsNonRoot"], true);
+    let containerfile = std::fs::read_to_string(workspace_root().join("deploy/Containerfile"))
+        .expect("deploy/Containerfile");
+    let image_user = containerfile
+        .lines()
+        .find_map(|line| line.strip_prefix("USER "))
+        .expect("the Containerfile names a USER");
+    assert_eq!(
+        format!(
+            "{}:{}",
+            pod_security["runAsUser"], pod_security["runAsGroup"]
+        ),
+        image_user,
+        "runAsUser:runAsGroup is the image's user"
+    );
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+
+    // Memory sized for the connection target, as deployment.yaml's comment works it out.
+    let max_connections: u64 = string(&config["NOTIFY_MAX_CONNECTIONS"], "NOTIFY_MAX_CONNECTIONS")
+        .parse()
+        .expect("NOTIFY_MAX_CONNECTIONS is a number");
+    let resources = &container["resources"];
+    let request = bytes(string(&resources["requests"]["memory"], "memory request"));
+    let limit = bytes(string(&resources["limits"]["memory"], "memory limit"));
+    assert!(
+        max_connections * IDLE_BYTES_PER_CONNECTION < request,
+        "{max_connections} idle connections need more than the {request} B requested"
+    );
+    assert!(
+        max_connections * BURST_BYTES_PER_CONNECTION + BASE_RSS_BYTES < limit,
+        "a fan-out burst to {max_connections} connections needs more than the {limit} B limit"
+    );
+    assert!(resources["requests"]["cpu"].is_string(), "a CPU request");
+}
+
+/// The ConfigMap's settings as the gateway's flags (`NOTIFY_DRAIN_TIMEOUT` is
+/// `--drain-timeout`), less the listen address, which the harness picks.
+fn config_map_flags(config: &Value) -> Vec<String> {
+    let mut flags = Vec::new();
+    for (key, value) in config.as_object().expect("ConfigMap data") {
+        if key == "NOTIFY_LISTEN" {
+            continue;
+        }
+        let name = key
+            .strip_prefix("NOTIFY_")
+            .unwrap_or_else(|| panic!("{key} is not a NOTIFY_* setting"));
+        flags.push(format!("--{}", name.to_lowercase().replace('_', "-")));
+        flags.push(string(value, key).to_owned());
+    }
+    flags
+}
+
+#[tokio::test]
+async fn kubernetes_probe_paths_answer_on_a_gateway_run_with_the_config_map() {
+    let documents = kubernetes_documents();
+    let container = &the_one(&documents, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let mut flags = config_map_flags(&the_one(&documents, "ConfigMap")["data"]);
+    let redis = RedisServer::start().await.expect("redis-server");
+    flags.extend(["--redis-url".to_owned(), redis.url()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    // The gateway refuses a setting it does not know, so this also checks every key.
+    let gateway = Gateway::start(&flags)
+        .await
+        .expect("a gateway with the ConfigMap's settings");
+
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let path = string(&container[probe]["httpGet"]["path"], probe);
+        let answered = wait_until(Duration::from_secs(10), || async {
+            matches!(gateway.get(path).await, Ok((200, _)))
+        })
+        .await;
+        assert!(answered, "{probe} {path} never answered 200");
+    }
+    // Control: a path the gateway does not serve is not 200, so the answers above mean
+    // something.
+    let (status, _) = gateway.get("/no-such-probe").await.expect("GET");
+    assert_eq!(status, 404, "an unknown path");
 }
