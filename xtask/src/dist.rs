@@ -78,8 +78,27 @@ fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// A `cargo` command without the variables `cargo run` set for xtask itself: build scripts
+/// that watch them (ring's watches `CARGO_MANIFEST_DIR`) would otherwise see a change and
+/// rebuild the whole release tree that a plain `cargo build --release` had left fresh.
 fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&name)
+        {
+            cargo.env_remove(name);
+        }
+    }
+    cargo
 }
 
 /// This machine's target triple, as rustc names it (`host:` in `rustc -vV`).
@@ -122,7 +141,7 @@ fn build_release(root: &Path, target: &str) -> anyhow::Result<()> {
 
 fn pack(stage: &Path, name: &str, tarball: &Path) -> anyhow::Result<()> {
     let file = File::create(tarball).with_context(|| format!("creating {}", tarball.display()))?;
-    let mut archive = tar::Builder::new(GzEncoder::new(file, Compression::best()));
+    let mut archive = tar::Builder::new(GzEncoder::new(file, Compression::default()));
     archive.mode(tar::HeaderMode::Deterministic);
     archive
         .append_dir_all(name, stage)
