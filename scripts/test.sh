@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the tests need
-# (redis-server, redis-sentinel, Chromium, promtool, HAProxy, Node.js and npm) when missing, builds the binaries the end-to-end tests spawn,
+# (redis-server, redis-sentinel, Chromium, promtool, HAProxy, Node.js and npm, systemd-analyze,
+# podman) when missing, builds the binaries the end-to-end tests spawn,
 # runs the Rust tests, a short fuzzing pass and the real-browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,9 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(hapr
 # registry when Debian's (18 on Debian 12) is older.
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# tests/tests/deploy.rs: the systemd unit (systemd-analyze) and the Containerfile (podman build).
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "== installing ${missing[*]} (Debian packages)"
   sudo=""
