@@ -271,9 +271,9 @@ impl Run<'_> {
         self.publish_for(rate, AFTER_STORM, deadline).await?;
         let deliveries = workers.expect(&self.published, deadline).await?;
         let resumes_after = resume_sources(&fleet, &survivors).await;
-        let delta = |name: &str| {
-            resumes_after.get(name).copied().unwrap_or(0.0)
-                - resumes_before.get(name).copied().unwrap_or(0.0)
+        // Unknown (null) when a survivor's counter could not be read before or after.
+        let delta = |name: &str| -> Option<f64> {
+            Some(resumes_after.get(name).copied()?? - resumes_before.get(name).copied()??)
         };
         let percentiles = Percentiles::of(&latency::from_buckets(&deliveries.latency_us));
         let mut failures = delivery_failures("storm", &deliveries);
@@ -294,11 +294,11 @@ impl Run<'_> {
              stream (XRANGE) {}, resync {}; waited for a replay turn {}, refused {}; \
              missing {}, duplicates {}",
             show(resumed_after.map(|after| round3(after.as_secs_f64()))),
-            delta("memory"),
-            delta("stream"),
-            delta("resync"),
-            delta("waits"),
-            delta("refused"),
+            show(delta("memory")),
+            show(delta("stream")),
+            show(delta("resync")),
+            show(delta("waits")),
+            show(delta("refused")),
             deliveries.missing,
             deliveries.duplicates,
         );
@@ -315,12 +315,17 @@ impl Run<'_> {
     }
 }
 
+/// Scrapes of one gateway's /metrics tried before its counter is reported unknown; a gateway
+/// at the height of a storm may refuse a socket or answer late.
+const SCRAPE_ATTEMPTS: u32 = 5;
+
 /// The sum over `nodes` of each resume counter: `memory`, `stream`, `resync` (by source),
-/// `waits` and `refused` (the replay budget).
+/// `waits` and `refused` (the replay budget); `None` for a counter some node's /metrics did
+/// not give after [`SCRAPE_ATTEMPTS`] tries.
 async fn resume_sources(
     fleet: &Fleet,
     nodes: &[&crate::fleet::Node],
-) -> std::collections::HashMap<&'static str, f64> {
+) -> std::collections::HashMap<&'static str, Option<f64>> {
     let mut sums = std::collections::HashMap::new();
     for (name, metric) in [
         ("memory", "notify_resumes_total{source=\"memory\"}"),
@@ -329,15 +334,25 @@ async fn resume_sources(
         ("waits", "notify_replay_waits_total"),
         ("refused", "notify_replays_refused_total"),
     ] {
-        let mut total = 0.0;
+        let mut total = Some(0.0);
         for node in nodes {
-            match fleet.metric(node, metric).await {
-                Ok(value) => total += value,
-                Err(error) => eprintln!(
-                    "notify-bench: warning: gateway {} {metric}: {error:#}",
-                    node.index
-                ),
+            let mut value = None;
+            for attempt in 1..=SCRAPE_ATTEMPTS {
+                match fleet.metric(node, metric).await {
+                    Ok(read) => {
+                        value = Some(read);
+                        break;
+                    }
+                    Err(error) => {
+                        eprintln!(
+                            "notify-bench: warning: gateway {} {metric} (try {attempt} of {SCRAPE_ATTEMPTS}): {error:#}",
+                            node.index
+                        );
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
             }
+            total = total.zip(value).map(|(total, value)| total + value);
         }
         sums.insert(name, total);
     }
