@@ -290,6 +290,55 @@ async fn notify_bench_fans_out_over_the_shard_channels() {
     assert_eq!(report["totals"]["delivered"], 160, "{report}");
 }
 
+/// `notify-bench scale` against the cluster: its own gateways started with `--redis-cluster`,
+/// id-carrying publishes through the cluster script (one pipeline per region), Redis CPU summed
+/// over every seed, and a reconnect storm: every message once, in order.
+#[tokio::test]
+async fn notify_bench_scale_runs_its_fleet_on_the_cluster() {
+    let cluster = RedisCluster::start().await.expect("a cluster");
+    let mut command = tokio::process::Command::new(notify_tests::binary("notify-bench"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NOTIFY_") {
+            command.env_remove(&key);
+        }
+    }
+    let gateway_bin = notify_tests::binary("notify-gateway");
+    let seeds = cluster.seeds_url();
+    command
+        .args(["scale", "--redis-cluster", "--redis-url", &seeds])
+        .arg("--gateway-bin")
+        .arg(&gateway_bin)
+        .args([
+            "--clients",
+            "120",
+            "--gateways",
+            "2",
+            "--client-processes",
+            "2",
+        ])
+        .args([
+            "--scale-rates",
+            "2",
+            "--duration",
+            "1s",
+            "--settle",
+            "500ms",
+        ])
+        .args(["--timeout", "60s"])
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(90), command.output())
+        .await
+        .expect("notify-bench finished")
+        .expect("notify-bench ran");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|error| panic!("no JSON report ({error}): {stdout}\n{stderr}"));
+    assert_eq!(report["ok"], true, "{report}\n{stderr}");
+    assert!(stderr.contains("120 clients"), "{stderr}");
+    assert!(stderr.contains("missing 0, duplicates 0"), "{stderr}");
+}
+
 /// A stream id as a sortable pair; `(0, 0)` for none.
 fn id_key(id: &str) -> (u64, u64) {
     let Some((ms, seq)) = id.split_once('-') else {

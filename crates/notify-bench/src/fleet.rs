@@ -75,6 +75,8 @@ pub struct Fleet {
     pub fault_lock: tokio::sync::Mutex<()>,
     bin: PathBuf,
     redis_url: String,
+    /// `--redis-cluster`: `redis_url` holds a cluster's seeds, passed on to every gateway.
+    redis_cluster: bool,
     extra: Vec<String>,
     log_dir: Option<PathBuf>,
     http: reqwest::Client,
@@ -117,6 +119,7 @@ impl Fleet {
             fault_lock: tokio::sync::Mutex::new(()),
             bin,
             redis_url: args.redis_url.clone(),
+            redis_cluster: args.redis_cluster,
             extra: args.gateway_arg.clone(),
             log_dir: args.gateway_log_dir.clone(),
             http: reqwest::Client::builder()
@@ -152,6 +155,7 @@ impl Fleet {
             .arg(node.addr.to_string())
             .arg("--redis-url")
             .arg(&self.redis_url)
+            .args(self.redis_cluster.then_some("--redis-cluster"))
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(stdout)

@@ -1,12 +1,17 @@
 //! Publishing id-carrying messages the way the project's publisher does: `EVALSHA` of the
 //! history script (`XADD` to the region's stream, then `PUBLISH` with the entry's id), pipelined
-//! on one Redis connection so each region's order is kept.
+//! on one Redis connection so each region's order is kept. With `--redis-cluster` the
+//! hash-tagged names and the `SPUBLISH` script are used, one pipeline per region (a pipeline
+//! keeps to one slot), all sent at once.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
-use notify_core::broker::redis::{publish_command, publish_script};
-use notify_proto::{ChannelNames, Notification, Region, StreamId};
+use futures_util::future::join_all;
+use notify_core::broker::redis::{
+    publish_command, publish_script, RedisConnection, RedisTarget, RedisTls,
+};
+use notify_proto::{ChannelNames, KeyLayout, Notification, Region, StreamId};
 use serde_json::json;
 
 use crate::cli::Args;
@@ -50,7 +55,8 @@ pub const CONNECTION_NAME: &str = "notify-bench";
 /// region's order is kept).
 pub struct HistoryPublisher {
     url: String,
-    connection: redis::aio::MultiplexedConnection,
+    layout: KeyLayout,
+    connection: RedisConnection,
     script: redis::Script,
     streams: Vec<String>,
     channels: Vec<String>,
@@ -60,12 +66,18 @@ pub struct HistoryPublisher {
 impl HistoryPublisher {
     /// Connects and loads the script.
     pub async fn connect(args: &Args) -> Result<Self> {
-        let mut connection = redis_connection(&args.redis_url).await?;
-        let script = publish_script(notify_proto::KeyLayout::Single);
+        let layout = if args.redis_cluster {
+            KeyLayout::Cluster
+        } else {
+            KeyLayout::Single
+        };
+        let mut connection = publishing_connection(&args.redis_url, layout).await?;
+        let script = publish_script(layout);
         load_script(&script, &mut connection).await?;
-        let names = ChannelNames::new(args.channel_prefix.as_str());
+        let names = ChannelNames::new(args.channel_prefix.as_str()).with_layout(layout);
         Ok(HistoryPublisher {
             url: args.redis_url.clone(),
+            layout,
             connection,
             script,
             streams: args
@@ -88,22 +100,9 @@ impl HistoryPublisher {
     pub async fn send(&mut self, batch: &[(usize, Notification)]) -> Result<Vec<(String, i64)>> {
         let (mut reloaded, mut reconnected) = (false, false);
         loop {
-            let mut pipe = redis::pipe();
-            for (region, notification) in batch {
-                pipe.add_command(publish_command(
-                    &self.script,
-                    &self.streams[*region],
-                    &self.channels[*region],
-                    notification,
-                    self.retention,
-                ));
-            }
-            let reply = tokio::time::timeout(
-                REDIS_TIMEOUT,
-                pipe.query_async::<Vec<(String, i64)>>(&mut self.connection),
-            )
-            .await
-            .context("publishing timed out")?;
+            let reply = tokio::time::timeout(REDIS_TIMEOUT, self.pipelines(batch))
+                .await
+                .context("publishing timed out")?;
             match reply {
                 Ok(replies) => return Ok(replies),
                 Err(error) if !reloaded && error.to_string().contains("NOSCRIPT") => {
@@ -118,13 +117,57 @@ impl HistoryPublisher {
                         && (error.is_connection_dropped() || error.is_connection_refusal()) =>
                 {
                     eprintln!("notify-bench: publishing: {error}; connecting again");
-                    self.connection = redis_connection(&self.url).await?;
+                    self.connection = publishing_connection(&self.url, self.layout).await?;
                     load_script(&self.script, &mut self.connection).await?;
                     reconnected = true;
                 }
                 Err(error) => return Err(anyhow!(error).context("EVALSHA pipeline")),
             }
         }
+    }
+
+    /// One pipeline of `batch` on one Redis; in a cluster one per region, all at once; the
+    /// replies in `batch`'s order.
+    async fn pipelines(
+        &self,
+        batch: &[(usize, Notification)],
+    ) -> redis::RedisResult<Vec<(String, i64)>> {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        if self.connection.is_cluster() {
+            for (index, (region, _)) in batch.iter().enumerate() {
+                match groups.iter_mut().find(|group| batch[group[0]].0 == *region) {
+                    Some(group) => group.push(index),
+                    None => groups.push(vec![index]),
+                }
+            }
+        } else {
+            groups.push((0..batch.len()).collect());
+        }
+        let sent = groups.iter().map(|group| {
+            let mut pipe = redis::pipe();
+            for &index in group {
+                let (region, notification) = &batch[index];
+                pipe.add_command(publish_command(
+                    &self.script,
+                    &self.streams[*region],
+                    &self.channels[*region],
+                    notification,
+                    self.retention,
+                ));
+            }
+            let mut connection = self.connection.clone();
+            async move {
+                pipe.query_async::<Vec<(String, i64)>>(&mut connection)
+                    .await
+            }
+        });
+        let mut replies: Vec<Option<(String, i64)>> = vec![None; batch.len()];
+        for (group, result) in groups.iter().zip(join_all(sent).await) {
+            for (&index, reply) in group.iter().zip(result?) {
+                replies[index] = Some(reply);
+            }
+        }
+        Ok(replies.into_iter().flatten().collect())
     }
 
     /// Publishes one epoch notification per region (no `seq`: a bench client never expects
@@ -177,10 +220,21 @@ impl SendLogged for HistoryPublisher {
     }
 }
 
-async fn load_script(
-    script: &redis::Script,
-    connection: &mut redis::aio::MultiplexedConnection,
-) -> Result<()> {
+/// The publishing connection: [`redis_connection`] to one Redis, or a cluster connection
+/// (which routes each command to its slot's primary and follows failovers) to the
+/// comma-separated seeds in `url`.
+async fn publishing_connection(url: &str, layout: KeyLayout) -> Result<RedisConnection> {
+    match layout {
+        KeyLayout::Single => Ok(RedisConnection::Single(redis_connection(url).await?)),
+        KeyLayout::Cluster => RedisTarget::new(url, &RedisTls::default(), layout)
+            .with_context(|| format!("--redis-url {url}"))?
+            .connect(REDIS_TIMEOUT, Some(REDIS_TIMEOUT), None)
+            .await
+            .with_context(|| format!("connecting to the cluster at {url}")),
+    }
+}
+
+async fn load_script(script: &redis::Script, connection: &mut RedisConnection) -> Result<()> {
     tokio::time::timeout(REDIS_TIMEOUT, script.load_async(connection))
         .await
         .context("SCRIPT LOAD timed out")?

@@ -96,7 +96,7 @@ fn run(args: Args) -> Result<ExitCode> {
         };
     }
     if args.scenario == Scenario::Scale {
-        cli::check_redis_url(&args.redis_url)?;
+        cli::check_redis_urls(&args.redis_url, args.redis_cluster)?;
         return run_own_processes(args, scale::run);
     }
     if args.scenario == Scenario::ScaleWorker {

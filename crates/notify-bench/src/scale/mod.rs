@@ -57,7 +57,7 @@ pub async fn run(args: Args) -> Result<Outcome> {
     fleet.start_all(&args.regions).await?;
     let mut publisher = HistoryPublisher::connect(&args).await?;
     let epochs = publisher.epoch(&args.regions).await?;
-    let mut redis = redis_connection(&args.redis_url).await?;
+    let mut redis = RedisNodes::connect(&args).await?;
     let mut run = Run {
         args: &args,
         fleet: &fleet,
@@ -82,10 +82,10 @@ pub async fn run(args: Args) -> Result<Outcome> {
     let counted = wait_counted(&fleet, connected.ok, deadline).await;
     // Redis spends CPU when nothing is published too (its timers, the gateways' blocked
     // XREADs and pings): measured over the settle pause and subtracted from each phase.
-    let idle_cpu_before = redis_cpu_secs(&mut redis).await?;
+    let idle_cpu_before = redis.cpu_secs().await?;
     let settle_started = Instant::now();
     tokio::time::sleep(args.settle).await;
-    let redis_idle_cpu_per_sec = (redis_cpu_secs(&mut redis).await? - idle_cpu_before)
+    let redis_idle_cpu_per_sec = (redis.cpu_secs().await? - idle_cpu_before)
         / settle_started.elapsed().as_secs_f64().max(1e-9);
     let rss_after = fleet_rss_kib(&fleet);
     let per_connection =
@@ -100,11 +100,11 @@ pub async fn run(args: Args) -> Result<Outcome> {
     // 2. Fan-out at each rate.
     let mut phases = Vec::new();
     for &rate in &args.scale_rates {
-        let cpu_before = redis_cpu_secs(&mut redis).await?;
+        let cpu_before = redis.cpu_secs().await?;
         let messages_before: u64 = run.published.iter().sum();
         let phase_started = Instant::now();
         run.publish_for(rate, args.duration, deadline).await?;
-        let cpu_after = redis_cpu_secs(&mut redis).await?;
+        let cpu_after = redis.cpu_secs().await?;
         let idle_share = redis_idle_cpu_per_sec * phase_started.elapsed().as_secs_f64();
         let messages = run.published.iter().sum::<u64>() - messages_before;
         let deliveries = workers.expect(&run.published, deadline).await?;
@@ -415,6 +415,34 @@ async fn wait_counted(fleet: &Fleet, count: u64, deadline: Instant) -> f64 {
             return total;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The Redis servers whose CPU a run measures: the one Redis, or every node given as a
+/// cluster's seeds (give all of them for the whole cluster's cost).
+struct RedisNodes(Vec<redis::aio::MultiplexedConnection>);
+
+impl RedisNodes {
+    async fn connect(args: &Args) -> Result<Self> {
+        let urls = if args.redis_cluster {
+            notify_core::broker::redis::split_seeds(&args.redis_url)
+        } else {
+            vec![args.redis_url.as_str()]
+        };
+        let mut nodes = Vec::with_capacity(urls.len());
+        for url in urls {
+            nodes.push(redis_connection(url).await?);
+        }
+        Ok(RedisNodes(nodes))
+    }
+
+    /// CPU seconds so far, summed over the nodes.
+    async fn cpu_secs(&mut self) -> Result<f64> {
+        let mut total = 0.0;
+        for node in &mut self.0 {
+            total += redis_cpu_secs(node).await?;
+        }
+        Ok(total)
     }
 }
 
