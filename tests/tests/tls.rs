@@ -421,7 +421,7 @@ async fn rediss_from_the_cli_through_the_gateway_to_a_websocket() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("1 subscriber"), "{stdout}");
+    assert!(stdout.contains("reached 1 gateway node"), "{stdout}");
     assert_eq!(
         next_json(&mut client, WAIT).await.expect("delivered")["video_id"],
         "rediss1"
