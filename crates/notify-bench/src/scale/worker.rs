@@ -46,6 +46,23 @@ struct Client {
     resyncs: AtomicU64,
 }
 
+impl Client {
+    /// A client of region index `region` that has not connected yet.
+    fn new(region: usize) -> Self {
+        Client {
+            region,
+            next_seq: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            first_attempt_done: AtomicBool::new(false),
+            first_attempt_failed: AtomicBool::new(false),
+            duplicates: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+        }
+    }
+}
+
 /// What every client task shares.
 struct Shared {
     targets: Vec<SocketAddr>,
@@ -88,19 +105,7 @@ pub async fn run(args: Args) -> Result<Outcome> {
     });
     let first = args.worker_first_client;
     let clients: Vec<Arc<Client>> = (first..first + args.clients)
-        .map(|global| {
-            Arc::new(Client {
-                region: global % shared.regions.len(),
-                next_seq: AtomicU64::new(0),
-                connected: AtomicBool::new(false),
-                connections: AtomicU64::new(0),
-                first_attempt_done: AtomicBool::new(false),
-                first_attempt_failed: AtomicBool::new(false),
-                duplicates: AtomicU64::new(0),
-                gaps: AtomicU64::new(0),
-                resyncs: AtomicU64::new(0),
-            })
-        })
+        .map(|global| Arc::new(Client::new(global % shared.regions.len())))
         .collect();
     let mut tasks = Vec::with_capacity(clients.len());
     for (offset, client) in clients.iter().enumerate() {
@@ -357,17 +362,7 @@ mod tests {
     use super::*;
 
     fn client() -> Client {
-        Client {
-            region: 0,
-            next_seq: AtomicU64::new(0),
-            connected: AtomicBool::new(false),
-            connections: AtomicU64::new(0),
-            first_attempt_done: AtomicBool::new(false),
-            first_attempt_failed: AtomicBool::new(false),
-            duplicates: AtomicU64::new(0),
-            gaps: AtomicU64::new(0),
-            resyncs: AtomicU64::new(0),
-        }
+        Client::new(0)
     }
 
     fn frame(seq: u64, id: &str) -> String {
