@@ -132,17 +132,8 @@ impl HistoryPublisher {
         &self,
         batch: &[(usize, Notification)],
     ) -> redis::RedisResult<Vec<(String, i64)>> {
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        if self.connection.is_cluster() {
-            for (index, (region, _)) in batch.iter().enumerate() {
-                match groups.iter_mut().find(|group| batch[group[0]].0 == *region) {
-                    Some(group) => group.push(index),
-                    None => groups.push(vec![index]),
-                }
-            }
-        } else {
-            groups.push((0..batch.len()).collect());
-        }
+        let regions: Vec<usize> = batch.iter().map(|(region, _)| *region).collect();
+        let groups = self.connection.pipeline_groups(&regions);
         let sent = groups.iter().map(|group| {
             let mut pipe = redis::pipe();
             for &index in group {

@@ -251,22 +251,11 @@ impl RedisSink {
         &self,
         chunk: &[&Notification],
     ) -> Vec<Result<redis::RedisResult<redis::Value>, PublishError>> {
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        if self.connection.is_cluster() {
-            let mut by_region: Vec<(notify_proto::Region, Vec<usize>)> = Vec::new();
-            for (index, notification) in chunk.iter().enumerate() {
-                match by_region
-                    .iter_mut()
-                    .find(|(region, _)| *region == notification.region)
-                {
-                    Some((_, indexes)) => indexes.push(index),
-                    None => by_region.push((notification.region, vec![index])),
-                }
-            }
-            groups.extend(by_region.into_iter().map(|(_, indexes)| indexes));
-        } else {
-            groups.push((0..chunk.len()).collect());
-        }
+        let regions: Vec<_> = chunk
+            .iter()
+            .map(|notification| notification.region)
+            .collect();
+        let groups = self.connection.pipeline_groups(&regions);
         let pipelines = groups.iter().map(|indexes| {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();

@@ -25,6 +25,29 @@ impl RedisConnection {
     pub fn is_cluster(&self) -> bool {
         matches!(self, RedisConnection::Cluster(_))
     }
+
+    /// How to split a batch into pipelines this connection can send: the indexes of `keys`
+    /// grouped by key in first-seen order on a cluster (a pipeline must stay on one shard,
+    /// and each key here is a region whose channel and stream share a slot), or one group of
+    /// every index on a single Redis. Order within each group is the batch's order.
+    pub fn pipeline_groups<K: PartialEq>(&self, keys: &[K]) -> Vec<Vec<usize>> {
+        if !self.is_cluster() {
+            return vec![(0..keys.len()).collect()];
+        }
+        group_by_key(keys)
+    }
+}
+
+/// The indexes of `keys` grouped by equal key, groups in first-seen order.
+fn group_by_key<K: PartialEq>(keys: &[K]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (index, key) in keys.iter().enumerate() {
+        match groups.iter_mut().find(|group| keys[group[0]] == *key) {
+            Some(group) => group.push(index),
+            None => groups.push(vec![index]),
+        }
+    }
+    groups
 }
 
 impl fmt::Debug for RedisConnection {
@@ -65,5 +88,20 @@ impl ConnectionLike for RedisConnection {
             RedisConnection::Single(connection) => connection.get_db(),
             RedisConnection::Cluster(connection) => connection.get_db(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_by_key;
+
+    #[test]
+    fn groups_keep_first_seen_order_and_batch_order_within() {
+        let keys = ["AE", "FI", "AE", "US", "FI", "AE"];
+        assert_eq!(
+            group_by_key(&keys),
+            vec![vec![0, 2, 5], vec![1, 4], vec![3]]
+        );
+        assert!(group_by_key::<&str>(&[]).is_empty());
     }
 }
