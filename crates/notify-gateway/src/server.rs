@@ -810,9 +810,7 @@ async fn publish(
         return json_error(rejection.status(), rejection);
     }
     // A missing `ts` is now, as the CLI does (docs/PROTOCOL.md).
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs() as i64);
+    let now = Notification::ts_now();
     let notification =
         match Notification::from_publish_request(&body, now, app.settings.max_payload_bytes) {
             Ok(notification) => notification,

@@ -181,6 +181,16 @@ impl Notification {
         Self::from_value(parse_json(payload, max_bytes)?)
     }
 
+    /// The current time as a `ts` value (Unix seconds): what a publisher puts in a
+    /// notification that names none. 0 if the clock is before 1970.
+    pub fn ts_now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+            })
+    }
+
     /// Parses a notification handed to a publisher (an NDJSON line of the CLI, a
     /// `POST /api/publish` body): as [`Notification::from_slice`], except that a missing or
     /// `null` `ts` becomes `now` (Unix seconds). The payload, and the canonical JSON it

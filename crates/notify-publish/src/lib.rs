@@ -22,7 +22,7 @@ pub mod sink;
 
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use lines::InputLines;
 use notify_proto::Notification;
@@ -92,10 +92,7 @@ pub fn exit_code_of(error: &anyhow::Error) -> u8 {
 /// one reason the run failed, for `main` to print once (its exit code: [`exit_code_of`]).
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let started = Instant::now();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since| since.as_secs() as i64)
-        .unwrap_or(0);
+    let now = Notification::ts_now();
     let mut reporter = Reporter::new(
         BufWriter::new(io::stdout()),
         io::stderr(),
