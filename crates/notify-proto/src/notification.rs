@@ -381,6 +381,57 @@ mod tests {
         Region::parse("AE").unwrap()
     }
 
+    /// One of each error, matched without a wildcard: a new variant does not compile until it
+    /// is added here, and then the test fails until `KINDS` lists its kind.
+    fn one_of_each_payload_error() -> Vec<PayloadError> {
+        let all = vec![
+            PayloadError::TooLarge { size: 2, limit: 1 },
+            PayloadError::NotUtf8(0),
+            PayloadError::NotJson(String::new()),
+            PayloadError::DuplicateKey(String::new()),
+            PayloadError::NotObject,
+            PayloadError::MissingField("region"),
+            PayloadError::EmptyField("title"),
+            PayloadError::WrongType {
+                field: "rtl",
+                expected: "a boolean",
+            },
+            PayloadError::UnsupportedEvent(String::new()),
+            PayloadError::Region(RegionError::Malformed(String::new())),
+            PayloadError::RegionMismatch {
+                payload: ae(),
+                channel: ae(),
+            },
+            PayloadError::BadThumbnail(String::new()),
+        ];
+        for error in &all {
+            match error {
+                PayloadError::TooLarge { .. }
+                | PayloadError::NotUtf8(_)
+                | PayloadError::NotJson(_)
+                | PayloadError::DuplicateKey(_)
+                | PayloadError::NotObject
+                | PayloadError::MissingField(_)
+                | PayloadError::EmptyField(_)
+                | PayloadError::WrongType { .. }
+                | PayloadError::UnsupportedEvent(_)
+                | PayloadError::Region(_)
+                | PayloadError::RegionMismatch { .. }
+                | PayloadError::BadThumbnail(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn kinds_lists_every_kind_once() {
+        let kinds: Vec<&str> = one_of_each_payload_error()
+            .iter()
+            .map(PayloadError::kind)
+            .collect();
+        assert_eq!(kinds, PayloadError::KINDS.to_vec());
+    }
+
     #[test]
     fn seed_payload_round_trips_byte_for_byte() {
         let parsed =
