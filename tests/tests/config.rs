@@ -89,7 +89,7 @@ fn the_example_file_is_accepted() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
     assert_eq!(
         effective_line(&shown, "listen"),
-        "listen = \":8765\"  # file"
+        "listen = \":8765\"  # file, binds 0.0.0.0:8765"
     );
     assert_eq!(
         effective_line(&shown, "log-format"),
@@ -214,6 +214,35 @@ fn check_config_masks_secrets() {
     assert_eq!(
         effective_line(&shown, "api-key"),
         "api-key = [\"***\", \"***\"]  # flag"
+    );
+}
+
+#[test]
+fn check_config_shows_what_a_listen_address_binds() {
+    let output = run_gateway(
+        &[
+            "--check-config",
+            "--listen",
+            "localhost:8765",
+            "--admin-listen",
+            ":9100",
+        ],
+        &[],
+    );
+    let shown = stdout_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert_eq!(
+        effective_line(&shown, "listen"),
+        "listen = \"localhost:8765\"  # flag, binds 127.0.0.1:8765"
+    );
+    assert_eq!(
+        effective_line(&shown, "admin-listen"),
+        "admin-listen = \":9100\"  # flag, binds 0.0.0.0:9100"
+    );
+    let plain = stdout_of(&run_gateway(&["--check-config"], &[]));
+    assert_eq!(
+        effective_line(&plain, "listen"),
+        "listen = \"127.0.0.1:8765\"  # default"
     );
 }
 

@@ -26,6 +26,9 @@ pub struct Setting {
     pub value: Option<String>,
     /// `flag`, `env`, `file` or `default`.
     pub source: &'static str,
+    /// What a listen address as typed (`localhost:8765`, `:8765`) resolved to, when that
+    /// differs from the text: the address that is bound.
+    pub resolved: Option<String>,
 }
 
 /// Every setting, in `--help` order.
@@ -91,10 +94,19 @@ impl EffectiveConfig {
             } else {
                 Some(toml_scalar(&shown[0]))
             };
+            let bound = match key {
+                "listen" => Some(config.listen),
+                "admin-listen" => config.admin_listen,
+                _ => None,
+            };
+            let resolved = bound
+                .map(|address| address.to_string())
+                .filter(|address| raw.first().is_some_and(|typed| typed != address));
             settings.push(Setting {
                 key: key.to_owned(),
                 value,
                 source,
+                resolved,
             });
         }
         EffectiveConfig {
@@ -134,7 +146,11 @@ impl fmt::Display for EffectiveConfig {
         for setting in &self.settings {
             match &setting.value {
                 Some(value) => {
-                    writeln!(formatter, "{} = {value}  # {}", setting.key, setting.source)?
+                    write!(formatter, "{} = {value}  # {}", setting.key, setting.source)?;
+                    match &setting.resolved {
+                        Some(address) => writeln!(formatter, ", binds {address}")?,
+                        None => writeln!(formatter)?,
+                    }
                 }
                 None => writeln!(formatter, "# {} is not set", setting.key)?,
             }
