@@ -183,3 +183,65 @@ async fn open_loopback_mode_refuses_relayed_cross_site_and_form_requests() {
         assert_eq!(request.send().await.unwrap().status(), 200);
     }
 }
+
+/// Key guessing is bounded per address: after 10 wrong keys an address is answered 429 with
+/// `Retry-After` — its right key too, so a guess cannot be confirmed — while another address
+/// publishes as before.
+#[tokio::test]
+async fn an_address_that_guesses_keys_is_stopped_and_others_are_not() {
+    let gateway = Gateway::start_on_all_interfaces(&["--api-key", "the-key"])
+        .await
+        .unwrap();
+    let mut client = gateway.connect_counted("/?region=FI", "FI").await.unwrap();
+    for guess in 0..10 {
+        let (status, body) =
+            post(&gateway, Some(&format!("Bearer guess-{guess}")), "FI", "x").await;
+        assert_eq!(status, 401, "guess {guess}: {body}");
+    }
+    let response = http_client()
+        .post(format!("{}/api/publish", gateway.http_url()))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer the-key")
+        .body(seed_payload("FI", "from-the-guesser", "Keys"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many wrong API keys"),
+        "{body}"
+    );
+
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let response = elsewhere
+        .post(format!("{}/api/publish", gateway.http_url()))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer the-key")
+        .body(seed_payload("FI", "from-elsewhere", "Keys"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        next_json(&mut client, WAIT).await.expect("delivered")["video_id"],
+        "from-elsewhere",
+        "the guesser's publish must not have gone out"
+    );
+    for (reason, count) in [("wrong_key", 10.0), ("too_many_wrong_keys", 1.0)] {
+        let metric = format!("notify_api_rejections_total{{reason=\"{reason}\"}}");
+        assert_eq!(gateway.metric(&metric).await.unwrap(), count, "{metric}");
+    }
+}

@@ -28,6 +28,7 @@
 //! - [`admin`]: the optional admin listener.
 //! - [`proxy_protocol`]: PROXY protocol headers from trusted load balancers.
 //! - [`publish_access`]: who may publish over HTTP.
+//! - [`wrong_keys`]: the bound on wrong API keys per address (publish and ops).
 //! - [`replay_budget`]: how many resumes replay history at once.
 //! - [`ops`]: the live ops page (`/ops`) and its once-a-second feed.
 //! - [`resume`]: the replay and seam of a resume, shared by both transports.
@@ -57,6 +58,7 @@ pub mod sse;
 pub mod subscriber;
 pub mod telemetry;
 pub mod tls;
+pub mod wrong_keys;
 
 pub use config::GatewayConfig;
 pub use server::run;

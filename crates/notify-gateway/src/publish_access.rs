@@ -63,6 +63,10 @@ pub enum Rejection {
     /// The body is declared as something other than JSON (415).
     #[error("the body must be sent as Content-Type: application/json")]
     NotJson,
+    /// This address gave too many wrong keys lately ([`crate::wrong_keys`]); 429 with
+    /// `Retry-After`.
+    #[error("too many wrong API keys from this address; retry after the time in Retry-After")]
+    TooManyWrongKeys,
 }
 
 impl Rejection {
@@ -77,11 +81,12 @@ impl Rejection {
             Rejection::ForeignHost => "foreign_host",
             Rejection::ForeignOrigin => "foreign_origin",
             Rejection::NotJson => "not_json",
+            Rejection::TooManyWrongKeys => "too_many_wrong_keys",
         }
     }
 
     /// Every reason, so the counters can be registered at 0 at start.
-    pub const ALL: [Rejection; 8] = [
+    pub const ALL: [Rejection; 9] = [
         Rejection::Disabled,
         Rejection::MissingKey,
         Rejection::MalformedKey,
@@ -90,15 +95,18 @@ impl Rejection {
         Rejection::ForeignHost,
         Rejection::ForeignOrigin,
         Rejection::NotJson,
+        Rejection::TooManyWrongKeys,
     ];
 
-    /// The HTTP status: 401 for key problems, 415 for a non-JSON body, 403 otherwise.
+    /// The HTTP status: 401 for key problems, 429 after too many wrong keys, 415 for a
+    /// non-JSON body, 403 otherwise.
     pub fn status(self) -> StatusCode {
         match self {
             Rejection::MissingKey | Rejection::MalformedKey | Rejection::WrongKey => {
                 StatusCode::UNAUTHORIZED
             }
             Rejection::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Rejection::TooManyWrongKeys => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::FORBIDDEN,
         }
     }

@@ -41,6 +41,7 @@ use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::admin;
+use crate::admission::per_ip::ClientKey;
 use crate::admission::per_ip::PerIpSlot;
 use crate::admission::sockets::SocketsPerAddress;
 use crate::admission::{Admission, Refusal};
@@ -60,6 +61,7 @@ use crate::sse;
 use crate::subscriber::admit_subscriber;
 use crate::telemetry::{self, ConnectionMetrics, Transport};
 use crate::tls::TlsTerminator;
+use crate::wrong_keys::{retry_after, WrongKeys};
 
 /// Settings the per-connection tasks read.
 #[derive(Debug, Clone)]
@@ -111,6 +113,8 @@ pub struct App {
     pub publish_access: PublishAccess,
     /// Refused publishes are logged at most once a second.
     pub rejection_log: RateLimitedLog,
+    /// Wrong API keys per address, shared by `/api/publish` and `/ops`.
+    pub wrong_keys: Arc<WrongKeys>,
     /// Origin, per-address rate and connection limits on WebSocket handshakes.
     pub admission: Admission,
     /// Handshakes refused by [`App::admission`] are logged at most once a second.
@@ -247,6 +251,7 @@ pub async fn run_on(
         replay_refusal_log: RateLimitedLog::default(),
         publish_access,
         rejection_log: RateLimitedLog::default(),
+        wrong_keys: Arc::new(WrongKeys::default()),
         admission,
         admission_log: RateLimitedLog::default(),
         trusted_proxies,
@@ -800,14 +805,30 @@ async fn publish(
     body: Bytes,
 ) -> Response {
     let app = &state.app;
-    if let Err(rejection) = app.publish_access.check(&headers) {
-        let client = app.trusted_proxies.client(peer, &headers);
+    let client = app.trusted_proxies.client(peer, &headers);
+    let guesser = ClientKey::of(client);
+    let checked = match app.wrong_keys.refused(guesser) {
+        Some(wait) => Err((Rejection::TooManyWrongKeys, Some(wait))),
+        None => app.publish_access.check(&headers).map_err(|rejection| {
+            if rejection == Rejection::WrongKey {
+                app.wrong_keys.record(guesser);
+            }
+            (rejection, None)
+        }),
+    };
+    if let Err((rejection, wait)) = checked {
         metrics::counter!("notify_api_rejections_total", "reason" => rejection.reason())
             .increment(1);
         if let Some(suppressed) = app.rejection_log.allow() {
             tracing::warn!(%client, %peer, reason = rejection.reason(), suppressed, "refused a publish request");
         }
-        return json_error(rejection.status(), rejection);
+        let mut response = json_error(rejection.status(), rejection);
+        if let Some(wait) = wait {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after(wait));
+        }
+        return response;
     }
     // A missing `ts` is now, as the CLI does (docs/PROTOCOL.md).
     let now = Notification::ts_now();

@@ -14,11 +14,15 @@
 //!   wrong key is 401. The key is never logged: refusals log the client and the reason.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{header, HeaderMap, StatusCode};
 
+use crate::admission::per_ip::ClientKey;
 use crate::client_addr::TrustedProxies;
 use crate::publish_access::{self, ApiKeys, PublishAccess};
+use crate::wrong_keys::WrongKeys;
 
 /// The cookie that carries the key for a browser.
 pub const KEY_COOKIE: &str = "notify_ops_key";
@@ -37,14 +41,19 @@ pub enum Denial {
     /// Not local, and the key matches none of the configured keys.
     #[error("wrong API key")]
     WrongKey,
+    /// This address gave too many wrong keys lately ([`crate::wrong_keys`]): 429, and the
+    /// wait for `Retry-After`.
+    #[error("too many wrong API keys from this address; retry after the time in Retry-After")]
+    TooManyWrongKeys(Duration),
 }
 
 impl Denial {
-    /// 403 when no key could help, 401 otherwise.
+    /// 403 when no key could help, 429 after too many wrong keys, 401 otherwise.
     pub fn status(self) -> StatusCode {
         match self {
             Denial::NoKeys => StatusCode::FORBIDDEN,
             Denial::MissingKey | Denial::WrongKey => StatusCode::UNAUTHORIZED,
+            Denial::TooManyWrongKeys(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -54,6 +63,7 @@ impl Denial {
             Denial::NoKeys => "no_keys",
             Denial::MissingKey => "missing_key",
             Denial::WrongKey => "wrong_key",
+            Denial::TooManyWrongKeys(_) => "too_many_wrong_keys",
         }
     }
 }
@@ -72,12 +82,17 @@ pub enum Grant {
 pub struct OpsAccess {
     keys: Option<ApiKeys>,
     trusted_proxies: TrustedProxies,
+    wrong_keys: Arc<WrongKeys>,
 }
 
 impl OpsAccess {
     /// The rule for a gateway with `publish_access` (whose keys are the ops keys) and
-    /// `trusted_proxies`.
-    pub fn new(publish_access: &PublishAccess, trusted_proxies: TrustedProxies) -> Self {
+    /// `trusted_proxies`; wrong keys count in `wrong_keys`, shared with `/api/publish`.
+    pub fn new(
+        publish_access: &PublishAccess,
+        trusted_proxies: TrustedProxies,
+        wrong_keys: Arc<WrongKeys>,
+    ) -> Self {
         let keys = match publish_access {
             PublishAccess::Keys(keys) => Some(keys.clone()),
             PublishAccess::Open | PublishAccess::Disabled => None,
@@ -85,6 +100,7 @@ impl OpsAccess {
         OpsAccess {
             keys,
             trusted_proxies,
+            wrong_keys,
         }
     }
 
@@ -93,20 +109,41 @@ impl OpsAccess {
         if self.is_local(peer, headers) {
             return Ok(Grant::Local);
         }
-        let keys = self.keys.as_ref().ok_or(Denial::NoKeys)?;
-        let given = bearer_key(headers)
-            .or_else(|| cookie_key(headers))
-            .ok_or(Denial::MissingKey)?;
-        if keys.accepts(&given) {
-            Ok(Grant::Key)
-        } else {
-            Err(Denial::WrongKey)
-        }
+        let given = bearer_key(headers).or_else(|| cookie_key(headers));
+        self.check_key(peer, headers, given.as_deref())
+            .map(|()| Grant::Key)
     }
 
-    /// Whether `key` (from `/ops?key=`) is one of the keys.
-    pub fn accepts(&self, key: &str) -> bool {
-        self.keys.as_ref().is_some_and(|keys| keys.accepts(key))
+    /// Whether `key`, offered by a request from `peer` (`/ops?key=`), is one of the keys.
+    pub fn check_offered(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        key: &str,
+    ) -> Result<(), Denial> {
+        self.check_key(peer, headers, Some(key))
+    }
+
+    /// The key check of a remote request, counting a wrong key against its address and
+    /// refusing an address that gave too many.
+    fn check_key(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        given: Option<&str>,
+    ) -> Result<(), Denial> {
+        let keys = self.keys.as_ref().ok_or(Denial::NoKeys)?;
+        let guesser = ClientKey::of(self.trusted_proxies.client(peer, headers));
+        if let Some(wait) = self.wrong_keys.refused(guesser) {
+            return Err(Denial::TooManyWrongKeys(wait));
+        }
+        let given = given.ok_or(Denial::MissingKey)?;
+        if keys.accepts(given) {
+            Ok(())
+        } else {
+            self.wrong_keys.record(guesser);
+            Err(Denial::WrongKey)
+        }
     }
 
     fn is_local(&self, peer: SocketAddr, headers: &HeaderMap) -> bool {
@@ -173,7 +210,39 @@ mod tests {
         OpsAccess::new(
             &PublishAccess::Keys(ApiKeys::new(["s3cret key;1"]).unwrap()),
             TrustedProxies::new(proxies),
+            Arc::default(),
         )
+    }
+
+    #[test]
+    fn a_remote_address_that_guesses_keys_is_refused_even_its_right_key() {
+        let access = keyed("");
+        let host = ("host", "127.0.0.1:8765");
+        let remote = REMOTE.parse().unwrap();
+        for guess in 0..crate::wrong_keys::WRONG_KEYS_PER_WINDOW {
+            let wrong = format!("Bearer guess-{guess}");
+            assert_eq!(
+                access.check(remote, &headers(&[host, ("authorization", &wrong)])),
+                Err(Denial::WrongKey)
+            );
+        }
+        let right = headers(&[host, ("authorization", "Bearer s3cret key;1")]);
+        assert!(matches!(
+            access.check(remote, &right),
+            Err(Denial::TooManyWrongKeys(wait)) if wait <= crate::wrong_keys::WINDOW
+        ));
+        assert!(matches!(
+            access.check_offered(remote, &headers(&[host]), "s3cret key;1"),
+            Err(Denial::TooManyWrongKeys(_))
+        ));
+        assert_eq!(
+            access.check("192.0.2.8:40000".parse().unwrap(), &right),
+            Ok(Grant::Key)
+        );
+        assert_eq!(
+            access.check(LOCAL.parse().unwrap(), &headers(&[host])),
+            Ok(Grant::Local)
+        );
     }
 
     #[test]
@@ -237,7 +306,11 @@ mod tests {
             access.check(LOCAL.parse().unwrap(), &relayed("203.0.113.9")),
             Err(Denial::MissingKey)
         );
-        let open = OpsAccess::new(&PublishAccess::Open, access.trusted_proxies.clone());
+        let open = OpsAccess::new(
+            &PublishAccess::Open,
+            access.trusted_proxies.clone(),
+            Arc::default(),
+        );
         assert_eq!(
             open.check(LOCAL.parse().unwrap(), &relayed("203.0.113.9")),
             Err(Denial::NoKeys)

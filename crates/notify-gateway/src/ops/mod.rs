@@ -50,6 +50,7 @@ impl OpsPage {
             access: Arc::new(OpsAccess::new(
                 &app.publish_access,
                 app.trusted_proxies.clone(),
+                Arc::clone(&app.wrong_keys),
             )),
             feed: Feed::start(Arc::clone(app)),
             secure_cookie: over_tls,
@@ -80,8 +81,8 @@ async fn page_html(
             .map(|(_, key)| key.into_owned())
     });
     if let Some(key) = offered_key {
-        if !page.access.accepts(key.trim()) {
-            return refuse(peer, Denial::WrongKey);
+        if let Err(denial) = page.access.check_offered(peer, &headers, key.trim()) {
+            return refuse(peer, denial);
         }
         // Keep the key in a cookie and take it out of the address bar (and history).
         return (
@@ -135,7 +136,7 @@ async fn stream(
 /// The refusal, as text; logged with the peer and reason, never the key.
 fn refuse(peer: SocketAddr, denial: Denial) -> Response {
     tracing::debug!(%peer, reason = denial.reason(), "refused the ops page");
-    (
+    let mut response = (
         denial.status(),
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
@@ -143,7 +144,13 @@ fn refuse(peer: SocketAddr, denial: Denial) -> Response {
         ],
         format!("{denial}\n"),
     )
-        .into_response()
+        .into_response();
+    if let Denial::TooManyWrongKeys(wait) = denial {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, crate::wrong_keys::retry_after(wait));
+    }
+    response
 }
 
 fn static_asset(asset: &'static Asset) -> Response {
