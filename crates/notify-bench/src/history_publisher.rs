@@ -66,11 +66,7 @@ pub struct HistoryPublisher {
 impl HistoryPublisher {
     /// Connects and loads the script.
     pub async fn connect(args: &Args) -> Result<Self> {
-        let layout = if args.redis_cluster {
-            KeyLayout::Cluster
-        } else {
-            KeyLayout::Single
-        };
+        let layout = KeyLayout::for_cluster(args.redis_cluster);
         let mut connection = publishing_connection(&args.redis_url, layout).await?;
         let script = publish_script(layout);
         load_script(&script, &mut connection).await?;

@@ -58,11 +58,7 @@ impl Publisher {
     /// A Redis publisher on `url` (a cluster's seed URLs with `cluster`) with channels for
     /// `log`'s regions.
     pub async fn redis(url: &str, cluster: bool, prefix: &str, log: &MessageLog) -> Result<Self> {
-        let layout = if cluster {
-            KeyLayout::Cluster
-        } else {
-            KeyLayout::Single
-        };
+        let layout = KeyLayout::for_cluster(cluster);
         let target = RedisTarget::new(url, &RedisTls::default(), layout)
             .with_context(|| format!("--redis-url {url}"))?;
         let timeout = Duration::from_secs(10);

@@ -589,11 +589,7 @@ impl GatewayConfig {
     /// (with its TLS files, if any) and the served certificate and key load.
     pub fn check_resources(&self) -> Result<(), ConfigError> {
         if let Some(url) = self.redis_url() {
-            let layout = if self.redis_cluster {
-                notify_proto::KeyLayout::Cluster
-            } else {
-                notify_proto::KeyLayout::Single
-            };
+            let layout = notify_proto::KeyLayout::for_cluster(self.redis_cluster);
             notify_core::broker::redis::RedisTarget::new(url, &self.redis_tls(), layout).map_err(
                 |source| ConfigError::RedisUrl {
                     flag: self.redis_url_flag(),

@@ -177,11 +177,8 @@ pub async fn run_on(
     };
     let ingest = Arc::new(Ingest::new(
         Arc::clone(&hub),
-        ChannelNames::new(config.channel_prefix.clone()).with_layout(if config.redis_cluster {
-            KeyLayout::Cluster
-        } else {
-            KeyLayout::Single
-        }),
+        ChannelNames::new(config.channel_prefix.clone())
+            .with_layout(KeyLayout::for_cluster(config.redis_cluster)),
         config.max_payload_bytes,
         history_capacity,
     ));

@@ -21,6 +21,17 @@ pub enum KeyLayout {
     Cluster,
 }
 
+impl KeyLayout {
+    /// The layout for a Redis that is a cluster (`--redis-cluster`) or not.
+    pub fn for_cluster(cluster: bool) -> Self {
+        if cluster {
+            KeyLayout::Cluster
+        } else {
+            KeyLayout::Single
+        }
+    }
+}
+
 /// Maps regions to Redis channel names and back, for one prefix and layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelNames {

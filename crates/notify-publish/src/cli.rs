@@ -271,11 +271,7 @@ impl Cli {
 
     /// The key names of the Redis given: hash-tagged for a cluster.
     pub fn key_layout(&self) -> KeyLayout {
-        if self.redis_cluster {
-            KeyLayout::Cluster
-        } else {
-            KeyLayout::Single
-        }
+        KeyLayout::for_cluster(self.redis_cluster)
     }
 
     /// The TLS files for a rediss:// URL.

@@ -159,11 +159,7 @@ where
         ingest: Arc<Ingest<T>>,
         shutdown: CancellationToken,
     ) -> Result<(Self, JoinHandle<()>), BrokerError> {
-        let layout = if config.cluster {
-            KeyLayout::Cluster
-        } else {
-            KeyLayout::Single
-        };
+        let layout = KeyLayout::for_cluster(config.cluster);
         debug_assert_eq!(
             ingest.channels().layout(),
             layout,
