@@ -169,6 +169,102 @@ async fn idle_reports_memory_and_refuses_non_loopback_targets() -> Result<()> {
     Ok(())
 }
 
+/// SSE clients (`--transport sse`) are held and counted as WebSockets are, and get every
+/// message of their region once, in order: published through the gateway's API, so each event
+/// carries an `id:` line the client checks against its data.
+#[tokio::test]
+async fn sse_idle_and_latency_deliver_everything_once_in_order() -> Result<()> {
+    let (redis, gateway) = redis_and_ready_gateway().await?;
+    let mut args = base_args("idle", &gateway, &redis);
+    args.extend(["--transport", "sse", "--clients", "20"].map(String::from));
+    let output = run_bench(&args).await?;
+    assert_clean(&output, 0);
+    let idle = report(&output);
+    assert_eq!(idle["params"]["transport"], "sse", "{idle}");
+    assert_eq!(idle["connected"], 20, "{idle}");
+    assert_eq!(idle["gateway_counted"], 20.0, "{idle}");
+    assert!(
+        idle["gateway"]["rss_bytes_per_connection"].is_number(),
+        "{idle}"
+    );
+
+    // 24 clients over 3 regions (8 each), 20 msg/s for 2 s: 40 messages, 13 or 14 per region.
+    let mut args = base_args("latency", &gateway, &redis);
+    args.extend(
+        [
+            "--transport",
+            "sse",
+            "--via",
+            "http",
+            "--regions",
+            "AE,CZ,US",
+            "--clients",
+            "24",
+            "--rate",
+            "20",
+            "--duration",
+            "2s",
+        ]
+        .map(String::from),
+    );
+    let output = run_bench(&args).await?;
+    assert_clean(&output, 8 * 40);
+    let latency = report(&output);
+    assert_eq!(latency["latency_ms"]["count"], 8 * 40, "{latency}");
+    assert_eq!(
+        gateway
+            .metric("notify_messages_delivered_total{transport=\"sse\"}")
+            .await?,
+        8.0 * 40.0
+    );
+    Ok(())
+}
+
+/// The negative control of the SSE clients' verdict: a gateway shut down in the middle of a
+/// run ends every stream (`close` event, 1001) while messages still flow, and the run must
+/// fail, counting every client as dropped and what it missed as lost.
+#[tokio::test]
+async fn sse_streams_ended_mid_run_are_counted_dropped_and_lossy() -> Result<()> {
+    let (redis, gateway) = redis_and_ready_gateway().await?;
+    let mut args = base_args("latency", &gateway, &redis);
+    args.extend(
+        [
+            "--transport",
+            "sse",
+            "--regions",
+            "AE,FI",
+            "--clients",
+            "10",
+            "--rate",
+            "20",
+            "--duration",
+            "4s",
+        ]
+        .map(String::from),
+    );
+    let bench = tokio::spawn(async move { run_bench(&args).await });
+    // Connected and settled (200 ms), then about a second of deliveries.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gateway.sigterm();
+    let output = bench.await??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    let report = report(&output);
+    let totals = &report["totals"];
+    assert_eq!(totals["dropped_by_server"], 10, "{report}");
+    assert!(totals["delivered"].as_u64() > Some(0), "{report}");
+    assert!(totals["lost"].as_u64() > Some(0), "{report}");
+    assert_eq!(
+        totals["delivered"].as_u64().unwrap() + totals["lost"].as_u64().unwrap(),
+        totals["expected_deliveries"].as_u64().unwrap(),
+        "{report}"
+    );
+    assert_eq!(totals["duplicates"], 0, "{report}");
+    assert_eq!(totals["corrupt"], 0, "{report}");
+    assert_eq!(report["ok"], false, "{report}");
+    Ok(())
+}
+
 /// `send-floor` needs no gateway: it writes frames to sockets of its own sink process, from
 /// one thread and from two, and fails unless the sink received every byte.
 #[tokio::test]
