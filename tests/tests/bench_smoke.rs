@@ -6,7 +6,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use notify_tests::{binary, Gateway, RedisServer};
+use notify_tests::{binary, wait_until, Gateway, RedisServer};
 use serde_json::Value;
 
 /// Runs `notify-bench` with `args` (the environment's `NOTIFY_*` variables cleared), at most
@@ -243,8 +243,16 @@ async fn sse_streams_ended_mid_run_are_counted_dropped_and_lossy() -> Result<()>
         .map(String::from),
     );
     let bench = tokio::spawn(async move { run_bench(&args).await });
-    // Connected and settled (200 ms), then about a second of deliveries.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Every client has had a few messages (20/s over 2 regions: 10/s each) ...
+    let delivering = wait_until(Duration::from_secs(20), || async {
+        gateway
+            .metric("notify_messages_delivered_total{transport=\"sse\"}")
+            .await
+            .is_ok_and(|delivered| delivered >= 30.0)
+    })
+    .await;
+    assert!(delivering, "no SSE deliveries within 20 s");
+    // ... and then the gateway goes away with about 3 s of messages still to come.
     gateway.sigterm();
     let output = bench.await??;
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -262,6 +270,30 @@ async fn sse_streams_ended_mid_run_are_counted_dropped_and_lossy() -> Result<()>
     assert_eq!(totals["duplicates"], 0, "{report}");
     assert_eq!(totals["corrupt"], 0, "{report}");
     assert_eq!(report["ok"], false, "{report}");
+    Ok(())
+}
+
+/// An SSE stream the gateway refuses (at `--max-connections`) is a failed handshake whose
+/// error quotes the status and the gateway's reason; the streams it took are unharmed.
+#[tokio::test]
+async fn sse_refusals_are_reported_with_the_gateways_reason() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let gateway = Gateway::start(&["--redis-url", &redis.url(), "--max-connections", "4"]).await?;
+    assert!(
+        gateway
+            .wait_ready_status(200, Duration::from_secs(10))
+            .await
+    );
+    let mut args = base_args("idle", &gateway, &redis);
+    args.extend(["--transport", "sse", "--clients", "6"].map(String::from));
+    let output = run_bench(&args).await?;
+    assert_eq!(output.status.code(), Some(1));
+    let report = report(&output);
+    assert_eq!(report["connected"], 4, "{report}");
+    assert_eq!(report["handshake_failures"], 2, "{report}");
+    let errors = report["handshake_errors"].to_string();
+    assert!(errors.contains("GET /events refused: HTTP 503"), "{errors}");
+    assert_eq!(report["totals"]["dropped_by_server"], 0, "{report}");
     Ok(())
 }
 
