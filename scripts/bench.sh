@@ -6,6 +6,8 @@
 #   scripts/bench.sh full             the runs behind docs/BENCHMARKS.md (current gateway), ~12 minutes
 #   scripts/bench.sh idle|fanout|latency|sweep|churn|buffers
 #                                     one group of the full set
+#   scripts/bench.sh transports       SSE vs WebSocket in one sitting, alternating: idle, latency
+#                                     and fan-out at 10,000 clients, $BENCH_REPEAT rounds, ~6 minutes
 #   scripts/bench.sh soak [notify-bench soak args...]
 #                                     the soak (its own redis-server and gateways), e.g.
 #                                     scripts/bench.sh soak --clients 2000 --duration 10m --fault-interval 20s
@@ -48,7 +50,7 @@ if [ -z "$mode" ] || [ "$mode" = "-h" ] || [ "$mode" = "--help" ]; then
 fi
 shift || true
 case "$mode" in
-  quick | full | idle | fanout | latency | sweep | churn | buffers | run | soak | scale) ;;
+  quick | full | idle | fanout | latency | sweep | churn | buffers | transports | run | soak | scale) ;;
   *)
     echo "bench.sh: unknown mode '$mode' (see scripts/bench.sh --help)" >&2
     exit 2
@@ -276,6 +278,23 @@ group_churn() {
   done
 }
 
+# The same runs over both transports, alternating run by run so background load falls on
+# both alike (docs/BENCHMARKS.md, "SSE vs WebSocket").
+group_transports() {
+  local transport
+  for _ in $(seq 1 "$REPEAT"); do
+    for transport in websocket sse; do
+      run -- idle --transport "$transport" --clients 10000 --timeout 60s
+    done
+    for transport in websocket sse; do
+      run -- latency --transport "$transport" --clients 10000 --rate 10 --duration 10s --timeout 60s
+    done
+    for transport in websocket sse; do
+      run -- fanout --transport "$transport" --clients 10000 --messages 2000 --timeout 90s
+    done
+  done
+}
+
 group_quick() {
   run -- idle --clients 1000 --timeout 20s
   run -- fanout --clients 1000 --messages 2000 --timeout 20s
@@ -293,7 +312,7 @@ case "$mode" in
       "group_$group"
     done
     ;;
-  idle | fanout | buffers | latency | sweep | churn) "group_$mode" ;;
+  idle | fanout | buffers | latency | sweep | churn | transports) "group_$mode" ;;
   run) run -- "$@" ;;
   scale)
     # Its own gateways and client processes, on the redis-server started above; bounded by

@@ -6,7 +6,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use notify_tests::{binary, Gateway, RedisServer};
+use notify_tests::{binary, wait_until, Gateway, RedisServer};
 use serde_json::Value;
 
 /// Runs `notify-bench` with `args` (the environment's `NOTIFY_*` variables cleared), at most
@@ -166,6 +166,134 @@ async fn idle_reports_memory_and_refuses_non_loopback_targets() -> Result<()> {
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("not a loopback address"), "{stderr}");
+    Ok(())
+}
+
+/// SSE clients (`--transport sse`) are held and counted as WebSockets are, and get every
+/// message of their region once, in order: published through the gateway's API, so each event
+/// carries an `id:` line the client checks against its data.
+#[tokio::test]
+async fn sse_idle_and_latency_deliver_everything_once_in_order() -> Result<()> {
+    let (redis, gateway) = redis_and_ready_gateway().await?;
+    let mut args = base_args("idle", &gateway, &redis);
+    args.extend(["--transport", "sse", "--clients", "20"].map(String::from));
+    let output = run_bench(&args).await?;
+    assert_clean(&output, 0);
+    let idle = report(&output);
+    assert_eq!(idle["params"]["transport"], "sse", "{idle}");
+    assert_eq!(idle["connected"], 20, "{idle}");
+    assert_eq!(idle["gateway_counted"], 20.0, "{idle}");
+    assert!(
+        idle["gateway"]["rss_bytes_per_connection"].is_number(),
+        "{idle}"
+    );
+
+    // 24 clients over 3 regions (8 each), 20 msg/s for 2 s: 40 messages, 13 or 14 per region.
+    let mut args = base_args("latency", &gateway, &redis);
+    args.extend(
+        [
+            "--transport",
+            "sse",
+            "--via",
+            "http",
+            "--regions",
+            "AE,CZ,US",
+            "--clients",
+            "24",
+            "--rate",
+            "20",
+            "--duration",
+            "2s",
+        ]
+        .map(String::from),
+    );
+    let output = run_bench(&args).await?;
+    assert_clean(&output, 8 * 40);
+    let latency = report(&output);
+    assert_eq!(latency["latency_ms"]["count"], 8 * 40, "{latency}");
+    assert_eq!(
+        gateway
+            .metric("notify_messages_delivered_total{transport=\"sse\"}")
+            .await?,
+        8.0 * 40.0
+    );
+    Ok(())
+}
+
+/// The negative control of the SSE clients' verdict: a gateway shut down in the middle of a
+/// run ends every stream (`close` event, 1001) while messages still flow, and the run must
+/// fail, counting every client as dropped and what it missed as lost.
+#[tokio::test]
+async fn sse_streams_ended_mid_run_are_counted_dropped_and_lossy() -> Result<()> {
+    let (redis, gateway) = redis_and_ready_gateway().await?;
+    let mut args = base_args("latency", &gateway, &redis);
+    args.extend(
+        [
+            "--transport",
+            "sse",
+            "--regions",
+            "AE,FI",
+            "--clients",
+            "10",
+            "--rate",
+            "20",
+            "--duration",
+            "4s",
+        ]
+        .map(String::from),
+    );
+    let bench = tokio::spawn(async move { run_bench(&args).await });
+    // Every client has had a few messages (20/s over 2 regions: 10/s each) ...
+    let delivering = wait_until(Duration::from_secs(20), || async {
+        gateway
+            .metric("notify_messages_delivered_total{transport=\"sse\"}")
+            .await
+            .is_ok_and(|delivered| delivered >= 30.0)
+    })
+    .await;
+    assert!(delivering, "no SSE deliveries within 20 s");
+    // ... and then the gateway goes away with about 3 s of messages still to come.
+    gateway.sigterm();
+    let output = bench.await??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    let report = report(&output);
+    let totals = &report["totals"];
+    assert_eq!(totals["dropped_by_server"], 10, "{report}");
+    assert!(totals["delivered"].as_u64() > Some(0), "{report}");
+    assert!(totals["lost"].as_u64() > Some(0), "{report}");
+    assert_eq!(
+        totals["delivered"].as_u64().unwrap() + totals["lost"].as_u64().unwrap(),
+        totals["expected_deliveries"].as_u64().unwrap(),
+        "{report}"
+    );
+    assert_eq!(totals["duplicates"], 0, "{report}");
+    assert_eq!(totals["corrupt"], 0, "{report}");
+    assert_eq!(report["ok"], false, "{report}");
+    Ok(())
+}
+
+/// An SSE stream the gateway refuses (at `--max-connections`) is a failed handshake whose
+/// error quotes the status and the gateway's reason; the streams it took are unharmed.
+#[tokio::test]
+async fn sse_refusals_are_reported_with_the_gateways_reason() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let gateway = Gateway::start(&["--redis-url", &redis.url(), "--max-connections", "4"]).await?;
+    assert!(
+        gateway
+            .wait_ready_status(200, Duration::from_secs(10))
+            .await
+    );
+    let mut args = base_args("idle", &gateway, &redis);
+    args.extend(["--transport", "sse", "--clients", "6"].map(String::from));
+    let output = run_bench(&args).await?;
+    assert_eq!(output.status.code(), Some(1));
+    let report = report(&output);
+    assert_eq!(report["connected"], 4, "{report}");
+    assert_eq!(report["handshake_failures"], 2, "{report}");
+    let errors = report["handshake_errors"].to_string();
+    assert!(errors.contains("GET /events refused: HTTP 503"), "{errors}");
+    assert_eq!(report["totals"]["dropped_by_server"], 0, "{report}");
     Ok(())
 }
 

@@ -10,6 +10,8 @@ use clap::{Parser, ValueEnum};
 use notify_proto::Region;
 use serde::Serialize;
 
+use crate::transport::Transport;
+
 /// Most clients one run may open: the gateway, like this process, has 20,000 file descriptors.
 pub const MAX_CLIENTS: usize = 19_900;
 /// Most messages one run may publish (each is kept in memory for byte-exact verification).
@@ -95,6 +97,11 @@ pub struct Args {
         default_value = "http://127.0.0.1:8765"
     )]
     pub gateway: String,
+
+    /// How the clients of `idle`, `fanout`, `latency` and `churn` connect: WebSocket
+    /// (`/?region=XX`) or Server-Sent Events (`GET /events?region=XX`, plain HTTP only).
+    #[arg(long, value_enum, env = "NOTIFY_BENCH_TRANSPORT", default_value_t = Transport::Websocket)]
+    pub transport: Transport,
 
     /// PEM file of the CA that signed the gateway's certificate: clients connect with
     /// `wss://` and HTTP goes over `https://` (a gateway started with `--tls-cert`).
@@ -401,6 +408,17 @@ impl Args {
         }
         if self.scenario == Scenario::Soak {
             self.validate_soak()?;
+        }
+        if self.transport == Transport::Sse {
+            if !matches!(
+                self.scenario,
+                Scenario::Idle | Scenario::Fanout | Scenario::Latency | Scenario::Churn
+            ) {
+                bail!("--transport sse is for idle, fanout, latency and churn");
+            }
+            if self.tls_ca.is_some() {
+                bail!("--transport sse speaks plain HTTP only; drop --tls-ca");
+            }
         }
         if self.connect_concurrency == 0 || self.connect_concurrency > 4096 {
             bail!("--connect-concurrency must be 1..=4096");

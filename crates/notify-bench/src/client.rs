@@ -20,7 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
 use notify_proto::Notification;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore, SemaphorePermit};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -102,25 +102,12 @@ impl Connector {
     /// given to [`new`](Self::new)), then the WebSocket handshake for `path_and_query`, within
     /// 10 s.
     pub async fn connect_to(&self, gateway: SocketAddr, path_and_query: &str) -> Result<Socket> {
-        let _permit = self.permits.acquire().await.context("connector closed")?;
-        let turn = self.next_source.fetch_add(1, Ordering::Relaxed);
-        let source = self.sources[turn % self.sources.len()];
-        let socket = match source {
-            IpAddr::V4(_) => TcpSocket::new_v4(),
-            IpAddr::V6(_) => TcpSocket::new_v6(),
-        }
-        .context("creating a TCP socket (out of file descriptors?)")?;
-        socket
-            .bind(SocketAddr::new(source, 0))
-            .with_context(|| format!("binding to {source}"))?;
+        let _permit = self.permit().await?;
+        let socket = self.tcp_socket()?;
         let scheme = if self.tls.is_some() { "wss" } else { "ws" };
         let url = format!("{scheme}://{gateway}{path_and_query}");
         let handshake = async {
-            let stream = socket
-                .connect(gateway)
-                .await
-                .with_context(|| format!("TCP connect {source} -> {gateway}"))?;
-            stream.set_nodelay(true)?;
+            let stream = socket.connect(gateway).await?;
             let connector = match &self.tls {
                 Some(tls) => tokio_tungstenite::Connector::Rustls(tls.clone()),
                 None => tokio_tungstenite::Connector::Plain,
@@ -152,6 +139,58 @@ impl Connector {
         tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
             .map_err(|_| anyhow!("handshake timed out after {CONNECT_TIMEOUT:?}"))?
+    }
+
+    /// The gateway given to [`new`](Self::new).
+    pub fn gateway(&self) -> SocketAddr {
+        self.gateway
+    }
+
+    /// One of the `concurrency` handshake turns; held until the handshake is done.
+    pub async fn permit(&self) -> Result<SemaphorePermit<'_>> {
+        self.permits.acquire().await.context("connector closed")
+    }
+
+    /// A TCP socket bound to the next source address, to connect with
+    /// [`SourceSocket::connect`].
+    pub fn tcp_socket(&self) -> Result<SourceSocket> {
+        let turn = self.next_source.fetch_add(1, Ordering::Relaxed);
+        let source = self.sources[turn % self.sources.len()];
+        let socket = match source {
+            IpAddr::V4(_) => TcpSocket::new_v4(),
+            IpAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .context("creating a TCP socket (out of file descriptors?)")?;
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .with_context(|| format!("binding to {source}"))?;
+        Ok(SourceSocket { socket, source })
+    }
+
+    /// Whether clients connect with TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+/// A TCP socket bound to one of the generator's loopback source addresses.
+#[derive(Debug)]
+pub struct SourceSocket {
+    socket: TcpSocket,
+    source: IpAddr,
+}
+
+impl SourceSocket {
+    /// Connects to `gateway`, with Nagle off (events are small and latency is measured).
+    pub async fn connect(self, gateway: SocketAddr) -> Result<TcpStream> {
+        let source = self.source;
+        let stream = self
+            .socket
+            .connect(gateway)
+            .await
+            .with_context(|| format!("TCP connect {source} -> {gateway}"))?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
     }
 }
 
@@ -193,7 +232,8 @@ pub struct Required {
 }
 
 impl ClientStats {
-    fn new(region: usize) -> Self {
+    /// A client of region `region` (its index in the message log), ready now.
+    pub fn new(region: usize) -> Self {
         ClientStats {
             region,
             ready_ns: now_ns(),
@@ -216,6 +256,27 @@ impl ClientStats {
     /// Distinct in-order messages received so far.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Counts a message that was not exactly one published (a frame of the wrong kind, an
+    /// event whose `id:` disagrees with its data).
+    pub fn count_corrupt(&self) {
+        bump(&self.corrupt, 1);
+    }
+
+    /// The gateway ended the connection before the client left.
+    pub fn mark_dropped_by_server(&self) {
+        self.dropped_by_server.store(true, Ordering::Relaxed);
+    }
+
+    /// The client left on its own.
+    pub fn mark_left(&self) {
+        self.left.store(true, Ordering::Relaxed);
+    }
+
+    /// The reader has finished; call last.
+    pub fn mark_closed(&self) {
+        self.closed_ns.store(now_ns().max(1), Ordering::Release);
     }
 
     /// Whether the reader has finished (left, or dropped by the server).
@@ -318,15 +379,15 @@ async fn read_loop(
             frame = socket.next() => match frame {
                 Some(Ok(Message::Text(text))) => on_frame(&stats, &log, text.as_bytes()),
                 // The contract is text frames only.
-                Some(Ok(Message::Binary(_))) => bump(&stats.corrupt, 1),
+                Some(Ok(Message::Binary(_))) => stats.count_corrupt(),
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                    stats.dropped_by_server.store(true, Ordering::Relaxed);
+                    stats.mark_dropped_by_server();
                     break;
                 }
                 Some(Ok(_)) => {}
             },
             _ = &mut leave => {
-                stats.left.store(true, Ordering::Relaxed);
+                stats.mark_left();
                 // Close handshake, then wait for the gateway to close the TCP connection
                 // first, so TIME-WAIT lands on its side and not on this host's ephemeral
                 // ports (which a run of 20,000 clients would otherwise exhaust for the next).
@@ -339,11 +400,13 @@ async fn read_loop(
             }
         }
     }
-    stats.closed_ns.store(now_ns().max(1), Ordering::Release);
+    stats.mark_closed();
 }
 
+/// Verifies one received message (a WebSocket text frame, an SSE event's data) against the
+/// log: the fast path compares bytes with the next expected one.
 #[inline]
-fn on_frame(stats: &ClientStats, log: &MessageLog, bytes: &[u8]) {
+pub fn on_frame(stats: &ClientStats, log: &MessageLog, bytes: &[u8]) {
     bump(&stats.frames, 1);
     let region = &log.regions[stats.region];
     let last = stats.last_seq.load(Ordering::Relaxed);

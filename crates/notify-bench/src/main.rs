@@ -1,14 +1,17 @@
 //! `notify-bench`: a load generator that measures a running notify gateway from outside.
 //!
-//! It opens WebSocket clients over loopback, publishes numbered notifications through Redis or
-//! the gateway's HTTP API, verifies every delivery byte for byte, and reports one JSON line on
+//! It opens WebSocket or Server-Sent Events clients over loopback, publishes numbered
+//! notifications through Redis or the gateway's HTTP API, verifies every delivery byte for byte, and reports one JSON line on
 //! stdout (plus a short summary on stderr). Exit status: 0 when every required message arrived
 //! exactly once and in order, 1 when anything was lost, duplicated, reordered, misrouted or
 //! corrupted (unless `--allow-loss`), 2 when the run could not be carried out.
 //!
 //! # Layout
 //! - [`cli`]: flags, limits, the loopback-only rule.
-//! - [`client`]: connecting, the per-client reader and its verification.
+//! - [`client`]: WebSocket clients: connecting, the per-client reader and its verification.
+//! - [`sse_client`]: Server-Sent Events clients, verified the same way.
+//! - [`event_stream`]: parsing a `text/event-stream`.
+//! - [`transport`]: `--transport websocket|sse`, opening a client of either.
 //! - [`messages`]: the log of published frames the readers compare against.
 //! - [`publish`]: Redis and HTTP publishing, burst and steady.
 //! - [`latency`]: HDR histograms of publish-to-client latency.
@@ -32,6 +35,7 @@
 mod chaos;
 mod cli;
 mod client;
+mod event_stream;
 mod fleet;
 mod floor;
 mod history_publisher;
@@ -45,7 +49,9 @@ mod resuming;
 mod scale;
 mod scenario;
 mod soak;
+mod sse_client;
 mod tracker;
+mod transport;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! The four scenarios (idle, fanout, latency, churn) and the report each one produces.
+//! The four scenarios (idle, fanout, latency, churn) and the report each one produces; their
+//! clients speak `--transport` ([`crate::transport`]).
 //!
 //! Every scenario is bounded by the run's deadline (`--timeout`): connecting, publishing and
 //! waiting for deliveries all stop when it passes, and whatever was measured is reported.
@@ -13,12 +14,13 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::cli::{Args, Scenario, Via};
-use crate::client::{spawn_reader, ClientStats, Connector, Running};
+use crate::client::{ClientStats, Connector, Running};
 use crate::latency::{self, Percentiles};
 use crate::messages::{now_ns, MessageLog};
 use crate::procstat::{self, ProcSample};
 use crate::publish::{self, per_region, PublishOutcome, Publisher};
 use crate::report::{round1, round3, show, Outcome, Totals};
+use crate::transport::open_client;
 
 /// Everything a scenario needs.
 #[derive(Debug)]
@@ -185,10 +187,8 @@ impl Bench {
             let name = self.args.regions[region].as_str().to_owned();
             let connector = self.connector.clone();
             let log = self.log.clone();
-            set.spawn(async move {
-                let socket = connector.connect(&name).await?;
-                Ok::<_, anyhow::Error>(spawn_reader(socket, region, log))
-            });
+            let transport = self.args.transport;
+            set.spawn(async move { open_client(&connector, transport, &name, region, log).await });
         }
         let mut connected = Connected::default();
         loop {
@@ -316,6 +316,7 @@ impl Bench {
             "params".into(),
             json!({
                 "gateway": self.gateway_url,
+                "transport": args.transport,
                 "via": args.via,
                 "redis_url": (args.via == Via::Redis).then_some(&args.redis_url),
                 "regions": args.regions.iter().map(|region| region.as_str()).collect::<Vec<_>>(),
@@ -589,11 +590,9 @@ impl Bench {
             let name = self.args.regions[region].as_str().to_owned();
             let connector = self.connector.clone();
             let log = self.log.clone();
+            let transport = self.args.transport;
             reconnects.spawn(async move {
-                let outcome = connector
-                    .connect(&name)
-                    .await
-                    .map(|socket| spawn_reader(socket, region, log));
+                let outcome = open_client(&connector, transport, &name, region, log).await;
                 (slot, outcome)
             });
             while let Some(joined) = reconnects.try_join_next() {
