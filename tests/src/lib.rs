@@ -767,11 +767,23 @@ pub fn run_publish(args: &[&str], stdin: Option<&str>) -> Result<Output> {
         .stderr(Stdio::piped())
         .spawn()
         .context("starting notify-publish")?;
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().context("stdin pipe")?;
-        pipe.write_all(input.as_bytes())?;
+    // Written from its own thread while the output is read: a large input whose replies
+    // fill the stdout pipe would otherwise block both processes.
+    let writer = match stdin {
+        Some(input) => {
+            let mut pipe = child.stdin.take().context("stdin pipe")?;
+            let input = input.to_owned();
+            Some(std::thread::spawn(move || pipe.write_all(input.as_bytes())))
+        }
+        None => None,
+    };
+    let output = child.wait_with_output()?;
+    if let Some(writer) = writer {
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stdin writer panicked"))??;
     }
-    Ok(child.wait_with_output()?)
+    Ok(output)
 }
 
 /// Resident memory of a process, from `/proc/PID/status`, in KiB.

@@ -642,3 +642,104 @@ fn check_exactly_once_or_resync(
     }
     acked.len()
 }
+
+/// A burst bigger than the set of live copies waiting for the stream (256 per region) is
+/// delivered exactly once, in order, with its ids: the copies pushed out of the full set are
+/// left to the stream, not also delivered without their ids (they were, and each of them came
+/// twice). The gateways are frozen while the burst is published, so it all waits for them at
+/// once; one runs with the smallest `--redis-push-queue`, whose overflow makes the
+/// subscription again and must lose nothing either.
+#[tokio::test]
+async fn a_burst_bigger_than_the_pending_set_is_delivered_exactly_once() {
+    const BURST: usize = 3000;
+    let cluster = RedisCluster::start().await.unwrap();
+    let seeds = cluster.seeds_url();
+    let mut gateways = Vec::new();
+    for queue in ["1", "4096"] {
+        let gateway = Gateway::start(&[
+            "--redis-url",
+            &seeds,
+            "--redis-cluster",
+            "--redis-push-queue",
+            queue,
+            "--queue-limit",
+            "10000",
+        ])
+        .await
+        .unwrap();
+        assert!(
+            gateway
+                .wait_ready_status(200, Duration::from_secs(10))
+                .await,
+            "gateway never ready:\n{}",
+            gateway.log_lines().join("\n")
+        );
+        let client = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+        gateways.push((queue, gateway, client));
+    }
+    let input: String = (0..BURST)
+        .map(|n| seed_payload("AE", &format!("burst{n}"), "t") + "\n")
+        .collect();
+    let signal = |signal: &str, gateway: &Gateway| {
+        let pid = gateway.pid().expect("gateway pid").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    };
+    for (_, gateway, _) in &gateways {
+        signal("-STOP", gateway);
+    }
+    let output = tokio::task::spawn_blocking(move || {
+        run_publish(
+            &["--redis-url", &seeds, "--redis-cluster", "--input", "-"],
+            Some(&input),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    for (_, gateway, _) in &gateways {
+        signal("-CONT", gateway);
+    }
+    assert!(
+        output.status.success(),
+        "notify-publish failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut evicted = 0.0;
+    for (queue, gateway, client) in &mut gateways {
+        let mut last_id = String::new();
+        for n in 0..BURST {
+            let message = next_json(client, Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|| panic!("queue {queue}: burst{n} never arrived"));
+            assert_eq!(
+                message["video_id"],
+                format!("burst{n}"),
+                "queue {queue}: {message}"
+            );
+            let id = message["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("queue {queue}: burst{n} came without its id"))
+                .to_owned();
+            assert!(
+                id_key(&id) > id_key(&last_id),
+                "queue {queue}: {last_id} then {id}"
+            );
+            last_id = id;
+        }
+        notify_tests::expect_silence(client, Duration::from_millis(500))
+            .await
+            .unwrap_or_else(|error| panic!("queue {queue}: after the burst: {error}"));
+        evicted += gateway
+            .metric("notify_live_copies_dropped_total")
+            .await
+            .unwrap();
+    }
+    assert!(
+        evicted > 0.0,
+        "no live copy was pushed out of a full pending set: the burst did not test it"
+    );
+}

@@ -5,8 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use notify_proto::StreamId;
 use notify_tests::{
-    http_client, next_json, run_publish, seed_payload, Gateway, RedisServer, WsClient,
+    expect_silence, http_client, next_json, run_publish, seed_payload, Gateway, RedisServer,
+    WsClient,
 };
 use serde_json::Value;
 
@@ -604,4 +606,49 @@ async fn a_user_without_the_client_command_gets_a_working_unnamed_gateway() {
         })
         .count();
     assert_eq!(refusals, 2, "{:?}", gateway.log_lines());
+}
+
+/// One Redis, the same burst as the cluster test: a gateway frozen while 3,000 id-carrying
+/// messages are published finds them all at once on its subscription, more than the 256 live
+/// copies a region may hold for the stream; each is still delivered once, in order, with its
+/// id.
+#[tokio::test]
+async fn a_burst_bigger_than_the_pending_set_is_delivered_exactly_once_on_one_redis() {
+    const BURST: usize = 3000;
+    let redis = RedisServer::start().await.unwrap();
+    let url = redis.url();
+    let gateway = Gateway::start(&["--redis-url", &url, "--queue-limit", "10000"])
+        .await
+        .unwrap();
+    assert!(gateway.wait_ready_status(200, WAIT).await);
+    let mut client = gateway.connect_counted("/?region=DK", "DK").await.unwrap();
+    let pid = gateway.pid().expect("gateway pid").to_string();
+    let signal = |signal: &str| {
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal}");
+    };
+    signal("-STOP");
+    let payloads = (0..BURST)
+        .map(|n| seed_payload("DK", &format!("burst{n}"), "t"))
+        .collect();
+    publish_cli(&url, 10_000, payloads).await;
+    signal("-CONT");
+    let mut last_id: Option<StreamId> = None;
+    for n in 0..BURST {
+        let message = next_message(&mut client, &format!("burst{n}")).await;
+        assert_eq!(message["video_id"], format!("burst{n}"), "{message}");
+        let id: StreamId = message["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("burst{n} came without its id"))
+            .parse()
+            .unwrap();
+        assert!(last_id < Some(id), "{last_id:?} then {id}");
+        last_id = Some(id);
+    }
+    expect_silence(&mut client, Duration::from_millis(500))
+        .await
+        .unwrap();
 }

@@ -7,6 +7,8 @@
 //! an id is delivered at once; one with an id waits in the region's [`PendingIds`] until the
 //! stream settles it: our own publish (the stream delivers it, the live copy is dropped) or
 //! foreign (delivered without its id, counted in `notify_bad_payloads_total{reason="foreign_id"}`).
+//! When more wait than the set holds, the oldest copy is dropped unjudged and counted in
+//! `notify_live_copies_dropped_total`: the stream still delivers it if it was ours.
 //!
 //! Stream entries are delivered at most once and in id order per region: an id at or below the
 //! newest one already delivered is dropped and counted in `notify_duplicates_dropped_total`.
@@ -75,6 +77,8 @@ pub struct Ingest<T> {
     max_payload_bytes: usize,
     bad_payload_log: RateLimitedLog,
     foreign_id_log: RateLimitedLog,
+    /// Live copies dropped from a full pending set are logged at most once a second.
+    pending_overflow_log: RateLimitedLog,
     regions: HashMap<Region, Mutex<RegionState<T>>>,
     /// `notify_messages_received_total{region}`, resolved once instead of per message.
     received: HashMap<Region, metrics::Counter>,
@@ -121,6 +125,7 @@ where
             max_payload_bytes,
             bad_payload_log: RateLimitedLog::default(),
             foreign_id_log: RateLimitedLog::default(),
+            pending_overflow_log: RateLimitedLog::default(),
             regions,
             received,
         }
@@ -185,8 +190,23 @@ where
         match state.pending.offer(id, notification, Instant::now()) {
             Offered::Duplicate | Offered::Held { evicted: None } => 0,
             Offered::Held {
-                evicted: Some(foreign),
-            } => self.deliver_foreign(foreign),
+                evicted: Some(unsettled),
+            } => {
+                // Not judged foreign: the stream has not been read past it yet, and in a burst
+                // larger than the set it is almost always ours, which the stream delivers with
+                // its id. Delivering this copy as well would send it twice.
+                metrics::counter!("notify_live_copies_dropped_total").increment(1);
+                if let Some(suppressed) = self.pending_overflow_log.allow() {
+                    tracing::warn!(
+                        %region,
+                        id = ?unsettled.id,
+                        held = crate::pending::MAX_PENDING,
+                        suppressed,
+                        "more id-carrying live messages than the pending set holds: the oldest is left to the stream"
+                    );
+                }
+                0
+            }
         }
     }
 

@@ -10,13 +10,16 @@
 //! - a complete stream read that started after it arrived did not deliver it → foreign (our
 //!   script's `XADD` runs before its `PUBLISH`, so such a read would have seen it); the stream
 //!   follower reads at least once per `XREAD BLOCK` timeout (1 s), so this is the deadline;
-//! - the set is full → its oldest message is resolved as foreign to make room.
+//! - the set is full → its oldest message is evicted to make room. It is not judged: in a
+//!   burst larger than the set it is almost always ours and the stream delivers it with its
+//!   id, so the caller drops the copy (delivering it too would send it twice) and counts it
+//!   in `notify_live_copies_dropped_total`; a foreign one evicted this way is lost.
 //!
 //! An id at or below the stream's position is held like any other, not judged on arrival:
 //! after Redis restarts without its data the new stream's ids are smaller than the old
 //! position, and only the stream can tell ours from foreign.
 //!
-//! A foreign message is not lost: the caller delivers it as a plain live message with its `id`
+//! A foreign message settled by the stream is not lost: the caller delivers it as a plain live message with its `id`
 //! removed, and counts it. It never moves the high-water mark, never enters the history and
 //! never suppresses a later message.
 
@@ -25,7 +28,7 @@ use std::time::Instant;
 
 use notify_proto::StreamId;
 
-/// Most messages held per region before the oldest is resolved as foreign.
+/// Most messages held per region before the oldest is evicted.
 pub const MAX_PENDING: usize = 256;
 
 /// Stream ids remembered per region, to recognise a pub/sub copy that arrives after its stream
@@ -37,8 +40,8 @@ pub const RECENT_STREAM_IDS: usize = 1024;
 pub enum Offered<M> {
     /// The stream already delivered this id: drop the copy.
     Duplicate,
-    /// Held until the stream settles it; `evicted` is the oldest held message, resolved as
-    /// foreign to make room.
+    /// Held until the stream settles it; `evicted` is the oldest held message, pushed out
+    /// unsettled to make room.
     Held {
         /// The message pushed out of a full set.
         evicted: Option<M>,

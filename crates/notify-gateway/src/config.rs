@@ -105,6 +105,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_REDIS_PING_INTERVAL", default_value = "5s", value_parser = parse_period)]
     pub redis_ping_interval: Duration,
 
+    /// With --redis-cluster: most live messages received from the cluster and not yet handled.
+    /// A burst past it makes the subscription again (id-carrying messages still arrive through
+    /// the streams; plain PUBLISHes of that moment are lost) instead of growing memory.
+    #[arg(long, env = "NOTIFY_REDIS_PUSH_QUEUE", default_value_t = notify_core::broker::redis::cluster::PUSH_QUEUE, value_parser = count_within::<1, 1_000_000>)]
+    pub redis_push_queue: usize,
+
     /// Regions served, comma-separated ISO 3166-1 alpha-2 codes.
     #[arg(
         long,

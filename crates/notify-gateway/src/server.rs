@@ -190,6 +190,7 @@ pub async fn run_on(
             redis_config.cluster = config.redis_cluster;
             redis_config.retention = config.history_retention;
             redis_config.ping_interval = config.redis_ping_interval;
+            redis_config.push_queue = config.redis_push_queue;
             let (broker, _task) =
                 RedisBroker::start(redis_config, Arc::clone(&ingest), broker_shutdown.clone())
                     .context("starting the Redis broker")?;

@@ -117,6 +117,7 @@ fn register_at_zero() {
         "notify_broker_resyncs_total",
         "notify_resyncs_total",
         "notify_duplicates_dropped_total",
+        "notify_live_copies_dropped_total",
         "notify_sockets_refused_total",
         "notify_accept_errors_total",
         "notify_proxy_header_errors_total",

@@ -111,6 +111,10 @@ pub struct RedisBrokerConfig {
     pub ping_interval: Duration,
     /// CA and client certificate for a `rediss://` URL.
     pub tls: RedisTls,
+    /// Cluster only: most live messages received and not yet handled; a burst past it makes
+    /// the subscription again (id-carrying messages still arrive through the streams)
+    /// instead of growing memory. Default [`cluster::PUSH_QUEUE`].
+    pub push_queue: usize,
 }
 
 impl RedisBrokerConfig {
@@ -126,6 +130,7 @@ impl RedisBrokerConfig {
             retention: DEFAULT_RETENTION,
             ping_interval: Duration::from_secs(5),
             tls: RedisTls::default(),
+            push_queue: cluster::PUSH_QUEUE,
         }
     }
 }

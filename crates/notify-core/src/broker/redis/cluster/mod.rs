@@ -17,6 +17,8 @@
 
 pub(super) mod subscriber;
 
+pub use subscriber::PUSH_QUEUE;
+
 use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};

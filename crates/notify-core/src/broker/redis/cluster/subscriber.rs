@@ -38,8 +38,9 @@ use crate::broker::redis::wakeups::Wakeups;
 use crate::broker::redis::RedisBrokerConfig;
 use crate::ingest::Ingest;
 
-/// Most pushes (messages, confirmations) waiting to be handled. A burst past it ends the
-/// subscription (and is logged with the count) rather than grow memory without bound.
+/// Default of [`RedisBrokerConfig::push_queue`]: most live messages waiting to be handled
+/// (the subscribe confirmations have room of their own). A burst past it ends the subscription (and is logged with the count)
+/// rather than grow memory without bound.
 pub const PUSH_QUEUE: usize = 4096;
 
 /// The cluster subscriber task's state.
@@ -66,7 +67,11 @@ where
 
     /// One subscription's life: returns why it ended, and whether it had subscribed.
     async fn subscribed(&self) -> (BrokerError, bool) {
-        let (sender, mut pushes) = mpsc::channel::<PushInfo>(PUSH_QUEUE);
+        let regions = self.ingest.hub().regions();
+        // The subscribe confirmations (one per shard and one per plain channel) arrive
+        // before the loop below reads any: room for them comes on top of the bound.
+        let queue_limit = self.config.push_queue.max(1);
+        let (sender, mut pushes) = mpsc::channel::<PushInfo>(queue_limit + 2 * regions.len());
         let overflowed = Arc::new(AtomicU64::new(0));
         let dropped = Arc::clone(&overflowed);
         let queue = move |push: PushInfo| {
@@ -75,7 +80,6 @@ where
             }
             Ok::<(), std::convert::Infallible>(())
         };
-        let regions = self.ingest.hub().regions();
         let mut connection = match self.subscribe(queue, &regions).await {
             Ok(connection) => connection,
             Err(error) => return (error, false),
@@ -108,7 +112,7 @@ where
             if dropped > 0 {
                 tracing::warn!(
                     dropped,
-                    queue = PUSH_QUEUE,
+                    queue = queue_limit,
                     "live messages arrived faster than they were handled"
                 );
                 return (
