@@ -16,13 +16,20 @@
 //!    and `notify_replays_refused_total`: the replay budget at work).
 //!
 //! Every message is id-carrying (the history script), so every client must get every message
-//! of its region exactly once, in order, across the storm.
+//! of its region exactly once, in order, across the storm. After each phase's last publish
+//! the run waits for the deliveries as long as they progress ([`drain`]): what is still
+//! missing after `--drain-grace` without progress is lost, by gateway and region.
+//!
+//! Every gateway gets its own `--admin-listen` port, where `/metrics` is scraped: a gateway at
+//! its connection cap refuses new sockets on its public port, the scrape's included.
 //!
 //! # Layout
 //! - [`wire`]: the JSON lines between the run and its client processes.
 //! - [`worker`]: a client process.
 //! - [`workers`]: starting the client processes and talking to them.
+//! - [`drain`]: when a phase is over; lost against late.
 
+mod drain;
 pub mod wire;
 pub mod worker;
 mod workers;
@@ -42,7 +49,8 @@ use crate::latency::{self, Percentiles};
 use crate::messages::notification;
 use crate::procstat;
 use crate::report::{round1, round3, show, Outcome};
-use crate::scale::wire::{wall_ns, Deliveries};
+use crate::scale::drain::drain;
+use crate::scale::wire::wall_ns;
 use crate::scale::workers::Workers;
 
 /// Longest wait for the storm's clients to be connected again.
@@ -53,8 +61,17 @@ const AFTER_STORM: Duration = Duration::from_secs(2);
 /// Runs the scenario.
 pub async fn run(args: Args) -> Result<Outcome> {
     let deadline = Instant::now() + args.timeout;
-    let fleet = Arc::new(Fleet::new(&args)?);
+    let fleet = Arc::new(Fleet::with_admin_listeners(&args)?);
     fleet.start_all(&args.regions).await?;
+    for node in &fleet.nodes {
+        eprintln!(
+            "scale: gateway {} pid {} on {}, admin {}",
+            node.index,
+            node.pid.load(std::sync::atomic::Ordering::Relaxed),
+            node.addr,
+            node.ops_addr(),
+        );
+    }
     let mut publisher = HistoryPublisher::connect(&args).await?;
     let epochs = publisher.epoch(&args.regions).await?;
     let mut redis = RedisNodes::connect(&args).await?;
@@ -63,6 +80,7 @@ pub async fn run(args: Args) -> Result<Outcome> {
         fleet: &fleet,
         publisher,
         published: vec![0; args.regions.len()],
+        last_publish_ns: 0,
         unix_ts: (wall_ns() / 1_000_000_000) as i64,
     };
     let mut failures = Vec::new();
@@ -107,25 +125,31 @@ pub async fn run(args: Args) -> Result<Outcome> {
         let cpu_after = redis.cpu_secs().await?;
         let idle_share = redis_idle_cpu_per_sec * phase_started.elapsed().as_secs_f64();
         let messages = run.published.iter().sum::<u64>() - messages_before;
-        let deliveries = workers.expect(&run.published, deadline).await?;
-        let percentiles = Percentiles::of(&latency::from_buckets(&deliveries.latency_us));
+        let drained = drain(
+            &mut workers,
+            &run.published,
+            run.last_publish_ns,
+            args.drain_grace,
+            deadline,
+        )
+        .await?;
+        let phase = format!("fan-out at {rate}/s");
+        let percentiles = Percentiles::of(&latency::from_buckets(&drained.deliveries.latency_us));
         let cpu_us_per_message =
             round3(((cpu_after - cpu_before) - idle_share).max(0.0) * 1e6 / messages.max(1) as f64);
-        failures.extend(delivery_failures(
-            &format!("fan-out at {rate}/s"),
-            &deliveries,
-        ));
+        failures.extend(drained.failures(&phase));
         eprintln!(
             "scale: fan-out {rate} msg/s per region: {messages} messages, {} deliveries; \
              p50 {} ms, p99 {} ms; Redis {cpu_us_per_message} us CPU per message",
-            deliveries.received,
+            drained.deliveries.received,
             show(percentiles.as_ref().map(|p| p.p50)),
             show(percentiles.as_ref().map(|p| p.p99)),
         );
+        drained.print(&phase);
         phases.push(json!({
             "rate_per_region": rate,
             "messages": messages,
-            "deliveries": deliveries_json(&deliveries),
+            "deliveries": drained.to_json(),
             "latency_ms": percentiles,
             "redis_cpu_us_per_message": cpu_us_per_message,
         }));
@@ -154,6 +178,7 @@ pub async fn run(args: Args) -> Result<Outcome> {
             "regions": args.regions.iter().map(|region| region.as_str()).collect::<Vec<_>>(),
             "rates_per_region": args.scale_rates,
             "duration_secs": args.duration.as_secs_f64(),
+            "drain_grace_secs": args.drain_grace.as_secs_f64(),
             "gateway_args": args.gateway_arg,
         }),
     );
@@ -183,6 +208,8 @@ struct Run<'a> {
     publisher: HistoryPublisher,
     /// Per region index, messages published so far (`seq` `0..n`).
     published: Vec<u64>,
+    /// Wall clock of the latest publish ([`wall_ns`]).
+    last_publish_ns: u64,
     unix_ts: i64,
 }
 
@@ -227,6 +254,7 @@ impl Run<'_> {
             })
             .collect();
         self.publisher.send(&batch).await?;
+        self.last_publish_ns = wall_ns();
         for count in &mut self.published {
             *count += 1;
         }
@@ -269,14 +297,21 @@ impl Run<'_> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         self.publish_for(rate, AFTER_STORM, deadline).await?;
-        let deliveries = workers.expect(&self.published, deadline).await?;
+        let drained = drain(
+            workers,
+            &self.published,
+            self.last_publish_ns,
+            self.args.drain_grace,
+            deadline,
+        )
+        .await?;
         let resumes_after = resume_sources(&fleet, &survivors).await;
         // Unknown (null) when a survivor's counter could not be read before or after.
         let delta = |name: &str| -> Option<f64> {
             Some(resumes_after.get(name).copied()?? - resumes_before.get(name).copied()??)
         };
-        let percentiles = Percentiles::of(&latency::from_buckets(&deliveries.latency_us));
-        let mut failures = delivery_failures("storm", &deliveries);
+        let percentiles = Percentiles::of(&latency::from_buckets(&drained.deliveries.latency_us));
+        let mut failures = drained.failures("storm");
         if resumed_after.is_none() {
             failures.push(format!(
                 "storm: not every client was connected again within {STORM_LIMIT:?}"
@@ -292,22 +327,23 @@ impl Run<'_> {
         eprintln!(
             "scale: storm: {held} clients resumed in {} s; replays from memory {}, from the \
              stream (XRANGE) {}, resync {}; waited for a replay turn {}, refused {}; \
-             missing {}, duplicates {}",
+             lost {}, duplicates {}",
             show(resumed_after.map(|after| round3(after.as_secs_f64()))),
             show(delta("memory")),
             show(delta("stream")),
             show(delta("resync")),
             show(delta("waits")),
             show(delta("refused")),
-            deliveries.missing,
-            deliveries.duplicates,
+            drained.deliveries.lost,
+            drained.deliveries.duplicates,
         );
+        drained.print("storm");
         Ok(Storm {
             report: json!({
                 "killed_gateway_clients": held,
                 "resumed_secs": resumed_after.map(|after| round3(after.as_secs_f64())),
                 "replays": replays,
-                "deliveries": deliveries_json(&deliveries),
+                "deliveries": drained.to_json(),
                 "latency_ms": percentiles,
             }),
             failures,
@@ -315,8 +351,8 @@ impl Run<'_> {
     }
 }
 
-/// Scrapes of one gateway's /metrics tried before its counter is reported unknown; a gateway
-/// at the height of a storm may refuse a socket or answer late.
+/// Scrapes of one gateway's /metrics (on its admin port) tried before its counter is reported
+/// unknown; a gateway at the height of a storm may answer late.
 const SCRAPE_ATTEMPTS: u32 = 5;
 
 /// The sum over `nodes` of each resume counter: `memory`, `stream`, `resync` (by source),
@@ -357,34 +393,6 @@ async fn resume_sources(
         sums.insert(name, total);
     }
     sums
-}
-
-/// The checks a phase's deliveries fail.
-fn delivery_failures(phase: &str, deliveries: &Deliveries) -> Vec<String> {
-    let mut failures = Vec::new();
-    for (what, count) in [
-        ("missing", deliveries.missing),
-        ("duplicates", deliveries.duplicates),
-        ("gaps", deliveries.gaps),
-        ("resyncs", deliveries.resyncs),
-    ] {
-        if count > 0 {
-            failures.push(format!("{phase}: {what}: {count}"));
-        }
-    }
-    failures
-}
-
-fn deliveries_json(deliveries: &Deliveries) -> Value {
-    json!({
-        "clients": deliveries.clients,
-        "expected": deliveries.expected,
-        "received": deliveries.received,
-        "missing": deliveries.missing,
-        "duplicates": deliveries.duplicates,
-        "gaps": deliveries.gaps,
-        "resyncs": deliveries.resyncs,
-    })
 }
 
 /// Sum of every running gateway's VmRSS, KiB.
