@@ -339,7 +339,8 @@ pub struct Args {
     pub epochs: Vec<String>,
 
     /// `scale-worker`: the run-wide number of its first client (region and gateway are
-    /// chosen round-robin by it).
+    /// chosen by it: regions round-robin, each run of one client per region on the next
+    /// gateway).
     #[arg(long, default_value_t = 0, hide = true)]
     pub worker_first_client: usize,
 

@@ -119,10 +119,8 @@ pub async fn run(args: Args) -> Result<Outcome> {
     let first = args.worker_first_client;
     let clients: Vec<Arc<Client>> = (first..first + args.clients)
         .map(|global| {
-            Arc::new(Client::new(
-                global % shared.regions.len(),
-                global % shared.targets.len(),
-            ))
+            let (region, gateway) = placement(global, shared.regions.len(), shared.targets.len());
+            Arc::new(Client::new(region, gateway))
         })
         .collect();
     let mut tasks = Vec::with_capacity(clients.len());
@@ -200,6 +198,13 @@ fn read_commands() -> mpsc::Receiver<std::io::Result<String>> {
         }
     });
     receiver
+}
+
+/// Client number `global`'s region index and first target: regions round-robin, and each
+/// run of one client per region on the next target, so every gateway serves every region
+/// (client `n` on target `n mod targets` would give each of 4 gateways only 2 of 8 regions).
+fn placement(global: usize, regions: usize, targets: usize) -> (usize, usize) {
+    (global % regions, (global / regions) % targets)
 }
 
 /// `--targets host:port,...`, loopback only.
@@ -412,6 +417,17 @@ mod tests {
         let mut message = crate::messages::notification(region, seq, wall_ns(), 1_764_290_000);
         message.id = Some(id.parse().unwrap());
         message.to_json()
+    }
+
+    #[test]
+    fn every_gateway_gets_every_region() {
+        let mut seen = std::collections::HashSet::new();
+        for global in 0..8 * 4 {
+            seen.insert(placement(global, 8, 4));
+        }
+        assert_eq!(seen.len(), 32);
+        assert_eq!(placement(9, 8, 4), (1, 1));
+        assert_eq!(placement(9, 8, 1), (1, 0));
     }
 
     #[test]
