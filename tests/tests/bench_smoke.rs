@@ -477,6 +477,8 @@ fn assert_scale_clean(output: &Output, report: &Value) -> Value {
         assert_eq!(deliveries["received"], deliveries["expected"], "{report}");
         assert_eq!(deliveries["wait_ended"], "all_delivered", "{report}");
         assert_eq!(deliveries["arrived_after_reported_lost"], 0, "{report}");
+        assert_eq!(phase["reconnects"], 0, "{report}");
+        assert_eq!(phase["slow_consumer_disconnects"], 0.0, "{report}");
         // The last message of the phase took some time to arrive, less than the wait.
         assert!(deliveries["drain_secs"].as_f64() > Some(0.0), "{report}");
         assert!(deliveries["drain_secs"].as_f64() < Some(10.0), "{report}");

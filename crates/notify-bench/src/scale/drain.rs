@@ -21,6 +21,9 @@ use crate::scale::workers::Workers;
 
 /// How often the run asks the client processes what they still miss.
 const POLL: Duration = Duration::from_millis(100);
+/// The wait ends this long before the run's `--timeout`, so the deliveries can still be
+/// collected and reported.
+const REPORT_MARGIN: Duration = Duration::from_secs(5);
 
 /// Why the wait after a phase ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -73,7 +76,7 @@ pub async fn drain(
         } else if now - last_progress >= grace {
             break DrainEnd::NoProgress;
         }
-        if now >= deadline {
+        if now + REPORT_MARGIN >= deadline {
             break DrainEnd::Timeout;
         }
         tokio::time::sleep(POLL).await;

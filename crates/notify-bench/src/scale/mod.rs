@@ -119,6 +119,7 @@ pub async fn run(args: Args) -> Result<Outcome> {
     let mut phases = Vec::new();
     for &rate in &args.scale_rates {
         let cpu_before = redis.cpu_secs().await?;
+        let churn_before = Churn::now(&fleet, &mut workers, deadline).await?;
         let messages_before: u64 = run.published.iter().sum();
         let phase_started = Instant::now();
         run.publish_for(rate, args.duration, deadline).await?;
@@ -133,6 +134,9 @@ pub async fn run(args: Args) -> Result<Outcome> {
             deadline,
         )
         .await?;
+        let churn = Churn::now(&fleet, &mut workers, deadline)
+            .await?
+            .since(&churn_before);
         let phase = format!("fan-out at {rate}/s");
         let percentiles = Percentiles::of(&latency::from_buckets(&drained.deliveries.latency_us));
         let cpu_us_per_message =
@@ -146,10 +150,13 @@ pub async fn run(args: Args) -> Result<Outcome> {
             show(percentiles.as_ref().map(|p| p.p99)),
         );
         drained.print(&phase);
+        churn.print(&phase);
         phases.push(json!({
             "rate_per_region": rate,
             "messages": messages,
             "deliveries": drained.to_json(),
+            "reconnects": churn.reconnects,
+            "slow_consumer_disconnects": churn.slow_disconnects,
             "latency_ms": percentiles,
             "redis_cpu_us_per_message": cpu_us_per_message,
         }));
@@ -393,6 +400,64 @@ async fn resume_sources(
         sums.insert(name, total);
     }
     sums
+}
+
+/// Connections that ended under a phase's load: the clients' reconnects and the gateways'
+/// slow-consumer disconnects (`notify_slow_client_disconnects_total`, 1008: a client that
+/// fell `--queue-limit` messages behind). A disconnected client resumes with `since`, so its
+/// messages come late (after a reconnect and a replay), not never.
+struct Churn {
+    reconnects: u64,
+    /// Summed over the gateways that are up; `None` when one could not be read.
+    slow_disconnects: Option<f64>,
+}
+
+impl Churn {
+    async fn now(fleet: &Fleet, workers: &mut Workers, deadline: Instant) -> Result<Self> {
+        let reconnects = workers.status(deadline).await?.reconnects;
+        let mut slow_disconnects = Some(0.0);
+        for node in fleet
+            .nodes
+            .iter()
+            .filter(|node| node.up.load(std::sync::atomic::Ordering::Acquire))
+        {
+            let read = fleet
+                .metric(node, "notify_slow_client_disconnects_total")
+                .await;
+            if let Err(error) = &read {
+                eprintln!(
+                    "notify-bench: warning: gateway {} slow-consumer disconnects: {error:#}",
+                    node.index
+                );
+            }
+            slow_disconnects = slow_disconnects
+                .zip(read.ok())
+                .map(|(sum, value)| sum + value);
+        }
+        Ok(Churn {
+            reconnects,
+            slow_disconnects,
+        })
+    }
+
+    /// What changed since `before`.
+    fn since(&self, before: &Churn) -> Churn {
+        Churn {
+            reconnects: self.reconnects.saturating_sub(before.reconnects),
+            slow_disconnects: self
+                .slow_disconnects
+                .zip(before.slow_disconnects)
+                .map(|(now, before)| now - before),
+        }
+    }
+
+    fn print(&self, phase: &str) {
+        eprintln!(
+            "scale: {phase}: {} client reconnects, {} slow-consumer disconnects",
+            self.reconnects,
+            show(self.slow_disconnects),
+        );
+    }
 }
 
 /// Sum of every running gateway's VmRSS, KiB.
