@@ -600,9 +600,16 @@ fn assert_scale_clean(output: &Output, report: &Value) -> Value {
         let messages = phase["messages"].as_u64().unwrap();
         assert!(messages >= 8 * rate as u64, "{report}");
         let deliveries = &phase["deliveries"];
-        assert_eq!(deliveries["missing"], 0, "{report}");
+        assert_eq!(deliveries["lost"], 0, "{report}");
         assert_eq!(deliveries["duplicates"], 0, "{report}");
         assert_eq!(deliveries["received"], deliveries["expected"], "{report}");
+        assert_eq!(deliveries["wait_ended"], "all_delivered", "{report}");
+        assert_eq!(deliveries["arrived_after_reported_lost"], 0, "{report}");
+        assert_eq!(phase["reconnects"], 0, "{report}");
+        assert_eq!(phase["slow_consumer_disconnects"], 0.0, "{report}");
+        // The last message of the phase took some time to arrive, less than the wait.
+        assert!(deliveries["drain_secs"].as_f64() > Some(0.0), "{report}");
+        assert!(deliveries["drain_secs"].as_f64() < Some(10.0), "{report}");
         // Each client gets its region's messages: an eighth of them.
         assert_eq!(
             phase["latency_ms"]["count"].as_u64(),
@@ -619,7 +626,7 @@ fn assert_scale_clean(output: &Output, report: &Value) -> Value {
     assert_eq!(storm["killed_gateway_clients"], 200, "{report}");
     assert!(storm["resumed_secs"].as_f64() > Some(0.0), "{report}");
     let deliveries = &storm["deliveries"];
-    for counter in ["missing", "duplicates", "gaps", "resyncs"] {
+    for counter in ["lost", "duplicates", "gaps", "resyncs"] {
         assert_eq!(deliveries[counter], 0, "{counter} in {report}");
     }
     assert_eq!(deliveries["received"], deliveries["expected"], "{report}");
@@ -658,5 +665,245 @@ async fn scale_storm_replays_from_the_stream_under_the_replay_budget() -> Result
         "{report}"
     );
     assert_eq!(replays["refused_1013"], 0.0, "{report}");
+    Ok(())
+}
+
+/// `notify-bench scale` started with `args`, its stderr read line by line as it runs.
+struct LiveBench {
+    child: tokio::process::Child,
+    stderr: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    /// Every stderr line read so far.
+    seen: Vec<String>,
+}
+
+impl LiveBench {
+    fn start(args: &[String]) -> Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut command = tokio::process::Command::new(binary("notify-bench"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("NOTIFY_") {
+                command.env_remove(&key);
+            }
+        }
+        command
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().context("starting notify-bench")?;
+        let stderr = child.stderr.take().context("notify-bench stderr")?;
+        Ok(LiveBench {
+            child,
+            stderr: tokio::io::BufReader::new(stderr).lines(),
+            seen: Vec::new(),
+        })
+    }
+
+    /// Reads stderr until a line containing `needle` (within `limit`); returns it.
+    async fn line_with(&mut self, needle: &str, limit: Duration) -> Result<String> {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let line = tokio::time::timeout_at(until, self.stderr.next_line())
+                .await
+                .with_context(|| format!("no {needle:?} within {limit:?}: {:#?}", self.seen))?
+                .context("reading notify-bench stderr")?
+                .with_context(|| format!("stderr ended before {needle:?}: {:#?}", self.seen))?;
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return Ok(line);
+            }
+        }
+    }
+
+    /// Waits (within `limit`) for the exit; returns the exit code, the JSON report and all of
+    /// stderr.
+    async fn finish(mut self, limit: Duration) -> Result<(Option<i32>, Value, String)> {
+        use tokio::io::AsyncReadExt;
+        let mut stdout = self.child.stdout.take().context("notify-bench stdout")?;
+        let read_all = async {
+            let mut text = String::new();
+            stdout.read_to_string(&mut text).await?;
+            while let Some(line) = self.stderr.next_line().await? {
+                self.seen.push(line);
+            }
+            let status = self.child.wait().await?;
+            anyhow::Ok((status, text))
+        };
+        let (status, stdout) = tokio::time::timeout(limit, read_all)
+            .await
+            .with_context(|| format!("notify-bench did not finish within {limit:?}"))??;
+        let stderr = self.seen.join("\n");
+        let report = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+            .with_context(|| format!("no JSON report; stdout: {stdout}\nstderr: {stderr}"))?;
+        Ok((status.code(), report, stderr))
+    }
+}
+
+/// The process id of gateway `index` from `scale`'s start-up line
+/// (`scale: gateway 1 pid 1234 on ...`).
+fn gateway_pid(line: &str) -> Result<String> {
+    let pid = line
+        .split_once(" pid ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .with_context(|| format!("no pid in {line:?}"))?;
+    Ok(pid.to_owned())
+}
+
+fn signal(pid: &str, signal: &str) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .context("running kill")?;
+    anyhow::ensure!(status.success(), "kill {signal} {pid}: {status}");
+    Ok(())
+}
+
+/// `scale` args for a small run on `redis`: `gateways` gateways of `gateway_bin`, 2 client
+/// processes, `clients` clients, fan-out at 5 msg/s per region for 2 s, a 2 s drain grace.
+fn small_scale_args(
+    redis: &RedisServer,
+    gateway_bin: &std::path::Path,
+    gateways: usize,
+    clients: usize,
+) -> Vec<String> {
+    [
+        "scale",
+        "--gateway-bin",
+        &gateway_bin.display().to_string(),
+        "--redis-url",
+        &redis.url(),
+        "--gateways",
+        &gateways.to_string(),
+        "--client-processes",
+        "2",
+        "--clients",
+        &clients.to_string(),
+        "--scale-rates",
+        "5",
+        "--duration",
+        "2s",
+        "--settle",
+        "500ms",
+        "--drain-grace",
+        "2s",
+        "--timeout",
+        "50s",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A gateway frozen (SIGSTOP) for a fan-out phase delivers nothing to its clients: when
+/// nothing has arrived for the drain grace the run reports those deliveries as lost, naming
+/// the gateway, each region, its clients and the `seq` range, and fails. Thawed, the gateway
+/// delivers them late, and the next phase counts them as arrived after being reported lost.
+#[tokio::test]
+async fn scale_reports_what_a_frozen_gateway_never_delivered_as_lost() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let args = small_scale_args(&redis, &binary("notify-gateway"), 2, 160);
+    let mut bench = LiveBench::start(&args)?;
+    let frozen = gateway_pid(
+        &bench
+            .line_with("scale: gateway 1 pid", Duration::from_secs(20))
+            .await?,
+    )?;
+    bench
+        .line_with("gateways counted", Duration::from_secs(20))
+        .await?;
+    signal(&frozen, "-STOP")?;
+    let lost_line = bench.line_with("lost:", Duration::from_secs(20)).await;
+    signal(&frozen, "-CONT")?;
+    lost_line?;
+    let (code, report, stderr) = bench.finish(Duration::from_secs(40)).await?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(report["ok"], false, "{report}");
+    let phase = &report["fanout"][0]["deliveries"];
+    assert_eq!(phase["wait_ended"], "no_progress", "{report}");
+    // Gateway 1 holds half the clients, 80: ten of each of the 8 regions (clients 8..16 are
+    // its first ten), each missing the whole phase (10 messages).
+    assert_eq!(phase["lost"], 800, "{report}");
+    assert_eq!(phase["received"], 800, "{report}");
+    let groups = phase["lost_detail"].as_array().expect("lost_detail");
+    assert_eq!(groups.len(), 8, "{report}");
+    for group in groups {
+        assert_eq!(group["gateway"], 1, "{report}");
+        assert_eq!(group["clients"], 10, "{report}");
+        assert_eq!(group["connected"], 10, "{report}");
+        assert_eq!(group["messages"], 100, "{report}");
+        assert_eq!(group["from_seq"], 0, "{report}");
+        assert_eq!(group["from_seq_highest"], 0, "{report}");
+        assert_eq!(group["to_seq"], 9, "{report}");
+    }
+    assert!(
+        report["failures"]
+            .as_array()
+            .expect("failures")
+            .iter()
+            .any(|failure| failure.as_str().is_some_and(
+                |text| text.starts_with("fan-out at 5/s: lost: 800 deliveries to 80 clients")
+            )),
+        "{report}"
+    );
+    assert!(stderr.contains("lost: gateway 1, region "), "{stderr}");
+    // Thawed, gateway 1 delivers what it held (and the storm's survivor, it replays the
+    // rest): late, not lost.
+    let storm = &report["storm"]["deliveries"];
+    assert_eq!(storm["lost"], 0, "{report}");
+    assert_eq!(storm["gaps"], 0, "{report}");
+    assert_eq!(storm["duplicates"], 0, "{report}");
+    assert_eq!(storm["arrived_after_reported_lost"], 800, "{report}");
+    Ok(())
+}
+
+/// Survivors of the storm at their socket cap (an open-files limit of 400: 300 sockets each,
+/// and the 600 clients fill both) refuse new sockets on their public port; the replay sources
+/// are still read, on each gateway's admin port.
+#[tokio::test]
+async fn scale_reads_replay_sources_of_gateways_at_their_cap() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let redis = RedisServer::start().await?;
+    let dir = std::env::temp_dir().join(format!(
+        "notify-scale-cap-{}-{}",
+        std::process::id(),
+        redis.port()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let wrapper = dir.join("notify-gateway-400-files");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nulimit -n 400 && exec '{}' \"$@\"\n",
+            binary("notify-gateway").display()
+        ),
+    )?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    let args = small_scale_args(&redis, &wrapper, 3, 600);
+    let bench = LiveBench::start(&args)?;
+    let finished = bench.finish(Duration::from_secs(55)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (code, report, stderr) = finished?;
+    assert_eq!(code, Some(0), "{report}\n{stderr}");
+    let storm = &report["storm"];
+    assert_eq!(storm["killed_gateway_clients"], 200, "{report}");
+    assert_eq!(storm["deliveries"]["lost"], 0, "{report}");
+    let replays = &storm["replays"];
+    for source in [
+        "memory",
+        "stream",
+        "resync",
+        "waited_for_a_turn",
+        "refused_1013",
+    ] {
+        assert!(
+            replays[source].is_number(),
+            "{source} unknown: {report}\n{stderr}"
+        );
+    }
+    assert_eq!(
+        replays["memory"].as_f64().unwrap() + replays["stream"].as_f64().unwrap(),
+        200.0,
+        "{report}"
+    );
+    assert!(!stderr.contains("/metrics (try"), "{stderr}");
     Ok(())
 }

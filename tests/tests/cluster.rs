@@ -336,7 +336,7 @@ async fn notify_bench_scale_runs_its_fleet_on_the_cluster() {
         .unwrap_or_else(|error| panic!("no JSON report ({error}): {stdout}\n{stderr}"));
     assert_eq!(report["ok"], true, "{report}\n{stderr}");
     assert!(stderr.contains("120 clients"), "{stderr}");
-    assert!(stderr.contains("missing 0, duplicates 0"), "{stderr}");
+    assert!(stderr.contains("lost 0, duplicates 0"), "{stderr}");
 }
 
 /// A stream id as a sortable pair; `(0, 0)` for none.

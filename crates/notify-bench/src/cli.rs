@@ -331,6 +331,12 @@ pub struct Args {
     )]
     pub scale_rates: Vec<f64>,
 
+    /// `scale`: after a phase's last publish, how long the clients may go without any
+    /// delivery before what they still miss counts as lost (the wait goes on for as long as
+    /// deliveries arrive).
+    #[arg(long, env = "NOTIFY_BENCH_DRAIN_GRACE", value_parser = parse_duration, default_value = "10s")]
+    pub drain_grace: Duration,
+
     /// `scale-worker`: the gateways to spread clients over (`HOST:PORT,...`, loopback only).
     #[arg(long, value_delimiter = ',', hide = true)]
     pub targets: Vec<String>,
@@ -340,7 +346,8 @@ pub struct Args {
     pub epochs: Vec<String>,
 
     /// `scale-worker`: the run-wide number of its first client (region and gateway are
-    /// chosen round-robin by it).
+    /// chosen by it: regions round-robin, each run of one client per region on the next
+    /// gateway).
     #[arg(long, default_value_t = 0, hide = true)]
     pub worker_first_client: usize,
 
@@ -458,9 +465,11 @@ impl Args {
     /// and shutdown.
     pub fn own_fleet_default_timeout(&self) -> Duration {
         let phases = match self.scenario {
-            // Connecting, one phase per rate, the storm (bounded at 2 min) and shutdown.
+            // Connecting, one phase per rate, the storm (bounded at 2 min), a drain grace
+            // after each, and shutdown.
             Scenario::Scale => {
-                self.duration * self.scale_rates.len() as u32 + Duration::from_secs(300)
+                let phases = self.scale_rates.len() as u32;
+                self.duration * phases + self.drain_grace * (phases + 1) + Duration::from_secs(300)
             }
             _ => self.duration + self.catch_up_timeout + Duration::from_secs(60),
         };
@@ -473,7 +482,8 @@ impl Args {
         }
         if self.clients.div_ceil(self.client_processes) > MAX_CLIENTS {
             bail!(
-                "--clients {} over --client-processes {} is more than {MAX_CLIENTS} per process;                  add client processes",
+                "--clients {} over --client-processes {} is more than {MAX_CLIENTS} per process; \
+                 add client processes",
                 self.clients,
                 self.client_processes
             );
@@ -485,10 +495,14 @@ impl Args {
         let survivors = self.gateways.saturating_sub(1).max(1);
         if self.clients.div_ceil(survivors) > MAX_CLIENTS {
             bail!(
-                "--clients {} on {survivors} gateways (the storm kills one of --gateways {}) is                  more than {MAX_CLIENTS} per gateway; add gateways",
+                "--clients {} on {survivors} gateways (the storm kills one of --gateways {}) is \
+                 more than {MAX_CLIENTS} per gateway; add gateways",
                 self.clients,
                 self.gateways
             );
+        }
+        if self.drain_grace.is_zero() || self.drain_grace > MAX_DURATION {
+            bail!("--drain-grace must be in (0, {}s]", MAX_DURATION.as_secs());
         }
         if self.scale_rates.is_empty()
             || self

@@ -2,7 +2,9 @@
 //! fixed free loopback port with `--redis-url`, started, waited for (`/readyz`), stopped with
 //! SIGTERM and started again on the same port; their CPU time across restarts; and their own
 //! count of lost Redis subscriptions (`notify_broker_reconnects_total`, which restarts at 0
-//! with every process) against the link cuts the run made.
+//! with every process) against the link cuts the run made. Optionally each gateway gets an
+//! admin port of its own (`--admin-listen`), where its `/metrics`, `/readyz` and `/api/info`
+//! are read: a gateway at its connection cap refuses new sockets on its public port.
 
 use std::fs::OpenOptions;
 use std::net::{SocketAddr, TcpListener};
@@ -36,6 +38,8 @@ pub struct Node {
     pub index: usize,
     /// The loopback address it listens on, the same across restarts.
     pub addr: SocketAddr,
+    /// Its admin address (`--admin-listen`), when the fleet gives each gateway one.
+    pub admin: Option<SocketAddr>,
     /// Whether clients may connect to it (false from just before SIGTERM until ready again).
     pub up: AtomicBool,
     child: Mutex<Option<Child>>,
@@ -82,23 +86,42 @@ pub struct Fleet {
     http: reqwest::Client,
 }
 
+impl Node {
+    /// Where its `/metrics`, `/readyz` and `/api/*` are served: the admin address if it has
+    /// one, else the public one.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.admin.unwrap_or(self.addr)
+    }
+}
+
 impl Fleet {
     /// Picks a free loopback port per gateway (all bound at once, so they differ).
     pub fn new(args: &Args) -> Result<Self> {
+        Self::build(args, false)
+    }
+
+    /// As [`Fleet::new`], and a second free port per gateway for its `--admin-listen`.
+    pub fn with_admin_listeners(args: &Args) -> Result<Self> {
+        Self::build(args, true)
+    }
+
+    fn build(args: &Args, admin_listeners: bool) -> Result<Self> {
         let bin = args
             .gateway_bin
             .clone()
             .context("chaos needs --gateway-bin")?;
-        let listeners: Vec<TcpListener> = (0..args.gateways)
+        let ports_per_gateway = if admin_listeners { 2 } else { 1 };
+        let listeners: Vec<TcpListener> = (0..args.gateways * ports_per_gateway)
             .map(|_| TcpListener::bind("127.0.0.1:0").context("finding a free loopback port"))
             .collect::<Result<_>>()?;
         let nodes = listeners
-            .iter()
+            .chunks(ports_per_gateway)
             .enumerate()
-            .map(|(index, listener)| {
+            .map(|(index, listeners)| {
                 Ok(Node {
                     index,
-                    addr: listener.local_addr()?,
+                    addr: listeners[0].local_addr()?,
+                    admin: listeners.get(1).map(TcpListener::local_addr).transpose()?,
                     up: AtomicBool::new(false),
                     child: Mutex::new(None),
                     pid: AtomicU32::new(0),
@@ -156,6 +179,7 @@ impl Fleet {
             .arg("--redis-url")
             .arg(&self.redis_url)
             .args(self.redis_cluster.then_some("--redis-cluster"))
+            .args(node.admin.map(|admin| format!("--admin-listen={admin}")))
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -187,14 +211,14 @@ impl Fleet {
 
     /// Whether `node` answers `/readyz` with 200 now.
     pub async fn is_ready(&self, node: &Node) -> bool {
-        let url = format!("http://{}/readyz", node.addr);
+        let url = format!("http://{}/readyz", node.ops_addr());
         matches!(self.http.get(&url).send().await, Ok(response) if response.status().is_success())
     }
 
     /// Waits until `node` answers `/readyz` with 200 (subscribed to Redis).
     pub async fn wait_ready(&self, node: &Node) -> Result<()> {
         let until = Instant::now() + READY_TIMEOUT;
-        let url = format!("http://{}/readyz", node.addr);
+        let url = format!("http://{}/readyz", node.ops_addr());
         loop {
             let exited = lock(&node.child)
                 .as_mut()
@@ -224,7 +248,7 @@ impl Fleet {
 
     /// Refuses regions the gateways do not serve (they would reject every client).
     pub async fn check_regions(&self, regions: &[Region]) -> Result<()> {
-        let url = format!("http://{}/api/info", self.nodes[0].addr);
+        let url = format!("http://{}/api/info", self.nodes[0].ops_addr());
         let Ok(response) = self.http.get(&url).send().await else {
             return Ok(());
         };
@@ -317,7 +341,7 @@ impl Fleet {
     /// The value of metric `name` (the sum of its series) on `node`'s `/metrics`; 0 when
     /// the gateway exports no series of it yet.
     pub async fn metric(&self, node: &Node, name: &str) -> Result<f64> {
-        let url = format!("http://{}/metrics", node.addr);
+        let url = format!("http://{}/metrics", node.ops_addr());
         let body = self
             .http
             .get(&url)

@@ -16,13 +16,20 @@
 //!    and `notify_replays_refused_total`: the replay budget at work).
 //!
 //! Every message is id-carrying (the history script), so every client must get every message
-//! of its region exactly once, in order, across the storm.
+//! of its region exactly once, in order, across the storm. After each phase's last publish
+//! the run waits for the deliveries as long as they progress ([`drain`]): what is still
+//! missing after `--drain-grace` without progress is lost, by gateway and region.
+//!
+//! Every gateway gets its own `--admin-listen` port, where `/metrics` is scraped: a gateway at
+//! its connection cap refuses new sockets on its public port, the scrape's included.
 //!
 //! # Layout
 //! - [`wire`]: the JSON lines between the run and its client processes.
 //! - [`worker`]: a client process.
 //! - [`workers`]: starting the client processes and talking to them.
+//! - [`drain`]: when a phase is over; lost against late.
 
+mod drain;
 pub mod wire;
 pub mod worker;
 mod workers;
@@ -42,7 +49,8 @@ use crate::latency::{self, Percentiles};
 use crate::messages::notification;
 use crate::procstat;
 use crate::report::{round1, round3, show, Outcome};
-use crate::scale::wire::{wall_ns, Deliveries};
+use crate::scale::drain::drain;
+use crate::scale::wire::wall_ns;
 use crate::scale::workers::Workers;
 
 /// Longest wait for the storm's clients to be connected again.
@@ -53,8 +61,17 @@ const AFTER_STORM: Duration = Duration::from_secs(2);
 /// Runs the scenario.
 pub async fn run(args: Args) -> Result<Outcome> {
     let deadline = Instant::now() + args.timeout;
-    let fleet = Arc::new(Fleet::new(&args)?);
+    let fleet = Arc::new(Fleet::with_admin_listeners(&args)?);
     fleet.start_all(&args.regions).await?;
+    for node in &fleet.nodes {
+        eprintln!(
+            "scale: gateway {} pid {} on {}, admin {}",
+            node.index,
+            node.pid.load(std::sync::atomic::Ordering::Relaxed),
+            node.addr,
+            node.ops_addr(),
+        );
+    }
     let mut publisher = HistoryPublisher::connect(&args).await?;
     let epochs = publisher.epoch(&args.regions).await?;
     let mut redis = RedisNodes::connect(&args).await?;
@@ -63,6 +80,7 @@ pub async fn run(args: Args) -> Result<Outcome> {
         fleet: &fleet,
         publisher,
         published: vec![0; args.regions.len()],
+        last_publish_ns: 0,
         unix_ts: (wall_ns() / 1_000_000_000) as i64,
     };
     let mut failures = Vec::new();
@@ -101,31 +119,44 @@ pub async fn run(args: Args) -> Result<Outcome> {
     let mut phases = Vec::new();
     for &rate in &args.scale_rates {
         let cpu_before = redis.cpu_secs().await?;
+        let churn_before = Churn::now(&fleet, &mut workers, deadline).await?;
         let messages_before: u64 = run.published.iter().sum();
         let phase_started = Instant::now();
         run.publish_for(rate, args.duration, deadline).await?;
         let cpu_after = redis.cpu_secs().await?;
         let idle_share = redis_idle_cpu_per_sec * phase_started.elapsed().as_secs_f64();
         let messages = run.published.iter().sum::<u64>() - messages_before;
-        let deliveries = workers.expect(&run.published, deadline).await?;
-        let percentiles = Percentiles::of(&latency::from_buckets(&deliveries.latency_us));
+        let drained = drain(
+            &mut workers,
+            &run.published,
+            run.last_publish_ns,
+            args.drain_grace,
+            deadline,
+        )
+        .await?;
+        let churn = Churn::now(&fleet, &mut workers, deadline)
+            .await?
+            .since(&churn_before);
+        let phase = format!("fan-out at {rate}/s");
+        let percentiles = Percentiles::of(&latency::from_buckets(&drained.deliveries.latency_us));
         let cpu_us_per_message =
             round3(((cpu_after - cpu_before) - idle_share).max(0.0) * 1e6 / messages.max(1) as f64);
-        failures.extend(delivery_failures(
-            &format!("fan-out at {rate}/s"),
-            &deliveries,
-        ));
+        failures.extend(drained.failures(&phase));
         eprintln!(
             "scale: fan-out {rate} msg/s per region: {messages} messages, {} deliveries; \
              p50 {} ms, p99 {} ms; Redis {cpu_us_per_message} us CPU per message",
-            deliveries.received,
+            drained.deliveries.received,
             show(percentiles.as_ref().map(|p| p.p50)),
             show(percentiles.as_ref().map(|p| p.p99)),
         );
+        drained.print(&phase);
+        churn.print(&phase);
         phases.push(json!({
             "rate_per_region": rate,
             "messages": messages,
-            "deliveries": deliveries_json(&deliveries),
+            "deliveries": drained.to_json(),
+            "reconnects": churn.reconnects,
+            "slow_consumer_disconnects": churn.slow_disconnects,
             "latency_ms": percentiles,
             "redis_cpu_us_per_message": cpu_us_per_message,
         }));
@@ -154,6 +185,7 @@ pub async fn run(args: Args) -> Result<Outcome> {
             "regions": args.regions.iter().map(|region| region.as_str()).collect::<Vec<_>>(),
             "rates_per_region": args.scale_rates,
             "duration_secs": args.duration.as_secs_f64(),
+            "drain_grace_secs": args.drain_grace.as_secs_f64(),
             "gateway_args": args.gateway_arg,
         }),
     );
@@ -183,6 +215,8 @@ struct Run<'a> {
     publisher: HistoryPublisher,
     /// Per region index, messages published so far (`seq` `0..n`).
     published: Vec<u64>,
+    /// Wall clock of the latest publish ([`wall_ns`]).
+    last_publish_ns: u64,
     unix_ts: i64,
 }
 
@@ -227,6 +261,7 @@ impl Run<'_> {
             })
             .collect();
         self.publisher.send(&batch).await?;
+        self.last_publish_ns = wall_ns();
         for count in &mut self.published {
             *count += 1;
         }
@@ -269,14 +304,21 @@ impl Run<'_> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         self.publish_for(rate, AFTER_STORM, deadline).await?;
-        let deliveries = workers.expect(&self.published, deadline).await?;
+        let drained = drain(
+            workers,
+            &self.published,
+            self.last_publish_ns,
+            self.args.drain_grace,
+            deadline,
+        )
+        .await?;
         let resumes_after = resume_sources(&fleet, &survivors).await;
         // Unknown (null) when a survivor's counter could not be read before or after.
         let delta = |name: &str| -> Option<f64> {
             Some(resumes_after.get(name).copied()?? - resumes_before.get(name).copied()??)
         };
-        let percentiles = Percentiles::of(&latency::from_buckets(&deliveries.latency_us));
-        let mut failures = delivery_failures("storm", &deliveries);
+        let percentiles = Percentiles::of(&latency::from_buckets(&drained.deliveries.latency_us));
+        let mut failures = drained.failures("storm");
         if resumed_after.is_none() {
             failures.push(format!(
                 "storm: not every client was connected again within {STORM_LIMIT:?}"
@@ -292,22 +334,23 @@ impl Run<'_> {
         eprintln!(
             "scale: storm: {held} clients resumed in {} s; replays from memory {}, from the \
              stream (XRANGE) {}, resync {}; waited for a replay turn {}, refused {}; \
-             missing {}, duplicates {}",
+             lost {}, duplicates {}",
             show(resumed_after.map(|after| round3(after.as_secs_f64()))),
             show(delta("memory")),
             show(delta("stream")),
             show(delta("resync")),
             show(delta("waits")),
             show(delta("refused")),
-            deliveries.missing,
-            deliveries.duplicates,
+            drained.deliveries.lost,
+            drained.deliveries.duplicates,
         );
+        drained.print("storm");
         Ok(Storm {
             report: json!({
                 "killed_gateway_clients": held,
                 "resumed_secs": resumed_after.map(|after| round3(after.as_secs_f64())),
                 "replays": replays,
-                "deliveries": deliveries_json(&deliveries),
+                "deliveries": drained.to_json(),
                 "latency_ms": percentiles,
             }),
             failures,
@@ -315,8 +358,8 @@ impl Run<'_> {
     }
 }
 
-/// Scrapes of one gateway's /metrics tried before its counter is reported unknown; a gateway
-/// at the height of a storm may refuse a socket or answer late.
+/// Scrapes of one gateway's /metrics (on its admin port) tried before its counter is reported
+/// unknown; a gateway at the height of a storm may answer late.
 const SCRAPE_ATTEMPTS: u32 = 5;
 
 /// The sum over `nodes` of each resume counter: `memory`, `stream`, `resync` (by source),
@@ -359,32 +402,62 @@ async fn resume_sources(
     sums
 }
 
-/// The checks a phase's deliveries fail.
-fn delivery_failures(phase: &str, deliveries: &Deliveries) -> Vec<String> {
-    let mut failures = Vec::new();
-    for (what, count) in [
-        ("missing", deliveries.missing),
-        ("duplicates", deliveries.duplicates),
-        ("gaps", deliveries.gaps),
-        ("resyncs", deliveries.resyncs),
-    ] {
-        if count > 0 {
-            failures.push(format!("{phase}: {what}: {count}"));
-        }
-    }
-    failures
+/// Connections that ended under a phase's load: the clients' reconnects and the gateways'
+/// slow-consumer disconnects (`notify_slow_client_disconnects_total`, 1008: a client that
+/// fell `--queue-limit` messages behind). A disconnected client resumes with `since`, so its
+/// messages come late (after a reconnect and a replay), not never.
+struct Churn {
+    reconnects: u64,
+    /// Summed over the gateways that are up; `None` when one could not be read.
+    slow_disconnects: Option<f64>,
 }
 
-fn deliveries_json(deliveries: &Deliveries) -> Value {
-    json!({
-        "clients": deliveries.clients,
-        "expected": deliveries.expected,
-        "received": deliveries.received,
-        "missing": deliveries.missing,
-        "duplicates": deliveries.duplicates,
-        "gaps": deliveries.gaps,
-        "resyncs": deliveries.resyncs,
-    })
+impl Churn {
+    async fn now(fleet: &Fleet, workers: &mut Workers, deadline: Instant) -> Result<Self> {
+        let reconnects = workers.status(deadline).await?.reconnects;
+        let mut slow_disconnects = Some(0.0);
+        for node in fleet
+            .nodes
+            .iter()
+            .filter(|node| node.up.load(std::sync::atomic::Ordering::Acquire))
+        {
+            let read = fleet
+                .metric(node, "notify_slow_client_disconnects_total")
+                .await;
+            if let Err(error) = &read {
+                eprintln!(
+                    "notify-bench: warning: gateway {} slow-consumer disconnects: {error:#}",
+                    node.index
+                );
+            }
+            slow_disconnects = slow_disconnects
+                .zip(read.ok())
+                .map(|(sum, value)| sum + value);
+        }
+        Ok(Churn {
+            reconnects,
+            slow_disconnects,
+        })
+    }
+
+    /// What changed since `before`.
+    fn since(&self, before: &Churn) -> Churn {
+        Churn {
+            reconnects: self.reconnects.saturating_sub(before.reconnects),
+            slow_disconnects: self
+                .slow_disconnects
+                .zip(before.slow_disconnects)
+                .map(|(now, before)| now - before),
+        }
+    }
+
+    fn print(&self, phase: &str) {
+        eprintln!(
+            "scale: {phase}: {} client reconnects, {} slow-consumer disconnects",
+            self.reconnects,
+            show(self.slow_disconnects),
+        );
+    }
 }
 
 /// Sum of every running gateway's VmRSS, KiB.

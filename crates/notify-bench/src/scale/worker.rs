@@ -5,9 +5,13 @@
 //! A client checks what it receives by the `seq` and `sent_ns` fields the run stamps on each
 //! message (the byte-for-byte check of `chaos` needs the publisher's log, which lives in
 //! another process here): each `seq` must be the next of its region, each `id` must rise.
+//!
+//! It does not decide when a phase is over: the run polls [`Command::Progress`] until every
+//! message arrived or nothing moved for `--drain-grace`, then asks [`Command::Expect`] for the
+//! deliveries and for what is missing, as lost, by gateway and region.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,11 +28,7 @@ use crate::client::Connector;
 use crate::latency;
 use crate::report::Outcome;
 use crate::resuming::jitter;
-use crate::scale::wire::{wall_ns, Command, Deliveries, Event};
-
-/// After this long without progress while clients are behind, an `expect` is answered with
-/// what arrived.
-const STALL: Duration = Duration::from_secs(10);
+use crate::scale::wire::{wall_ns, Command, Deliveries, Event, LostGroup};
 
 /// One client, as the process's command loop sees it (written only by its own task).
 #[derive(Debug)]
@@ -36,6 +36,14 @@ struct Client {
     region: usize,
     /// The next `seq` it expects: it received `0..next_seq` exactly once, in order.
     next_seq: AtomicU64,
+    /// Wall-clock time of its latest delivery, 0 before the first.
+    last_delivery_ns: AtomicU64,
+    /// The target it is connected to, or was last (or first tries).
+    gateway: AtomicUsize,
+    /// The `seq` range `lost_from..lost_to` the last `expect` reported lost (empty if none);
+    /// written by the command loop only.
+    lost_from: AtomicU64,
+    lost_to: AtomicU64,
     connected: AtomicBool,
     connections: AtomicU64,
     /// Whether its first handshake was answered (either way).
@@ -47,11 +55,16 @@ struct Client {
 }
 
 impl Client {
-    /// A client of region index `region` that has not connected yet.
-    fn new(region: usize) -> Self {
+    /// A client of region index `region` that has not connected yet and will first try
+    /// target `gateway`.
+    fn new(region: usize, gateway: usize) -> Self {
         Client {
             region,
             next_seq: AtomicU64::new(0),
+            last_delivery_ns: AtomicU64::new(0),
+            gateway: AtomicUsize::new(gateway),
+            lost_from: AtomicU64::new(0),
+            lost_to: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             first_attempt_done: AtomicBool::new(false),
@@ -105,15 +118,16 @@ pub async fn run(args: Args) -> Result<Outcome> {
     });
     let first = args.worker_first_client;
     let clients: Vec<Arc<Client>> = (first..first + args.clients)
-        .map(|global| Arc::new(Client::new(global % shared.regions.len())))
+        .map(|global| {
+            let (region, gateway) = placement(global, shared.regions.len(), shared.targets.len());
+            Arc::new(Client::new(region, gateway))
+        })
         .collect();
     let mut tasks = Vec::with_capacity(clients.len());
-    for (offset, client) in clients.iter().enumerate() {
-        let target = (first + offset) % shared.targets.len();
+    for client in &clients {
         tasks.push(tokio::spawn(client_task(
             Arc::clone(&shared),
             Arc::clone(client),
-            target,
         )));
     }
     let deadline = Instant::now() + args.timeout;
@@ -153,10 +167,15 @@ pub async fn run(args: Args) -> Result<Outcome> {
                     .map(|client| client.connections.load(Ordering::Relaxed).saturating_sub(1))
                     .sum(),
             }),
-            Command::Expect { counts } => {
-                let deliveries = await_deliveries(&clients, &counts, deadline).await;
-                answer(&Event::Delivered(deliveries));
-            }
+            Command::Progress { counts } => answer(&Event::Progress {
+                missing: clients.iter().map(|client| behind(client, &counts)).sum(),
+                last_delivery_ns: last_delivery_ns(&clients),
+            }),
+            Command::Expect { counts } => answer(&Event::Delivered(deliveries(
+                &clients,
+                &counts,
+                &shared.regions,
+            ))),
             Command::Stop => break,
         }
     }
@@ -181,6 +200,13 @@ fn read_commands() -> mpsc::Receiver<std::io::Result<String>> {
     receiver
 }
 
+/// Client number `global`'s region index and first target: regions round-robin, and each
+/// run of one client per region on the next target, so every gateway serves every region
+/// (client `n` on target `n mod targets` would give each of 4 gateways only 2 of 8 regions).
+fn placement(global: usize, regions: usize, targets: usize) -> (usize, usize) {
+    (global % regions, (global / regions) % targets)
+}
+
 /// `--targets host:port,...`, loopback only.
 pub fn parse_targets(targets: &[String]) -> Result<Vec<SocketAddr>> {
     if targets.is_empty() {
@@ -199,52 +225,70 @@ fn answer(event: &Event) {
     println!("{line}");
 }
 
-/// Waits until every client has `counts[region]` messages, nothing moved for [`STALL`], or
-/// the deadline; then sums what they got and takes the latencies recorded since last time.
-async fn await_deliveries(
-    clients: &[Arc<Client>],
-    counts: &[u64],
-    deadline: Instant,
-) -> Deliveries {
-    let behind = |client: &Client| {
-        counts
-            .get(client.region)
-            .copied()
-            .unwrap_or(0)
-            .saturating_sub(client.next_seq.load(Ordering::Relaxed))
-    };
-    let mut last_missing = u64::MAX;
-    let mut last_progress = Instant::now();
-    loop {
-        let missing: u64 = clients.iter().map(|client| behind(client)).sum();
-        let now = Instant::now();
-        if missing != last_missing {
-            last_missing = missing;
-            last_progress = now;
-        }
-        if missing == 0 || now >= deadline || now - last_progress > STALL {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Messages of its region that `client` does not have yet, of `counts[region]` published.
+fn behind(client: &Client, counts: &[u64]) -> u64 {
+    counts
+        .get(client.region)
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(client.next_seq.load(Ordering::Relaxed))
+}
+
+/// The latest delivery to any client, wall clock.
+fn last_delivery_ns(clients: &[Arc<Client>]) -> u64 {
+    clients
+        .iter()
+        .map(|client| client.last_delivery_ns.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Sums the clients' deliveries against `counts`: what is missing now is lost, grouped by
+/// gateway and region; messages an earlier call reported lost that arrived since are counted
+/// apart. Takes the latencies recorded since the last call.
+fn deliveries(clients: &[Arc<Client>], counts: &[u64], regions: &[String]) -> Deliveries {
     let mut deliveries = Deliveries::default();
     for client in clients {
         let expected = counts.get(client.region).copied().unwrap_or(0);
+        let next_seq = client.next_seq.load(Ordering::Relaxed);
+        let (lost_from, lost_to) = (
+            client.lost_from.load(Ordering::Relaxed),
+            client.lost_to.load(Ordering::Relaxed),
+        );
+        deliveries.arrived_after_reported_lost += next_seq.min(lost_to).saturating_sub(lost_from);
         deliveries.clients += 1;
         deliveries.expected += expected;
-        deliveries.received += client.next_seq.load(Ordering::Relaxed).min(expected);
-        deliveries.missing += behind(client);
+        deliveries.received += next_seq.min(expected);
         deliveries.duplicates += client.duplicates.load(Ordering::Relaxed);
         deliveries.gaps += client.gaps.load(Ordering::Relaxed);
         deliveries.resyncs += client.resyncs.load(Ordering::Relaxed);
+        let lost = expected.saturating_sub(next_seq);
+        client.lost_from.store(next_seq, Ordering::Relaxed);
+        client.lost_to.store(next_seq + lost, Ordering::Relaxed);
+        if lost > 0 {
+            deliveries.lost += lost;
+            deliveries.add_lost(&LostGroup {
+                gateway: client.gateway.load(Ordering::Relaxed),
+                region: regions[client.region].clone(),
+                clients: 1,
+                connected: u64::from(client.connected.load(Ordering::Relaxed)),
+                messages: lost,
+                from_seq: next_seq,
+                from_seq_highest: next_seq,
+                to_seq: expected - 1,
+            });
+        }
     }
+    deliveries.last_delivery_ns = last_delivery_ns(clients);
     deliveries.latency_us = latency::buckets(&latency::take());
     deliveries
 }
 
-/// One client: connect to `target` with `since`, read, and on any end resume on the next
-/// target after a jittered pause; gives up after `--reconnect-attempts` failures in a row.
-async fn client_task(shared: Arc<Shared>, client: Arc<Client>, mut target: usize) {
+/// One client: connect to its first target with `since`, read, and on any end resume on the
+/// next target after a jittered pause; gives up after `--reconnect-attempts` failures in a
+/// row.
+async fn client_task(shared: Arc<Shared>, client: Arc<Client>) {
+    let mut target = client.gateway.load(Ordering::Relaxed);
     let region = &shared.regions[client.region];
     let mut since = shared.epochs[client.region];
     let mut failures_in_a_row = 0u32;
@@ -278,6 +322,7 @@ async fn client_task(shared: Arc<Shared>, client: Arc<Client>, mut target: usize
             }
         };
         failures_in_a_row = 0;
+        client.gateway.store(target, Ordering::Relaxed);
         client.connections.fetch_add(1, Ordering::Relaxed);
         client.connected.store(true, Ordering::Release);
         client.first_attempt_done.store(true, Ordering::Release);
@@ -328,7 +373,9 @@ fn on_frame(client: &Client, frame: &[u8], since: &mut StreamId) {
     if let Some(id) = id {
         *since = id;
     }
-    latency::record_ns(wall_ns().saturating_sub(sent_ns));
+    let now = wall_ns();
+    client.last_delivery_ns.store(now, Ordering::Relaxed);
+    latency::record_ns(now.saturating_sub(sent_ns));
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -362,7 +409,7 @@ mod tests {
     use super::*;
 
     fn client() -> Client {
-        Client::new(0)
+        Client::new(0, 0)
     }
 
     fn frame(seq: u64, id: &str) -> String {
@@ -370,6 +417,55 @@ mod tests {
         let mut message = crate::messages::notification(region, seq, wall_ns(), 1_764_290_000);
         message.id = Some(id.parse().unwrap());
         message.to_json()
+    }
+
+    #[test]
+    fn every_gateway_gets_every_region() {
+        let mut seen = std::collections::HashSet::new();
+        for global in 0..8 * 4 {
+            seen.insert(placement(global, 8, 4));
+        }
+        assert_eq!(seen.len(), 32);
+        assert_eq!(placement(9, 8, 4), (1, 1));
+        assert_eq!(placement(9, 8, 1), (1, 0));
+    }
+
+    #[test]
+    fn what_is_missing_is_lost_by_gateway_and_region_until_it_arrives() {
+        let regions = vec!["FI".to_owned(), "AE".to_owned()];
+        let clients: Vec<Arc<Client>> = [(0, 1), (0, 1), (1, 0)]
+            .into_iter()
+            .map(|(region, gateway)| Arc::new(Client::new(region, gateway)))
+            .collect();
+        clients[0].next_seq.store(10, Ordering::Relaxed);
+        clients[1].next_seq.store(7, Ordering::Relaxed);
+        clients[1].connected.store(true, Ordering::Relaxed);
+        clients[2].next_seq.store(5, Ordering::Relaxed);
+        let counts = [10, 5];
+        let first = deliveries(&clients, &counts, &regions);
+        assert_eq!((first.expected, first.received, first.lost), (25, 22, 3));
+        assert_eq!(
+            first.lost_detail,
+            [LostGroup {
+                gateway: 1,
+                region: "FI".into(),
+                clients: 1,
+                connected: 1,
+                messages: 3,
+                from_seq: 7,
+                from_seq_highest: 7,
+                to_seq: 9,
+            }]
+        );
+        assert_eq!(first.arrived_after_reported_lost, 0);
+        // Two of the three arrive late; the next report counts them apart.
+        clients[1].next_seq.store(9, Ordering::Relaxed);
+        let second = deliveries(&clients, &counts, &regions);
+        assert_eq!((second.lost, second.arrived_after_reported_lost), (1, 2));
+        clients[1].next_seq.store(10, Ordering::Relaxed);
+        let third = deliveries(&clients, &counts, &regions);
+        assert_eq!((third.lost, third.arrived_after_reported_lost), (0, 1));
+        assert!(third.lost_detail.is_empty());
     }
 
     #[test]

@@ -41,6 +41,15 @@ pub struct Status {
     pub reconnects: u64,
 }
 
+/// What the processes' clients still miss, summed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Progress {
+    /// Messages not received yet, over every client.
+    pub missing: u64,
+    /// The latest delivery to any client, wall clock ns.
+    pub last_delivery_ns: u64,
+}
+
 /// `--clients` split over `processes`: the first ones take one more when it does not divide.
 pub fn shares(clients: usize, processes: usize) -> Vec<usize> {
     (0..processes)
@@ -142,7 +151,30 @@ impl Workers {
         Ok(total)
     }
 
-    /// Tells every process what was published; returns their deliveries, summed.
+    /// Tells every process what was published; returns what their clients still miss.
+    pub async fn progress(&mut self, counts: &[u64], deadline: Instant) -> Result<Progress> {
+        self.send(&Command::Progress {
+            counts: counts.to_vec(),
+        })
+        .await?;
+        let mut total = Progress::default();
+        for index in 0..self.workers.len() {
+            match self.read(index, deadline).await? {
+                Event::Progress {
+                    missing,
+                    last_delivery_ns,
+                } => {
+                    total.missing += missing;
+                    total.last_delivery_ns = total.last_delivery_ns.max(last_delivery_ns);
+                }
+                other => bail!("client process {index}: expected `progress`, got {other:?}"),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Tells every process what was published; returns their deliveries, summed (what is
+    /// missing now counts as lost: call it when the phase's wait is over).
     pub async fn expect(&mut self, counts: &[u64], deadline: Instant) -> Result<Deliveries> {
         self.send(&Command::Expect {
             counts: counts.to_vec(),
