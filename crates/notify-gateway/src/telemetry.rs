@@ -319,13 +319,15 @@ impl ConnectionMetrics {
                 (*region, gauge)
             })
             .collect();
+        let multi_region = metrics::counter!("notify_multi_region_connections_total");
+        multi_region.absolute(0);
         ConnectionMetrics {
             dropped: metrics::counter!("notify_messages_dropped_total"),
             fanout_latency: metrics::histogram!("notify_fanout_latency_seconds"),
             websocket: TransportMetrics::new(Transport::WebSocket),
             sse: TransportMetrics::new(Transport::Sse),
             connections,
-            multi_region: metrics::counter!("notify_multi_region_connections_total"),
+            multi_region,
         }
     }
 
