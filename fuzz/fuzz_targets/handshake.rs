@@ -47,7 +47,7 @@ fuzz_target!(|raw: RawRequest<'_>| {
     let (mut parts, ()) = request.into_parts();
     let upgrade = runtime().block_on(WebSocketUpgrade::from_request_parts(&mut parts, &()));
     let _serves_page = upgrade.is_err() && !parts.headers.contains_key(header::UPGRADE);
-    if let Ok(query) = ResumeQuery::parse(parts.uri.query()) {
-        assert_eq!(ResumeQuery::parse(Some(&query.to_query())), Ok(query));
+    if let Ok(query) = ResumeQuery::parse(parts.uri.query(), 8) {
+        assert_eq!(ResumeQuery::parse(Some(&query.to_query()), 8), Ok(query));
     }
 });

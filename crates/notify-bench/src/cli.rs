@@ -144,6 +144,11 @@ pub struct Args {
     #[arg(long, env = "NOTIFY_BENCH_CHANNEL_PREFIX", default_value = "tvs:")]
     pub channel_prefix: String,
 
+    /// `idle`: regions each client asks for on its one connection (`?region=AE,FI,CZ`): its
+    /// own round-robin region and the next ones in `--regions`; at most `--regions`' count.
+    #[arg(long, env = "NOTIFY_BENCH_REGIONS_PER_CLIENT", default_value_t = 1)]
+    pub regions_per_client: usize,
+
     /// WebSocket clients to open (at most 19,900).
     #[arg(long, env = "NOTIFY_BENCH_CLIENTS", default_value_t = 1000)]
     pub clients: usize,
@@ -362,6 +367,15 @@ impl Args {
     pub fn validate(&self) -> Result<()> {
         if self.regions.is_empty() {
             bail!("--regions: at least one region is needed");
+        }
+        if self.regions_per_client == 0 || self.regions_per_client > self.regions.len() {
+            bail!(
+                "--regions-per-client must be 1..={} (the --regions given)",
+                self.regions.len()
+            );
+        }
+        if self.regions_per_client > 1 && self.scenario != Scenario::Idle {
+            bail!("--regions-per-client above 1 is for the idle scenario only");
         }
         let max_clients = if self.scenario == Scenario::Scale {
             MAX_SCALE_CLIENTS

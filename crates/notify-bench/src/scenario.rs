@@ -178,13 +178,18 @@ impl Bench {
         }
     }
 
-    /// Opens `count` clients (client `first + i` gets region `(first + i) % regions`).
+    /// Opens `count` clients (client `first + i` gets region `(first + i) % regions`, and with
+    /// `--regions-per-client` the regions after it too, on the same connection).
     async fn connect(&self, first: usize, count: usize) -> Connected {
         let started = Instant::now();
         let mut set = JoinSet::new();
+        let regions = &self.args.regions;
         for index in first..first + count {
-            let region = index % self.args.regions.len();
-            let name = self.args.regions[region].as_str().to_owned();
+            let region = index % regions.len();
+            let name = (0..self.args.regions_per_client)
+                .map(|next| regions[(region + next) % regions.len()].as_str())
+                .collect::<Vec<_>>()
+                .join(",");
             let connector = self.connector.clone();
             let log = self.log.clone();
             let transport = self.args.transport;

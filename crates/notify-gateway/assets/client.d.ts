@@ -57,8 +57,9 @@ export interface StateDetail {
 }
 
 export interface TrendingNotifierOptions {
-  /** Default `"US"`; case-insensitive. */
-  region?: string;
+  /** Default `"US"`; case-insensitive. Several regions on one connection: an array
+   * (`["AE", "FI"]`) or a comma string (`"AE,FI"`). */
+  region?: string | readonly string[];
   /** WebSocket base URL, e.g. `"wss://ws.example.com/"`. Default: the page's host. */
   url?: string | URL;
   /** Host (and port) instead of the page's, keeping the scheme rule. */
@@ -77,8 +78,9 @@ export interface TrendingNotifierOptions {
   backoffMs?: number;
   /** Reconnect delay cap in ms (default 30000). */
   maxBackoffMs?: number;
-  /** Last id already seen; resume after it on the first connection. */
-  since?: StreamId;
+  /** Last id already seen; resume after it on the first connection. With several regions,
+   * one id per region: `"AE:<id>,FI:<id>"` or `{ AE: "<id>", FI: "<id>" }`. */
+  since?: StreamId | string | Readonly<Record<string, StreamId>>;
   /** Default `"auto"`: WebSocket, falling back to Server-Sent Events when upgrades fail. */
   transport?: TransportOption;
   /** WebSocket failures before opening that switch `"auto"` to SSE (default 2). */
@@ -106,17 +108,23 @@ export class TrendingNotifier {
   static requestNoticePermission(): Promise<NotificationPermission>;
   readonly options: TrendingNotifierOptions;
   readonly state: ConnectionState;
-  readonly region: RegionCode;
-  /** The id of the last notification shown (or a `resync`'s `latest`). */
+  /** The region, or the regions comma-separated (`"AE,FI"`). */
+  readonly region: string;
+  /** The regions, in the order asked. */
+  readonly regions: readonly RegionCode[];
+  /** The id of the last notification shown (or a `resync`'s `latest`), of any region. */
   readonly lastId: StreamId | null;
+  /** Per region, the id of its last notification shown (or its `resync`'s `latest`). */
+  readonly lastIds: Readonly<Record<RegionCode, StreamId>>;
   /** The transport in use (or next). */
   readonly transport: Transport;
   /** The URL of the current or next connection. */
   readonly url: string;
   /** Opens the connection (again) after `close()` or with `autoConnect: false`. */
   connect(): void;
-  /** Switches region: reconnects at once and forgets the previous region's last id. */
-  setRegion(region: string): void;
+  /** Switches region (one, or several): reconnects at once and forgets the previous regions'
+   * last ids. */
+  setRegion(region: string | readonly string[]): void;
   /** Shows one notification as a toast and returns its element. */
   showToast(notification: TrendingNotification): HTMLElement;
   /** Stops for good: no reconnects. */
@@ -130,6 +138,20 @@ export const TRANSPORTS: readonly TransportOption[];
 export function rtlLanguage(region: string): string | null;
 /** Uppercases a region code; throws `TypeError` on anything but two ASCII letters. */
 export function normalizeRegion(region: string): RegionCode;
+/** Distinct uppercased codes of one region or several (an array, or a comma string). */
+export function normalizeRegions(regions: string | readonly string[]): RegionCode[];
+/** Region → id of a resume position (a bare id for one region, `"AE:<id>,FI:<id>"`, or an
+ * object), for the regions asked. */
+export function parsePositions(
+  since: StreamId | string | Readonly<Record<string, StreamId>> | null | undefined,
+  regions: readonly RegionCode[],
+): Record<RegionCode, StreamId>;
+/** The `since` sent: the bare id for one region, `"AE:<id>,FI:<id>"` for several; null when
+ * none is known. */
+export function sinceParam(
+  regions: readonly RegionCode[],
+  lastIds: Readonly<Record<RegionCode, StreamId>>,
+): string | null;
 export function safeImageUrl(value: unknown): string | null;
 export function backoffDelay(attempt: number, baseMs?: number, capMs?: number, random?: () => number): number;
 /** The Server-Sent Events URL beside a WebSocket base URL. */

@@ -12,9 +12,12 @@
  *     onState: (state) => console.log(state), // connecting | open | reconnecting | closed
  *   });
  *   // later: notifier.setRegion('FI'); notifier.close();
+ *   // several regions on one connection: new TrendingNotifier({ region: ['AE', 'FI'] })
  *
  * Constructor options (all optional):
- *   region         ISO 3166-1 alpha-2 code, case-insensitive. Default "US".
+ *   region         ISO 3166-1 alpha-2 code, case-insensitive. Default "US". Several regions
+ *                  on one connection: an array (["AE", "FI"]) or a comma string ("AE,FI");
+ *                  the gateway allows up to --max-regions-per-connection (default 8).
  *   url            WebSocket base URL, e.g. "wss://ws.example.com/". Default: the page's own
  *                  host, `wss:` when the page is https and `ws:` otherwise.
  *   host           Host (and port) to use instead of the page's, keeping the scheme rule.
@@ -27,6 +30,8 @@
  *   backoffMs      First reconnect delay in ms (default 500), doubling per failed attempt...
  *   maxBackoffMs   ...up to this cap (default 30000). Each delay is jittered to 50–100 %.
  *   since          Last message id already seen; sent as `&since=` on the first connection.
+ *                  With several regions, one id per region: "AE:<id>,FI:<id>" or
+ *                  { AE: "<id>", FI: "<id>" }; a region without one starts live.
  *   transport      "auto" (default): WebSocket first, and after `sseAfterFailures` attempts
  *                  in a row that fail before opening (what a proxy that strips `Upgrade`
  *                  looks like) Server-Sent Events (`GET /events`) for the notifier's life;
@@ -47,8 +52,12 @@
  *   WebSocket      WebSocket constructor to use (default globalThis.WebSocket).
  *   EventSource    EventSource constructor to use (default globalThis.EventSource).
  *
- * Properties: `state`, `region`, `lastId`, `transport` ("websocket" or "sse": the one in use),
- * `url` (the URL of the current or next connection).
+ * Properties: `state`, `region` (the code, or the codes comma-separated), `regions` (array),
+ * `lastId` (the last id of any region), `lastIds` (region → its last id), `transport`
+ * ("websocket" or "sse": the one in use), `url` (the URL of the current or next connection).
+ * With several regions the client resumes each after its own last id (`since=AE:<id>,FI:<id>`
+ * on WebSocket and on a new EventSource; the browser's `Last-Event-ID` carries the same form
+ * when an EventSource reconnects by itself).
  * Methods: `connect()` (called by the constructor unless `autoConnect: false`),
  * `TrendingNotifier.requestNoticePermission()` (static; from a user gesture),
  * `setRegion(region)`, `showToast(notification)`, `close()` (stops for good: no reconnects).
@@ -87,6 +96,51 @@ export function normalizeRegion(region) {
     throw new TypeError(`region ${JSON.stringify(region)} is not a two-letter ISO 3166-1 code`);
   }
   return code;
+}
+
+/** Normalises one region or several (an array, or a comma string) to distinct codes, in order;
+ * throws on a malformed code or an empty list. */
+export function normalizeRegions(regions) {
+  const list = Array.isArray(regions) ? regions : String(regions ?? '').split(',');
+  const codes = [];
+  for (const region of list) {
+    const code = normalizeRegion(region);
+    if (!codes.includes(code)) codes.push(code);
+  }
+  if (codes.length === 0) throw new TypeError('region: at least one region is needed');
+  return codes;
+}
+
+/** Parses a resume position for `regions`: a bare id (one region), "AE:<id>,FI:<id>", or an
+ * object of region → id. Returns region → id for the regions asked; others are ignored. */
+export function parsePositions(since, regions) {
+  const ids = {};
+  if (since && typeof since === 'object') {
+    for (const [region, id] of Object.entries(since)) {
+      const code = String(region).toUpperCase();
+      if (regions.includes(code) && typeof id === 'string' && id !== '') ids[code] = id;
+    }
+    return ids;
+  }
+  if (typeof since !== 'string' || since === '') return ids;
+  if (!since.includes(':')) {
+    if (regions.length === 1) ids[regions[0]] = since;
+    return ids;
+  }
+  for (const entry of since.split(',')) {
+    const [region, id] = entry.split(':');
+    const code = String(region || '').toUpperCase();
+    if (regions.includes(code) && id) ids[code] = id;
+  }
+  return ids;
+}
+
+/** The `since` to send: the bare id for one region (as every earlier client sent it), else
+ * "AE:<id>,FI:<id>" for the regions with an id; null when there is none. */
+export function sinceParam(regions, lastIds) {
+  if (regions.length === 1) return lastIds[regions[0]] || null;
+  const entries = regions.filter((region) => lastIds[region]).map((region) => `${region}:${lastIds[region]}`);
+  return entries.length > 0 ? entries.join(',') : null;
 }
 
 /** The thumbnail URL when it is an absolute http(s) URL, else null. */
@@ -250,9 +304,11 @@ export class TrendingNotifier {
   /** @param {object} [options] see the module header */
   constructor(options = {}) {
     this.options = { ...options };
-    this.region = normalizeRegion(options.region ?? 'US');
+    this.regions = normalizeRegions(options.region ?? 'US');
+    this.region = this.regions.join(',');
     this.baseUrl = defaultBaseUrl(options);
-    this.lastId = typeof options.since === 'string' && options.since !== '' ? options.since : null;
+    this.lastIds = parsePositions(options.since, this.regions);
+    this.lastId = this.regions.map((region) => this.lastIds[region]).find(Boolean) || null;
     this.state = 'closed';
     this.maxToasts = Math.max(1, options.maxToasts ?? 4);
     this.toastMs = options.toastMs ?? 5000;
@@ -291,11 +347,13 @@ export class TrendingNotifier {
     if (options.autoConnect !== false) this.connect();
   }
 
-  /** The URL the current (or next) connection uses, with `region` and, once known, `since`. */
+  /** The URL the current (or next) connection uses, with `region` and, once known, `since`
+   * (one id per region with several). */
   get url() {
     const url = this.transport === 'sse' ? eventsUrl(this.baseUrl) : new URL(this.baseUrl);
     url.searchParams.set('region', this.region);
-    if (this.lastId) url.searchParams.set('since', this.lastId);
+    const since = sinceParam(this.regions, this.lastIds);
+    if (since) url.searchParams.set('since', since);
     return url.href;
   }
 
@@ -308,12 +366,15 @@ export class TrendingNotifier {
     this._open();
   }
 
-  /** Switches region: reconnects at once and forgets the previous region's last id. */
+  /** Switches region (one, or several as an array or comma string): reconnects at once and
+   * forgets the previous regions' last ids. */
   setRegion(region) {
-    const next = normalizeRegion(region);
-    if (next === this.region) return;
-    this.region = next;
+    const next = normalizeRegions(region);
+    if (next.join(',') === this.region) return;
+    this.regions = next;
+    this.region = next.join(',');
     this.lastId = null;
+    this.lastIds = {};
     this._recentIds = [];
     if (this._stopped) return;
     this._teardownSocket();
@@ -482,17 +543,23 @@ export class TrendingNotifier {
     if (message.event === 'new_trending') {
       const id = typeof message.id === 'string' && message.id !== '' ? message.id : null;
       if (id) {
-        // A resumed connection may replay what was already shown; show each id once.
-        if (this._recentIds.includes(id)) return;
-        this._recentIds.push(id);
+        // A resumed connection may replay what was already shown; show each id once. Ids are
+        // per region (each region has its own history), so the region is part of the key.
+        const key = `${message.region}:${id}`;
+        if (this._recentIds.includes(key)) return;
+        this._recentIds.push(key);
         if (this._recentIds.length > RECENT_IDS) this._recentIds.shift();
         this.lastId = id;
+        if (this.regions.includes(message.region)) this.lastIds[message.region] = id;
       }
       this._call('onNotification', message);
       if (this._showNotice(message)) return;
       if (this.options.toasts !== false && typeof document !== 'undefined') this.showToast(message);
     } else if (message.event === 'resync') {
-      if (typeof message.latest === 'string' && message.latest !== '') this.lastId = message.latest;
+      if (typeof message.latest === 'string' && message.latest !== '') {
+        this.lastId = message.latest;
+        if (this.regions.includes(message.region)) this.lastIds[message.region] = message.latest;
+      }
       this._call('onResync', message);
     }
     // Other events are for newer clients; ignore them.

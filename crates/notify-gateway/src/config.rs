@@ -134,6 +134,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_MAX_CONNECTIONS", default_value_t = 1_000_000, value_parser = count_within::<1, 10_000_000>)]
     pub max_connections: usize,
 
+    /// Most regions one connection may ask for (`?region=AE,FI`); a connection to several
+    /// regions still takes one connection slot.
+    #[arg(long, env = "NOTIFY_MAX_REGIONS_PER_CONNECTION", default_value_t = 8, value_parser = count_within::<1, 1024>)]
+    pub max_regions_per_connection: usize,
+
     /// Messages kept per region for `?since=` resume: the length each Redis stream is trimmed
     /// to (approximately) on API publishes, and the size of the embedded broker's history.
     #[arg(long, env = "NOTIFY_HISTORY_RETENTION", default_value_t = 10_000, value_parser = count_within::<1, 10_000_000>)]

@@ -13,6 +13,8 @@
 //! - [`exit`]: exit codes.
 //! - [`server`]: shared state, HTTP routes, the accept loop, shutdown and drain.
 //! - [`handshake`]: what a WebSocket request's query asks for (`region`, `since`).
+//! - [`positions`]: a resume position per region (`AE:<id>,FI:<id>`), for several regions.
+//! - [`feed`]: what one connection receives: its regions' subscriptions and resumes.
 //! - [`socket`]: one WebSocket connection: batching writes, pings, close codes.
 //! - [`sse`]: Server-Sent Events at `GET /events`: the encoding and one stream's task.
 //! - [`subscriber`]: the admission every client passes, whatever its transport.
@@ -43,11 +45,13 @@ pub mod config;
 pub mod config_file;
 pub mod effective_config;
 pub mod exit;
+pub mod feed;
 pub mod handshake;
 pub mod hangup;
 pub mod headers;
 pub mod listen_address;
 pub mod ops;
+pub mod positions;
 pub mod proxy_protocol;
 pub mod publish_access;
 pub mod replay_budget;

@@ -5,6 +5,9 @@
 //! this code; the transports differ only in how a page of frames is written
 //! ([`ReplaySink`]) and how an ending is told to the client (a close code, or a last event).
 //!
+//! A connection to several regions runs one replay per region, one after the other
+//! ([`crate::feed::Feed::replay`]), each with its own seam and its own `resync`.
+//!
 //! The subscription is taken before the replay starts, so nothing published meanwhile is
 //! missed; live messages at or below the last id the replay sent are skipped
 //! ([`already_sent`]), so nothing is sent twice — until a `resync` that starts a new history
@@ -42,10 +45,11 @@ pub trait ReplaySink {
     /// client).
     type Error;
 
-    /// Writes one page of history, oldest first, each message with its id; the whole page is
-    /// written within the write timeout or the client is cut.
+    /// Writes one page of `region`'s history, oldest first, each message with its id; the
+    /// whole page is written within the write timeout or the client is cut.
     fn send_page(
         &mut self,
+        region: Region,
         entries: Vec<(StreamId, Utf8Bytes)>,
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
 
@@ -105,7 +109,9 @@ pub async fn replay<S: ReplaySink + Send>(
         };
         match step {
             ReplayStep::Page(entries) => {
-                sink.send_page(entries).await.map_err(ReplayFailure::Sink)?;
+                sink.send_page(region, entries)
+                    .await
+                    .map_err(ReplayFailure::Sink)?;
             }
             ReplayStep::Done => {
                 return Ok(Some(Seam {

@@ -86,6 +86,8 @@ pub struct Settings {
     pub ws_max_write_buffer_bytes: usize,
     /// Longest wait of a resume for a replay turn before 1013.
     pub replay_wait: Duration,
+    /// Most regions one connection may ask for (`--max-regions-per-connection`).
+    pub max_regions_per_connection: usize,
 }
 
 /// State shared by every route and connection.
@@ -244,6 +246,7 @@ pub async fn run_on(
             ws_write_buffer_bytes: config.ws_write_buffer_bytes,
             ws_max_write_buffer_bytes: config.ws_max_write_buffer_bytes(),
             replay_wait: config.replay_wait,
+            max_regions_per_connection: config.max_regions_per_connection,
         },
         replays: ReplayBudget::new(config.max_concurrent_replays),
         replay_refusal_log: RateLimitedLog::default(),
@@ -689,7 +692,7 @@ async fn root(
         }
     };
     let app = &state.app;
-    let query = ResumeQuery::parse(query.as_deref());
+    let query = ResumeQuery::parse(query.as_deref(), app.settings.max_regions_per_connection);
     let subscriber = match admit_subscriber(app, Transport::WebSocket, peer, &headers, query) {
         Ok(subscriber) => subscriber,
         Err(refusal) => return refusal.into_response(),

@@ -1,5 +1,6 @@
-//! One WebSocket connection: moves frames from the client's [`Subscription`] to its socket,
-//! pings it, and ends it with a close frame that says why.
+//! One WebSocket connection: moves frames from the client's [`Feed`] (one region's
+//! subscription, or several regions') to its socket, pings it, and ends it with a close frame
+//! that says why.
 //!
 //! The task owns the socket alone (no split, no second task, no per-client channel): it waits
 //! for whichever comes first — a queued message, a client frame, the end of a slow flush, the
@@ -12,7 +13,8 @@
 //! A client that connects with `?since=<id>` first gets every retained message after that id,
 //! in order, then live ones, or a `resync` ([`crate::resume`], shared with SSE). A resume
 //! refused for want of a replay turn, or while the history cannot be read, is closed with
-//! 1013; shutdown interrupts a replay with 1001.
+//! 1013; shutdown interrupts a replay with 1001. A connection to several regions resumes each
+//! after its own id (`since=AE:<id>,FI:<id>`), one region after the other.
 //!
 //! Endings and their close codes:
 //! - fell behind the queue limit → 1008 (policy violation), `slow consumer: …`, counted;
@@ -34,11 +36,12 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{Sink, SinkExt, Stream};
-use notify_core::{Envelope, Subscription, SubscriptionError};
+use notify_core::SubscriptionError;
 use notify_proto::{Region, StreamId};
 use tokio_tungstenite::tungstenite;
 
-use crate::resume::{self, already_sent, ReplayFailure, ReplaySink, Seam};
+use crate::feed::{Delivery, Feed};
+use crate::resume::{ReplayFailure, ReplaySink};
 use crate::server::App;
 use crate::subscriber::Subscriber;
 use crate::telemetry::Transport;
@@ -86,19 +89,16 @@ pub async fn serve(mut socket: WebSocket, connection: Connection) {
     let Connection {
         subscriber:
             Subscriber {
-                region,
-                since,
-                mut subscription,
+                mut feed,
                 slot,
                 admitted,
             },
         app,
     } = connection;
-    let open = app.metrics.open(region, Transport::WebSocket);
+    let open = app.metrics.open(feed.regions(), Transport::WebSocket);
     // One `pump` call site: the task's future holds one pump state, not one per branch.
-    let mut seam = None;
     let ending = 'connection: {
-        if let Some(since) = since {
+        if feed.resumes() {
             // Boxed: reading history (possibly from Redis) takes a large future, and inline
             // it would make every connection's task that large for its whole life. Shutdown
             // interrupts it: a long replay to a client that does not read must not hold the
@@ -106,49 +106,50 @@ pub async fn serve(mut socket: WebSocket, connection: Connection) {
             let replayed = tokio::select! {
                 biased;
                 () = app.closing.cancelled() => Err(going_away()),
-                replayed = Box::pin(replay(&mut socket, region, since, &app)) => replayed,
+                replayed = Box::pin(replay(&mut socket, &mut feed, &app)) => replayed,
             };
-            match replayed {
-                Ok(handover) => seam = handover,
-                Err(ending) => break 'connection ending,
+            if let Err(ending) = replayed {
+                break 'connection ending;
             }
         }
-        pump(&mut socket, &mut subscription, &mut seam, &app).await
+        pump(&mut socket, &mut feed, &app).await
     };
     drop(open);
     match ending {
-        Ending::ClientGone => tracing::debug!(%region, "connection ended by the client"),
+        Ending::ClientGone => tracing::debug!(region = %feed, "connection ended by the client"),
         Ending::ClientClosed => {
-            tracing::debug!(%region, "client sent a close frame");
+            tracing::debug!(region = %feed, "client sent a close frame");
             // tungstenite queued the echo of the client's close frame; send it.
-            finish_close(region, socket.flush()).await;
+            let sent = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
+            log_close(&feed, sent);
         }
-        Ending::Failed(error) => tracing::debug!(%region, %error, "connection failed"),
+        Ending::Failed(error) => tracing::debug!(region = %feed, %error, "connection failed"),
         Ending::Close(code, reason) => {
-            tracing::debug!(%region, code, %reason, "closing connection");
+            tracing::debug!(region = %feed, code, %reason, "closing connection");
             let frame = CloseFrame {
                 code,
                 reason: reason.into(),
             };
-            finish_close(region, socket.send(Message::Close(Some(frame)))).await;
+            let close = socket.send(Message::Close(Some(frame)));
+            let sent = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+            log_close(&feed, sent);
         }
-        Ending::Drop(reason) => tracing::debug!(%region, reason, "dropping connection"),
+        Ending::Drop(reason) => tracing::debug!(region = %feed, reason, "dropping connection"),
     }
     drop(slot);
     drop(admitted);
 }
 
-/// Sends the last frame of a connection within [`CLOSE_TIMEOUT`]; a client that does not take
-/// it in time, or whose socket fails, is dropped anyway (and the reason logged).
-async fn finish_close(
-    region: Region,
-    send: impl std::future::Future<Output = Result<(), axum::Error>>,
-) {
-    match tokio::time::timeout(CLOSE_TIMEOUT, send).await {
+/// Logs how sending the last frame of a connection within [`CLOSE_TIMEOUT`] went; a client
+/// that did not take it in time, or whose socket failed, is dropped anyway. (The send is
+/// awaited by the caller: a future holding the feed as well would make every connection's
+/// task larger.)
+fn log_close(feed: &Feed, sent: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>) {
+    match sent {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::debug!(%region, %error, "close frame not sent"),
+        Ok(Err(error)) => tracing::debug!(region = %feed, %error, "close frame not sent"),
         Err(_) => {
-            tracing::debug!(%region, timeout = ?CLOSE_TIMEOUT, "close frame not taken in time")
+            tracing::debug!(region = %feed, timeout = ?CLOSE_TIMEOUT, "close frame not taken in time")
         }
     }
 }
@@ -166,7 +167,11 @@ struct WebSocketReplay<'a> {
 impl ReplaySink for WebSocketReplay<'_> {
     type Error = Ending;
 
-    async fn send_page(&mut self, entries: Vec<(StreamId, Utf8Bytes)>) -> Result<(), Ending> {
+    async fn send_page(
+        &mut self,
+        _region: Region,
+        entries: Vec<(StreamId, Utf8Bytes)>,
+    ) -> Result<(), Ending> {
         send_frames(
             self.socket,
             entries.into_iter().map(|(_, frame)| frame),
@@ -180,16 +185,11 @@ impl ReplaySink for WebSocketReplay<'_> {
     }
 }
 
-/// Replays what the client missed after `since` ([`resume::replay`]); a refused or failed
-/// replay ends the connection with 1013, which asks the client to retry with backoff.
-async fn replay(
-    socket: &mut WebSocket,
-    region: Region,
-    since: StreamId,
-    app: &App,
-) -> Result<Option<Seam>, Ending> {
+/// Replays what the client missed after each region's `since` ([`Feed::replay`]); a refused
+/// or failed replay ends the connection with 1013, which asks the client to retry with backoff.
+async fn replay(socket: &mut WebSocket, feed: &mut Feed, app: &App) -> Result<(), Ending> {
     let mut sink = WebSocketReplay { socket, app };
-    resume::replay(&mut sink, region, since, app)
+    feed.replay(&mut sink, app)
         .await
         .map_err(|failure| match failure {
             ReplayFailure::Refused(refusal) => {
@@ -345,12 +345,7 @@ fn write_error_ending(error: axum::Error, app: &App) -> Ending {
 /// still handled meanwhile, and no new messages are taken until it finishes: a client that
 /// stays behind lags out of the ring (1008), and one whose flush outlasts the write timeout is
 /// dropped.
-async fn pump(
-    socket: &mut WebSocket,
-    subscription: &mut Subscription<Utf8Bytes>,
-    seam: &mut Option<Seam>,
-    app: &App,
-) -> Ending {
+async fn pump(socket: &mut WebSocket, feed: &mut Feed, app: &App) -> Ending {
     let settings = &app.settings;
     let start = tokio::time::Instant::now() + settings.ping_interval;
     let mut ping = tokio::time::interval_at(start, settings.ping_interval);
@@ -384,9 +379,10 @@ async fn pump(
                 app.metrics.websocket.slow_disconnects.increment(1);
                 return Ending::Drop("write timed out");
             }
-            delivery = subscription.recv(), if !flushing => match delivery {
-                Ok(first) => {
-                    let queued = queue_batch(socket, subscription, first, seam, &mut outbox, app)
+            delivery = feed.recv(), if !flushing => match delivery {
+                Ok(received) => {
+                    let first = feed.accept(received);
+                    let queued = queue_batch(socket, feed, first, &mut outbox, app)
                         .and_then(|lagged| {
                             outbox.flush_now(socket, app)?;
                             lagged.map_or(Ok(()), |error| Err(subscription_ending(error, app)))
@@ -418,25 +414,27 @@ async fn pump(
 /// the queued frames are flushed.
 fn queue_batch(
     socket: &mut WebSocket,
-    subscription: &mut Subscription<Utf8Bytes>,
-    first: Envelope<Utf8Bytes>,
-    seam: &mut Option<Seam>,
+    feed: &mut Feed,
+    first: Delivery,
     outbox: &mut Outbox,
     app: &App,
 ) -> Result<Option<SubscriptionError>, Ending> {
     let mut next = Some(first);
     let mut taken = 0;
-    while let Some(envelope) = next.take() {
+    while let Some(Delivery {
+        envelope, replayed, ..
+    }) = next.take()
+    {
         taken += 1;
-        if !(seam.is_some() && already_sent(&envelope, seam)) {
+        if !replayed {
             queue(socket, Message::Text(envelope.frame), app)?;
             outbox.queued(envelope.received_at);
         }
         if taken == MAX_BATCH || !ready_to_queue(socket)? {
             break;
         }
-        match subscription.try_recv() {
-            Ok(envelope) => next = envelope,
+        match feed.try_recv() {
+            Ok(delivery) => next = delivery,
             Err(error) => return Ok(Some(error)),
         }
     }
@@ -474,7 +472,7 @@ pub(crate) mod tests {
     }
 
     /// An idle connection's memory is mostly its task, and the task is mostly this future: it
-    /// holds the live loop, not the rarely used replay (boxed): 1,368 B in a test build and in
+    /// holds the live loop, not the rarely used replay (boxed): 1,392 B in a test build and in
     /// a release build.
     #[test]
     fn the_connection_future_stays_small() {

@@ -1,23 +1,24 @@
 //! What a client passes before it is served, whatever its transport (WebSocket or SSE): the
 //! admission checks (origin, per-address rate and connections), its `region`/`since`, the
-//! region's subscription, the gateway not draining, and a connection slot.
+//! subscription of each region it asks for, the gateway not draining, and a connection slot
+//! (one, however many regions).
 //!
 //! Both transports call [`admit_subscriber`], so a refusal has the same status, one-line
 //! reason and `notify_handshakes_rejected_total{reason}` count on either: 403 origin, 429 rate
-//! or per address, 400 bad query or region not served, 503 draining or at capacity.
+//! or per address, 400 bad query, region not served, a region asked twice or too many regions,
+//! 503 draining or at capacity.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use notify_core::Subscription;
-use notify_proto::{Region, StreamId};
+use notify_proto::Region;
 
 use crate::admission::{Admitted, Refusal};
 use crate::capacity::ConnectionSlot;
+use crate::feed::{Feed, RegionFeed};
 use crate::handshake::{QueryError, ResumeQuery};
 use crate::server::{plain, App};
 use crate::telemetry::Transport;
@@ -25,12 +26,9 @@ use crate::telemetry::Transport;
 /// A client let in: what it receives and what it holds while connected.
 #[derive(Debug)]
 pub struct Subscriber {
-    /// The region it receives.
-    pub region: Region,
-    /// Resume after this id, when the client asked to.
-    pub since: Option<StreamId>,
-    /// Its window into the region's ring, taken before any replay so nothing is missed.
-    pub subscription: Subscription<Utf8Bytes>,
+    /// Its regions: their subscriptions, taken before any replay so nothing is missed, and
+    /// where each resumes.
+    pub feed: Feed,
     /// Held for the connection's life; frees a capacity slot on drop.
     pub slot: ConnectionSlot,
     /// Held for the connection's life; gives its address's connection count back on drop.
@@ -87,7 +85,7 @@ pub fn admit_subscriber(
         metrics::counter!("notify_handshakes_rejected_total", "reason" => reason).increment(1);
         NotAdmitted::Request { status, text }
     };
-    let ResumeQuery { region, since } = match query {
+    let ResumeQuery { regions } = match query {
         Ok(query) => query,
         Err(error) => {
             return Err(reject(
@@ -97,14 +95,18 @@ pub fn admit_subscriber(
             ))
         }
     };
-    let subscription = match app.hub.subscribe(region) {
-        Ok(subscription) => subscription,
-        Err(error) => {
-            let served: Vec<String> = app.hub.regions().iter().map(Region::to_string).collect();
-            let text = format!("{error} (served: {})", served.join(","));
-            return Err(reject("region_not_served", StatusCode::BAD_REQUEST, text));
+    let mut feeds = Vec::with_capacity(regions.len());
+    for (region, since) in regions {
+        match app.hub.subscribe(region) {
+            Ok(subscription) => feeds.push(RegionFeed::new(region, since, subscription)),
+            Err(error) => {
+                let served: Vec<String> = app.hub.regions().iter().map(Region::to_string).collect();
+                let text = format!("{error} (served: {})", served.join(","));
+                return Err(reject("region_not_served", StatusCode::BAD_REQUEST, text));
+            }
         }
-    };
+    }
+    let feed = Feed::new(feeds);
     if app.draining.load(Ordering::Acquire) {
         return Err(reject(
             "draining",
@@ -119,11 +121,9 @@ pub fn admit_subscriber(
         );
         return Err(reject("capacity", StatusCode::SERVICE_UNAVAILABLE, text));
     };
-    tracing::debug!(%region, %client, %peer, since = ?since, transport = transport.as_str(), "connection opened");
+    tracing::debug!(region = %feed, %client, %peer, since = %feed.positions(), transport = transport.as_str(), "connection opened");
     Ok(Subscriber {
-        region,
-        since,
-        subscription,
+        feed,
         slot,
         admitted,
     })

@@ -134,7 +134,11 @@ fn describe() {
     );
     describe_gauge!(
         "notify_connections",
-        "Open client connections (WebSocket and SSE), by region."
+        "Open client connections (WebSocket and SSE), by region; a connection to several regions counts in each of its regions."
+    );
+    describe_counter!(
+        "notify_multi_region_connections_total",
+        "Client connections opened to more than one region at once (?region=AE,FI)."
     );
     describe_gauge!(
         "notify_connections_by_transport",
@@ -273,20 +277,31 @@ pub struct ConnectionMetrics {
     /// SSE streams' counters.
     pub sse: TransportMetrics,
     connections: HashMap<Region, Gauge>,
+    /// `notify_multi_region_connections_total`.
+    multi_region: Counter,
 }
 
-/// One open connection, counted in `notify_connections{region}` and
+/// One open connection, counted in `notify_connections{region}` (each of its regions) and
 /// `notify_connections_by_transport{transport}` until dropped.
 #[derive(Debug)]
 pub struct OpenConnection {
-    region: Option<Gauge>,
+    regions: CountedRegions,
     transport: Gauge,
+}
+
+/// The region gauges an open connection counts in: one inline (nearly every connection), or
+/// several.
+#[derive(Debug)]
+enum CountedRegions {
+    One(Gauge),
+    Many(Box<[Gauge]>),
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        if let Some(region) = &self.region {
-            region.decrement(1.0);
+        match &self.regions {
+            CountedRegions::One(gauge) => gauge.decrement(1.0),
+            CountedRegions::Many(gauges) => gauges.iter().for_each(|g| g.decrement(1.0)),
         }
         self.transport.decrement(1.0);
     }
@@ -305,12 +320,15 @@ impl ConnectionMetrics {
                 (*region, gauge)
             })
             .collect();
+        let multi_region = metrics::counter!("notify_multi_region_connections_total");
+        multi_region.absolute(0);
         ConnectionMetrics {
             dropped: metrics::counter!("notify_messages_dropped_total"),
             fanout_latency: metrics::histogram!("notify_fanout_latency_seconds"),
             websocket: TransportMetrics::new(Transport::WebSocket),
             sse: TransportMetrics::new(Transport::Sse),
             connections,
+            multi_region,
         }
     }
 
@@ -322,15 +340,35 @@ impl ConnectionMetrics {
         }
     }
 
-    /// Counts a connection of `transport` to `region` as open until the result is dropped.
-    pub fn open(&self, region: Region, transport: Transport) -> OpenConnection {
-        let region = self.connections.get(&region).cloned();
-        if let Some(gauge) = &region {
-            gauge.increment(1.0);
+    /// Counts a connection of `transport` to `regions` as open (in each region's gauge) until
+    /// the result is dropped.
+    pub fn open(
+        &self,
+        regions: impl ExactSizeIterator<Item = Region>,
+        transport: Transport,
+    ) -> OpenConnection {
+        let several = regions.len() > 1;
+        // A region without a gauge is not served, so no connection gets here with it.
+        let mut gauges = regions.map(|region| {
+            self.connections
+                .get(&region)
+                .cloned()
+                .unwrap_or_else(Gauge::noop)
+        });
+        let regions = match gauges.next() {
+            Some(gauge) if !several => CountedRegions::One(gauge),
+            first => {
+                self.multi_region.increment(1);
+                CountedRegions::Many(first.into_iter().chain(gauges).collect())
+            }
+        };
+        match &regions {
+            CountedRegions::One(gauge) => gauge.increment(1.0),
+            CountedRegions::Many(gauges) => gauges.iter().for_each(|g| g.increment(1.0)),
         }
         let transport = self.transport(transport).open.clone();
         transport.increment(1.0);
-        OpenConnection { region, transport }
+        OpenConnection { regions, transport }
     }
 }
 

@@ -41,3 +41,15 @@ notifier.state = 'open';
 // @ts-expect-error: unknown state
 const state: ConnectionState = 'paused';
 notifier.close();
+
+// Several regions on one connection, each resuming after its own id.
+const both = new TrendingNotifier({ region: ['AE', 'fi'], since: { AE: '1764290000123-0' } });
+const regions: readonly string[] = both.regions;
+const finnish: string | undefined = both.lastIds.FI;
+both.setRegion('AE,FI,CZ');
+seen.push(regions.join(), String(finnish), new TrendingNotifier({ region: 'AE,FI', since: 'AE:1-0,FI:2-0' }).url);
+// @ts-expect-error: a region list is of strings
+new TrendingNotifier({ region: [1, 2] });
+// @ts-expect-error: lastIds is read-only
+both.lastIds = {};
+both.close();

@@ -4,12 +4,15 @@
 //! Pure functions appending to a buffer, so the encoding is tested on its own:
 //! - a notification with an id: `id: <stream id>` then `data: <json>`; the browser's
 //!   `EventSource` remembers the id and sends it back as `Last-Event-ID` when it reconnects;
+//!   on a stream of several regions the `id:` is the last id per region so far
+//!   (`id: AE:<id>,FI:<id>`);
 //! - a notification without an id (plain `PUBLISH`): `data:` only, so the browser keeps the
 //!   last id it had;
 //! - a control message (`resync`, `close`): a named event, `event: <name>`, never an id;
 //! - a heartbeat: a comment line, which `EventSource` ignores and proxies see as traffic;
 //! - `retry: <ms>`: how long the browser waits before it reconnects.
 
+use std::fmt;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -26,6 +29,13 @@ const NOTIFICATION_EVENT: &str = "new_trending";
 /// notification as the default event type with its id when it has one, a control message as
 /// a named event.
 pub fn push_message(buffer: &mut BytesMut, id: Option<StreamId>, frame: &str) {
+    push_message_at(buffer, id.as_ref().map(|id| id as &dyn fmt::Display), frame);
+}
+
+/// [`push_message`] with the event's id given as whatever prints it: on a stream of several
+/// regions, the per-region position after this message (`AE:<id>,FI:<id>`,
+/// [`crate::positions`]), so the browser's `Last-Event-ID` resumes every region.
+pub fn push_message_at(buffer: &mut BytesMut, id: Option<&dyn fmt::Display>, frame: &str) {
     let name = event_name(frame);
     if let Some(name) = name {
         push_line(buffer, "event: ", name);

@@ -1,4 +1,4 @@
-//! Server-Sent Events: `GET /events?region=AE[&since=ID]` on the WebSocket's port, for
+//! Server-Sent Events: `GET /events?region=AE[,FI…][&since=ID]` on the WebSocket's port, for
 //! browsers whose network blocks or breaks WebSocket upgrades.
 //!
 //! A stream passes the same admission as a WebSocket ([`crate::subscriber`]: origin,
@@ -49,13 +49,14 @@ pub fn open(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Response {
-    let query = ResumeQuery::parse(query).and_then(|query| {
-        query.resume_after_last_event_id(
-            headers
-                .get(header::HeaderName::from_static("last-event-id"))
-                .map(HeaderValue::as_bytes),
-        )
-    });
+    let query =
+        ResumeQuery::parse(query, app.settings.max_regions_per_connection).and_then(|query| {
+            query.resume_after_last_event_id(
+                headers
+                    .get(header::HeaderName::from_static("last-event-id"))
+                    .map(HeaderValue::as_bytes),
+            )
+        });
     let subscriber = match admit_subscriber(app, Transport::Sse, peer, headers, query) {
         Ok(subscriber) => subscriber,
         Err(refusal) => return refusal.into_response(),

@@ -1,5 +1,10 @@
-//! One SSE stream: a task that moves messages from the client's [`Subscription`] into the
-//! response body, with heartbeats, a resume, and an ending that says why.
+//! One SSE stream: a task that moves messages from the client's [`Feed`] (one region's
+//! subscription, or several regions') into the response body, with heartbeats, a resume, and
+//! an ending that says why.
+//!
+//! On a stream of several regions each event's `id:` is the last id sent per region so far
+//! (`AE:<id>,FI:<id>`, [`crate::positions`]), so the browser's automatic reconnect sends every
+//! region's position back as `Last-Event-ID`.
 //!
 //! The task writes chunks (a batch of events each, up to [`MAX_BATCH`] messages and about
 //! `--ws-write-buffer-bytes`) into a one-chunk queue that the response body reads and hyper
@@ -25,13 +30,15 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use bytes::{Bytes, BytesMut};
 use notify_core::backoff::Backoff;
-use notify_core::{Envelope, Subscription, SubscriptionError};
+use notify_core::SubscriptionError;
 use notify_proto::{Region, StreamId};
 use tokio::sync::mpsc;
 
 use super::event;
+use crate::feed::{Delivery, Feed};
 use crate::hangup::Hangup;
-use crate::resume::{self, already_sent, ReplayFailure, ReplaySink, Seam};
+use crate::positions::Positions;
+use crate::resume::{ReplayFailure, ReplaySink};
 use crate::server::App;
 use crate::socket::{
     CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TIMEOUT, CLOSE_TRY_AGAIN_LATER, MAX_BATCH,
@@ -100,9 +107,7 @@ pub async fn serve(stream: SseStream) {
     let SseStream {
         subscriber:
             Subscriber {
-                region,
-                since,
-                mut subscription,
+                mut feed,
                 slot,
                 admitted,
             },
@@ -110,11 +115,12 @@ pub async fn serve(stream: SseStream) {
         queue,
         hangup,
     } = stream;
-    let open = app.metrics.open(region, Transport::Sse);
+    let open = app.metrics.open(feed.regions(), Transport::Sse);
     let mut writer = ChunkWriter {
         queue,
         app: &app,
         frames: 0,
+        positions: (feed.len() > 1).then(|| feed.positions()),
     };
     let ending = 'stream: {
         let mut first = BytesMut::new();
@@ -122,20 +128,18 @@ pub async fn serve(stream: SseStream) {
         if let Err(ending) = writer.send(first).await {
             break 'stream ending;
         }
-        let mut seam = None;
-        if let Some(since) = since {
-            match Box::pin(replay(&mut writer, region, since, &app)).await {
-                Ok(handover) => seam = handover,
-                Err(ending) => break 'stream ending,
+        if feed.resumes() {
+            if let Err(ending) = Box::pin(replay(&mut writer, &mut feed, &app)).await {
+                break 'stream ending;
             }
         }
-        pump(&mut writer, &mut subscription, &mut seam, &app).await
+        pump(&mut writer, &mut feed, &app).await
     };
     drop(open);
     match ending {
-        Ending::ClientGone => tracing::debug!(%region, "SSE client gone"),
+        Ending::ClientGone => tracing::debug!(region = %feed, "SSE client gone"),
         Ending::Cut(reason) => {
-            tracing::debug!(%region, reason, "cutting SSE connection");
+            tracing::debug!(region = %feed, reason, "cutting SSE connection");
             hangup.now();
         }
         Ending::Close {
@@ -143,11 +147,11 @@ pub async fn serve(stream: SseStream) {
             reason,
             retry,
         } => {
-            tracing::debug!(%region, code, %reason, "ending SSE stream");
+            tracing::debug!(region = %feed, code, %reason, "ending SSE stream");
             let mut last = BytesMut::new();
             event::push_end(&mut last, code, &reason, retry);
             if !writer.finish(last.freeze()).await {
-                tracing::debug!(%region, timeout = ?CLOSE_TIMEOUT, "SSE stream end not taken in time; cutting");
+                tracing::debug!(region = %feed, timeout = ?CLOSE_TIMEOUT, "SSE stream end not taken in time; cutting");
                 hangup.now();
             }
         }
@@ -162,6 +166,8 @@ struct ChunkWriter<'a> {
     app: &'a App,
     /// Messages in the chunk being built, counted as delivered once it is queued.
     frames: u64,
+    /// On a stream of several regions, the last id sent per region: each event's `id:`.
+    positions: Option<Positions>,
 }
 
 impl ChunkWriter<'_> {
@@ -202,6 +208,19 @@ impl ChunkWriter<'_> {
         tokio::time::timeout(CLOSE_TIMEOUT, finished).await.is_ok()
     }
 
+    /// Appends one message of `region` to `chunk`, its `id:` the message's own id on a stream
+    /// of one region, the position of every region on a stream of several.
+    fn push(&mut self, chunk: &mut BytesMut, region: Region, id: Option<StreamId>, frame: &str) {
+        match (&mut self.positions, id) {
+            (Some(positions), Some(id)) => {
+                positions.record(region, id);
+                event::push_message_at(chunk, Some(&*positions), frame);
+            }
+            _ => event::push_message(chunk, id, frame),
+        }
+        self.frames += 1;
+    }
+
     /// Completes when the body was dropped (the connection ended).
     async fn body_dropped(&self) {
         self.queue.closed().await;
@@ -211,14 +230,17 @@ impl ChunkWriter<'_> {
 impl ReplaySink for ChunkWriter<'_> {
     type Error = Ending;
 
-    async fn send_page(&mut self, entries: Vec<(StreamId, Utf8Bytes)>) -> Result<(), Ending> {
+    async fn send_page(
+        &mut self,
+        region: Region,
+        entries: Vec<(StreamId, Utf8Bytes)>,
+    ) -> Result<(), Ending> {
         let batch_bytes = self.app.settings.ws_write_buffer_bytes;
         let mut entries = entries.into_iter().peekable();
         while entries.peek().is_some() {
             let mut chunk = BytesMut::new();
             for (id, frame) in entries.by_ref() {
-                event::push_message(&mut chunk, Some(id), frame.as_str());
-                self.frames += 1;
+                self.push(&mut chunk, region, Some(id), frame.as_str());
                 if self.frames as usize >= MAX_BATCH || chunk.len() >= batch_bytes {
                     break;
                 }
@@ -235,17 +257,13 @@ impl ReplaySink for ChunkWriter<'_> {
     }
 }
 
-/// Replays what the client missed after `since` ([`resume::replay`]); shutdown interrupts it.
-async fn replay(
-    writer: &mut ChunkWriter<'_>,
-    region: Region,
-    since: StreamId,
-    app: &App,
-) -> Result<Option<Seam>, Ending> {
+/// Replays what the client missed after each region's `since` ([`Feed::replay`]); shutdown
+/// interrupts it.
+async fn replay(writer: &mut ChunkWriter<'_>, feed: &mut Feed, app: &App) -> Result<(), Ending> {
     let replayed = tokio::select! {
         biased;
         () = app.closing.cancelled() => return Err(going_away()),
-        replayed = resume::replay(writer, region, since, app) => replayed,
+        replayed = feed.replay(writer, app) => replayed,
     };
     replayed.map_err(|failure| match failure {
         ReplayFailure::Refused(refusal) => Ending::Close {
@@ -259,12 +277,7 @@ async fn replay(
 
 /// Moves messages from the subscription into the body until the stream ends, with a
 /// heartbeat every `--ping-interval`.
-async fn pump(
-    writer: &mut ChunkWriter<'_>,
-    subscription: &mut Subscription<Utf8Bytes>,
-    seam: &mut Option<Seam>,
-    app: &App,
-) -> Ending {
+async fn pump(writer: &mut ChunkWriter<'_>, feed: &mut Feed, app: &App) -> Ending {
     let interval = app.settings.ping_interval;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -273,9 +286,10 @@ async fn pump(
             biased;
             () = app.closing.cancelled() => return going_away(),
             () = writer.body_dropped() => return Ending::ClientGone,
-            delivery = subscription.recv() => match delivery {
-                Ok(first) => {
-                    let (chunk, lagged) = batch(writer, subscription, first, seam, app);
+            delivery = feed.recv() => match delivery {
+                Ok(received) => {
+                    let first = feed.accept(received);
+                    let (chunk, lagged) = batch(writer, feed, first, app);
                     if let Some(error) = lagged {
                         if !chunk.is_empty() {
                             if let Err(ending) = writer.send(chunk).await {
@@ -304,27 +318,30 @@ async fn pump(
 /// lag found while draining, to act on after the chunk is written.
 fn batch(
     writer: &mut ChunkWriter<'_>,
-    subscription: &mut Subscription<Utf8Bytes>,
-    first: Envelope<Utf8Bytes>,
-    seam: &mut Option<Seam>,
+    feed: &mut Feed,
+    first: Delivery,
     app: &App,
 ) -> (BytesMut, Option<SubscriptionError>) {
     let mut chunk = BytesMut::new();
     let mut next = Some(first);
     let mut taken = 0;
     let mut oldest = None;
-    while let Some(envelope) = next.take() {
+    while let Some(Delivery {
+        region,
+        envelope,
+        replayed,
+    }) = next.take()
+    {
         taken += 1;
-        if !(seam.is_some() && already_sent(&envelope, seam)) {
-            event::push_message(&mut chunk, envelope.id, envelope.frame.as_str());
-            writer.frames += 1;
+        if !replayed {
+            writer.push(&mut chunk, region, envelope.id, envelope.frame.as_str());
             oldest.get_or_insert(envelope.received_at);
         }
         if taken == MAX_BATCH || chunk.len() >= app.settings.ws_write_buffer_bytes {
             break;
         }
-        match subscription.try_recv() {
-            Ok(envelope) => next = envelope,
+        match feed.try_recv() {
+            Ok(delivery) => next = delivery,
             Err(error) => return (chunk, Some(error)),
         }
     }
