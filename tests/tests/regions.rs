@@ -432,3 +432,60 @@ async fn too_many_twice_unserved_or_a_bare_since_are_refused_with_their_reason()
     assert_eq!(gateway.connections("AE").await.unwrap(), 1.0);
     assert_eq!(gateway.connections("DK").await.unwrap(), 0.0);
 }
+
+/// Falling behind on any one region cuts a multi-region connection as a slow consumer (1008),
+/// as it does a one-region connection; a client of the same regions that reads keeps
+/// receiving every message.
+#[tokio::test]
+async fn falling_behind_on_one_of_several_regions_is_a_slow_consumer() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    const MESSAGES: usize = 200;
+    let gateway = Gateway::start(&["--queue-limit", "4"]).await.unwrap();
+    let mut stalled = gateway.connect("/?region=AE,FI").await.unwrap();
+    let mut reader = gateway.connect("/?region=FI,AE").await.unwrap();
+    let reading = tokio::spawn(async move {
+        let mut received = 0;
+        while received < MESSAGES {
+            match tokio::time::timeout(WAIT, reader.next()).await {
+                Ok(Some(Ok(Message::Text(_)))) => received += 1,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                other => panic!("the reading client after {received}: {other:?}"),
+            }
+        }
+        reader
+    });
+    // Large messages to FI only, while the stalled client is not polled: its TCP buffers
+    // fill and it falls more than 4 messages behind on FI; AE stays quiet.
+    let mut big: Value = serde_json::from_str(&seed_payload("FI", "v", "t")).unwrap();
+    big["filler"] = Value::from("y".repeat(60 * 1024));
+    for _ in 0..MESSAGES {
+        let response = http_client()
+            .post(format!("{}/api/publish", gateway.http_url()))
+            .json(&big)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let mut reader = reading.await.expect("the reading client got every message");
+    let mut close = None;
+    loop {
+        match tokio::time::timeout(WAIT, stalled.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                close = frame;
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
+        }
+    }
+    let close = close.expect("the stalled client gets a close frame");
+    assert_eq!(close.code, CloseCode::Policy);
+    assert!(close.reason.contains("slow consumer"), "{}", close.reason);
+    expect_silence(&mut reader, Duration::from_millis(300))
+        .await
+        .expect("the reading client is still connected");
+}
