@@ -105,7 +105,9 @@ fn push_line(buffer: &mut BytesMut, field: &str, value: &str) {
 fn push_data(buffer: &mut BytesMut, text: &str) {
     let mut rest = text;
     loop {
-        match rest.find(['\r', '\n']) {
+        // memchr2 scans a word at a time; `str::find` with a char-set pattern decodes and
+        // compares char by char, and this runs once per message per stream.
+        match memchr::memchr2(b'\r', b'\n', rest.as_bytes()) {
             None => {
                 push_line(buffer, "data: ", rest);
                 break;
