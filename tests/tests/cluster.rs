@@ -617,9 +617,9 @@ fn check_exactly_once_or_resync(
     let mut covered_up_to = None;
     for (id, video) in events {
         if id == "resync" {
+            // Ids may start over after it; what was delivered before it stays delivered.
             last = (0, 0);
             covered_up_to = Some(id_key(video));
-            delivered.clear();
             continue;
         }
         assert!(!id.is_empty(), "{region}: {video} arrived without an id");
