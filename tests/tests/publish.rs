@@ -1173,3 +1173,74 @@ fn secrets_stay_out_of_help_and_url_errors() {
         );
     }
 }
+
+/// A long-running publish survives Redis losing its script cache (a restart, `SCRIPT FLUSH`,
+/// a replica promoted in a failover): the messages refused with `NOSCRIPT` are sent again
+/// after the script is loaded again, once each, in order.
+#[tokio::test]
+async fn a_lost_script_cache_is_reloaded_and_nothing_fails() -> Result<()> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let redis = RedisServer::start().await?;
+    let line = |n: usize| {
+        format!(
+            r#"{{"event":"new_trending","region":"AE","video_id":"v{n}","title":"t","thumbnail":"https://i.ytimg.com/vi/v{n}/hq.jpg","channel":"c","rtl":true,"ts":7}}"#
+        ) + "\n"
+    };
+    let mut command = Command::new(notify_tests::binary("notify-publish"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NOTIFY_") {
+            command.env_remove(&key);
+        }
+    }
+    let mut child = command
+        .args(["--redis-url", &redis.url(), "--input", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    // Its stdout is buffered until it ends: the stream's length tells what went out.
+    let mut connection = redis.connection().await?;
+    stdin.write_all((0..5).map(line).collect::<String>().as_bytes())?;
+    stdin.flush()?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let length: usize = redis::cmd("XLEN")
+            .arg("tvs:AE:stream")
+            .query_async(&mut connection)
+            .await?;
+        if length == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first 5 were not published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut connection)
+        .await?;
+    stdin.write_all((5..10).map(line).collect::<String>().as_bytes())?;
+    drop(stdin);
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.starts_with("published 10 of 10 lines in "),
+        "{stderr}"
+    );
+    let entries = stream_entries(&redis, "tvs:AE:stream").await?;
+    let videos: Vec<String> = entries
+        .iter()
+        .map(|(_, fields)| {
+            serde_json::from_str::<Value>(&fields["payload"]).unwrap()["video_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = (0..10).map(|n| format!("v{n}")).collect();
+    assert_eq!(videos, expected, "each once, in order");
+    Ok(())
+}

@@ -222,7 +222,9 @@ impl RedisSink {
     ) -> Result<(), PublishError> {
         for (chunk_index, chunk) in batch.chunks(REDIS_PIPELINE_CHUNK).enumerate() {
             let mut results = Vec::with_capacity(chunk.len());
-            for reply in self.send_chunk(chunk).await {
+            let replies = self.send_chunk(chunk).await;
+            let replies = self.again_without_script(chunk, replies).await?;
+            for reply in replies {
                 results.push(match reply {
                     Ok(Ok(value)) => read_redis_reply(value).map_err(PublishError::Failed),
                     Ok(Err(error)) => Err(classify_redis(&self.target, self.timeout, &error)),
@@ -242,6 +244,39 @@ impl RedisSink {
             }
         }
         Ok(())
+    }
+
+    /// Sends again, once, the messages whose `EVALSHA` found no script (`NOSCRIPT`: the
+    /// server lost its script cache — restarted, `SCRIPT FLUSH`, or a replica promoted in a
+    /// failover, which Redis does not copy scripts to), after loading the script again. Such
+    /// a message was not published, so sending it again cannot publish it twice; they are
+    /// sent in their order, after the ones that went out, so each region keeps its order.
+    async fn again_without_script(
+        &mut self,
+        chunk: &[&Notification],
+        mut replies: Vec<Result<redis::RedisResult<redis::Value>, PublishError>>,
+    ) -> Result<Vec<Result<redis::RedisResult<redis::Value>, PublishError>>, PublishError> {
+        let lost_script: Vec<usize> = replies
+            .iter()
+            .enumerate()
+            .filter(|(_, reply)| {
+                matches!(reply, Ok(Err(error)) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+            })
+            .map(|(index, _)| index)
+            .collect();
+        if lost_script.is_empty() {
+            return Ok(replies);
+        }
+        self.script
+            .prepare_invoke()
+            .load_async(&mut self.connection)
+            .await
+            .map_err(|error| classify_redis(&self.target, self.timeout, &error))?;
+        let again: Vec<&Notification> = lost_script.iter().map(|&index| chunk[index]).collect();
+        for (index, reply) in lost_script.into_iter().zip(self.send_chunk(&again).await) {
+            replies[index] = reply;
+        }
+        Ok(replies)
     }
 
     /// Sends one chunk and returns each message's reply, in input order: the outer error is
