@@ -599,9 +599,23 @@ impl Gateway {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Freezes the gateway (SIGSTOP): its sockets stay open, nothing is read or handled.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen gateway (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
         if let Some(pid) = self.pid() {
             let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
+                .args([signal, &pid.to_string()])
                 .status();
         }
     }
@@ -748,15 +762,20 @@ pub async fn expect_silence(socket: &mut WsClient, quiet: Duration) -> Result<()
     }
 }
 
-/// Runs `notify-publish` with `args` and optional stdin; returns its output.
-pub fn run_publish(args: &[&str], stdin: Option<&str>) -> Result<Output> {
+/// The `notify-publish` binary, with no `NOTIFY_*` variable of the test's environment.
+pub fn publish_command() -> Command {
     let mut command = Command::new(binary("notify-publish"));
     for (key, _) in std::env::vars() {
         if key.starts_with("NOTIFY_") {
             command.env_remove(&key);
         }
     }
-    let mut child = command
+    command
+}
+
+/// Runs `notify-publish` with `args` and optional stdin; returns its output.
+pub fn run_publish(args: &[&str], stdin: Option<&str>) -> Result<Output> {
+    let mut child = publish_command()
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()

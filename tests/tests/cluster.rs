@@ -680,16 +680,8 @@ async fn a_burst_bigger_than_the_pending_set_is_delivered_exactly_once() {
     let input: String = (0..BURST)
         .map(|n| seed_payload("AE", &format!("burst{n}"), "t") + "\n")
         .collect();
-    let signal = |signal: &str, gateway: &Gateway| {
-        let pid = gateway.pid().expect("gateway pid").to_string();
-        let status = std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {signal} {pid}");
-    };
     for (_, gateway, _) in &gateways {
-        signal("-STOP", gateway);
+        gateway.freeze();
     }
     let output = tokio::task::spawn_blocking(move || {
         run_publish(
@@ -701,7 +693,7 @@ async fn a_burst_bigger_than_the_pending_set_is_delivered_exactly_once() {
     .unwrap()
     .unwrap();
     for (_, gateway, _) in &gateways {
-        signal("-CONT", gateway);
+        gateway.thaw();
     }
     assert!(
         output.status.success(),

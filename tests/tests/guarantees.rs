@@ -622,20 +622,12 @@ async fn a_burst_bigger_than_the_pending_set_is_delivered_exactly_once_on_one_re
         .unwrap();
     assert!(gateway.wait_ready_status(200, WAIT).await);
     let mut client = gateway.connect_counted("/?region=DK", "DK").await.unwrap();
-    let pid = gateway.pid().expect("gateway pid").to_string();
-    let signal = |signal: &str| {
-        let status = std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {signal}");
-    };
-    signal("-STOP");
+    gateway.freeze();
     let payloads = (0..BURST)
         .map(|n| seed_payload("DK", &format!("burst{n}"), "t"))
         .collect();
     publish_cli(&url, 10_000, payloads).await;
-    signal("-CONT");
+    gateway.thaw();
     let mut last_id: Option<StreamId> = None;
     for n in 0..BURST {
         let message = next_message(&mut client, &format!("burst{n}")).await;

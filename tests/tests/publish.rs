@@ -920,18 +920,12 @@ async fn gateway_with_its_broker_down_is_ex_unavailable() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_stdout_is_not_an_error() -> Result<()> {
     use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     let redis = RedisServer::start().await?;
     let mut sub = subscriber(&redis, &["tvs:AE"]).await?;
     let input: String = (0..200).map(|_| format!("{AE_ARABIC}\n")).collect();
-    let mut command = Command::new(notify_tests::binary("notify-publish"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("NOTIFY_") {
-            command.env_remove(&key);
-        }
-    }
-    let mut child = command
+    let mut child = notify_tests::publish_command()
         .args(["--redis-url", &redis.url(), "--input", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -981,11 +975,11 @@ const STREAMING_RSS_BOUND_KIB: u64 = 24 * 1024;
 #[tokio::test]
 async fn stdin_streams_with_bounded_memory() {
     use std::io::Write as _;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     let redis = RedisServer::start().await.unwrap();
     let mut pubsub = subscriber(&redis, &["tvs:AE"]).await.unwrap();
-    let mut child = Command::new(notify_tests::binary("notify-publish"))
+    let mut child = notify_tests::publish_command()
         .args(["--redis-url", &redis.url(), "--input", "-", "--quiet"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -1180,7 +1174,7 @@ fn secrets_stay_out_of_help_and_url_errors() {
 #[tokio::test]
 async fn a_lost_script_cache_is_reloaded_and_nothing_fails() -> Result<()> {
     use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     let redis = RedisServer::start().await?;
     let line = |n: usize| {
@@ -1188,13 +1182,7 @@ async fn a_lost_script_cache_is_reloaded_and_nothing_fails() -> Result<()> {
             r#"{{"event":"new_trending","region":"AE","video_id":"v{n}","title":"t","thumbnail":"https://i.ytimg.com/vi/v{n}/hq.jpg","channel":"c","rtl":true,"ts":7}}"#
         ) + "\n"
     };
-    let mut command = Command::new(notify_tests::binary("notify-publish"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("NOTIFY_") {
-            command.env_remove(&key);
-        }
-    }
-    let mut child = command
+    let mut child = notify_tests::publish_command()
         .args(["--redis-url", &redis.url(), "--input", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
