@@ -257,7 +257,7 @@ where
         let Some(mut state) = self.region(region) else {
             return false;
         };
-        for foreign in state.pending.stream_delivered(id) {
+        for foreign in state.pending.stream_delivered(id, Instant::now()) {
             self.deliver_foreign(foreign);
         }
         if state.history.newest().is_some_and(|newest| id <= newest) {

@@ -5,6 +5,10 @@
 //! stream delivers the same id, usually a moment later) or foreign (any other writer, or a
 //! producer whose payloads happen to have an `id` field). [`PendingIds`] holds such messages
 //! until the stream settles which:
+//! - the stream delivered the id before the copy arrived → ours, dropped on arrival. Stream
+//!   ids are remembered for this: the newest [`RECENT_STREAM_IDS`], and older ones for
+//!   [`RECENT_STREAM_ID_AGE`] (at most [`MAX_RECENT_STREAM_IDS`]), because after a stall the
+//!   stream follower reads a burst far faster than the pub/sub side drains its copies;
 //! - the stream delivers the id → it was ours, the held copy is dropped;
 //! - the stream delivers a later id without it → foreign;
 //! - a complete stream read that started after it arrived did not deliver it → foreign (our
@@ -24,16 +28,26 @@
 //! never suppresses a later message.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use notify_proto::StreamId;
 
 /// Most messages held per region before the oldest is evicted.
 pub const MAX_PENDING: usize = 256;
 
-/// Stream ids remembered per region, to recognise a pub/sub copy that arrives after its stream
-/// entry was delivered.
+/// Stream ids always remembered per region, however old, to recognise a pub/sub copy that
+/// arrives after its stream entry was delivered.
 pub const RECENT_STREAM_IDS: usize = 1024;
+
+/// How long an id past the newest [`RECENT_STREAM_IDS`] is remembered. After a stall (a
+/// gateway starved of CPU, a slow subscription) the stream follower reads a burst far faster
+/// than the pub/sub side drains its copies; those copies may trail their stream entries by
+/// thousands of messages and must still be recognised.
+pub const RECENT_STREAM_ID_AGE: Duration = Duration::from_secs(60);
+
+/// The most stream ids remembered per region, whatever their age: 32 bytes each, so at most
+/// 2 MiB per region, held only while a burst is younger than [`RECENT_STREAM_ID_AGE`].
+pub const MAX_RECENT_STREAM_IDS: usize = 65_536;
 
 /// What became of a message offered by the pub/sub side.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,8 +66,10 @@ pub enum Offered<M> {
 #[derive(Debug)]
 pub struct PendingIds<M> {
     held: BTreeMap<StreamId, (Instant, M)>,
-    /// Ids the stream delivered, oldest first (increasing), at most [`RECENT_STREAM_IDS`].
-    recent: VecDeque<StreamId>,
+    /// Ids the stream delivered and when, oldest first (increasing): the newest
+    /// [`RECENT_STREAM_IDS`], and older ones younger than [`RECENT_STREAM_ID_AGE`], at most
+    /// [`MAX_RECENT_STREAM_IDS`].
+    recent: VecDeque<(StreamId, Instant)>,
 }
 
 impl<M> Default for PendingIds<M> {
@@ -68,7 +84,11 @@ impl<M> Default for PendingIds<M> {
 impl<M> PendingIds<M> {
     /// A pub/sub message with `id` arrived at `now`.
     pub fn offer(&mut self, id: StreamId, message: M, now: Instant) -> Offered<M> {
-        if self.recent.binary_search(&id).is_ok() {
+        if self
+            .recent
+            .binary_search_by_key(&id, |(delivered, _)| *delivered)
+            .is_ok()
+        {
             return Offered::Duplicate;
         }
         let evicted = if self.held.len() >= MAX_PENDING && !self.held.contains_key(&id) {
@@ -82,13 +102,10 @@ impl<M> PendingIds<M> {
         Offered::Held { evicted }
     }
 
-    /// The stream delivered `id`. Returns the held messages it proved foreign (every held id
-    /// below `id`), oldest first; a held copy of `id` itself is dropped.
-    pub fn stream_delivered(&mut self, id: StreamId) -> Vec<M> {
-        if self.recent.len() == RECENT_STREAM_IDS {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(id);
+    /// The stream delivered `id` at `now`. Returns the held messages it proved foreign (every
+    /// held id below `id`), oldest first; a held copy of `id` itself is dropped.
+    pub fn stream_delivered(&mut self, id: StreamId, now: Instant) -> Vec<M> {
+        self.remember(id, now);
         if self.held.is_empty() {
             return Vec::new();
         }
@@ -96,6 +113,23 @@ impl<M> PendingIds<M> {
         let foreign = std::mem::replace(&mut self.held, later);
         self.held.remove(&id);
         foreign.into_values().map(|(_, message)| message).collect()
+    }
+
+    /// Adds `id` to the recent stream ids (a repeat at or below the newest is already
+    /// known) and forgets what is past both the count and the age.
+    fn remember(&mut self, id: StreamId, now: Instant) {
+        if self.recent.back().is_some_and(|(newest, _)| id <= *newest) {
+            return;
+        }
+        self.recent.push_back((id, now));
+        while self.recent.len() > MAX_RECENT_STREAM_IDS
+            || (self.recent.len() > RECENT_STREAM_IDS
+                && self.recent.front().is_some_and(|(_, delivered)| {
+                    now.saturating_duration_since(*delivered) > RECENT_STREAM_ID_AGE
+                }))
+        {
+            self.recent.pop_front();
+        }
     }
 
     /// Held messages that arrived before `read_started`, the start of a complete read of the
@@ -129,8 +163,6 @@ impl<M> PendingIds<M> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn id(ms: u64) -> StreamId {
@@ -154,7 +186,7 @@ mod tests {
             Offered::Held { evicted: None }
         );
         // The stream moves to 5: 3 was never issued, 5 was ours.
-        assert_eq!(pending.stream_delivered(id(5)), vec!["foreign"]);
+        assert_eq!(pending.stream_delivered(id(5), now), vec!["foreign"]);
         assert_eq!(pending.held(), 1);
         // A copy arriving after its stream entry is a duplicate; an unknown id below the
         // stream's position waits for the stream like any other.
@@ -191,23 +223,48 @@ mod tests {
     }
 
     #[test]
-    fn recent_ids_are_bounded_and_reset_with_the_epoch() {
+    fn a_copy_trailing_a_burst_of_its_stream_is_still_recognised() {
         let now = Instant::now();
         let mut pending: PendingIds<u8> = PendingIds::default();
-        for n in 0..(RECENT_STREAM_IDS as u64 + 10) {
-            pending.stream_delivered(id(n + 1));
+        // The stream follower read 3,000 entries before the pub/sub side caught up.
+        for n in 1..=3000 {
+            pending.stream_delivered(id(n), now);
         }
+        assert_eq!(pending.offer(id(1), 1, now), Offered::Duplicate);
+        assert_eq!(pending.offer(id(1845), 1, now), Offered::Duplicate);
+        // A repeat of an old id does not break the order the lookup relies on.
+        pending.stream_delivered(id(7), now);
+        assert_eq!(pending.offer(id(2999), 1, now), Offered::Duplicate);
+    }
+
+    #[test]
+    fn recent_ids_are_bounded_by_age_and_count_and_reset_with_the_epoch() {
+        let start = Instant::now();
+        let mut pending: PendingIds<u8> = PendingIds::default();
+        for n in 0..(RECENT_STREAM_IDS as u64 + 10) {
+            pending.stream_delivered(id(n + 1), start);
+        }
+        // Young: all remembered.
+        assert_eq!(pending.recent.len(), RECENT_STREAM_IDS + 10);
+        // Past the age, only the newest RECENT_STREAM_IDS stay.
+        let later = start + RECENT_STREAM_ID_AGE + Duration::from_secs(1);
+        pending.stream_delivered(id(RECENT_STREAM_IDS as u64 + 11), later);
         assert_eq!(pending.recent.len(), RECENT_STREAM_IDS);
         // Forgotten as delivered: held for the stream to settle, not a silent drop.
         assert_eq!(
-            pending.offer(id(1), 1, now),
+            pending.offer(id(1), 1, later),
             Offered::Held { evicted: None }
         );
-        assert_eq!(pending.offer(id(20), 2, now), Offered::Duplicate);
+        assert_eq!(pending.offer(id(20), 2, later), Offered::Duplicate);
+        // However young, never more than the hard cap.
+        for n in 0..(MAX_RECENT_STREAM_IDS as u64 + 5) {
+            pending.stream_delivered(id(10_000 + n), later);
+        }
+        assert_eq!(pending.recent.len(), MAX_RECENT_STREAM_IDS);
         pending.reset();
         // A new epoch: the old ids are no longer known as delivered.
         assert_eq!(
-            pending.offer(id(20), 3, now),
+            pending.offer(id(20_000), 3, later),
             Offered::Held { evicted: None }
         );
     }
