@@ -143,6 +143,51 @@ mod tests {
         assert_eq!(guesses.tracked(), 0);
     }
 
+    /// Across several windows: a guesser that never stops gets `limit` wrong keys checked per
+    /// window and no more (negative control), an address that stays under the limit is never
+    /// refused (positive control), and the refusal always ends with its window.
+    #[test]
+    fn a_steady_guesser_gets_the_limit_per_window_across_several_windows() {
+        const WINDOWS: u32 = 5;
+        let window = Duration::from_millis(120);
+        let guesses = WrongKeys::new(4, window, 16);
+        let (guesser, careful) = (address(1), address(2));
+        let started = Instant::now();
+        let (mut checked, mut careful_refused, mut longest_wait) = (0u32, 0u32, Duration::ZERO);
+        let mut careful_this_window = (0u32, 0u32);
+        while started.elapsed() < window * WINDOWS {
+            match guesses.refused(guesser) {
+                None => {
+                    checked += 1;
+                    guesses.record(guesser);
+                }
+                Some(wait) => longest_wait = longest_wait.max(wait),
+            }
+            // Two wrong keys per window of the clock: any window of the address's own holds at
+            // most four (two of two clock windows), so it never has to wait.
+            let window_number = (started.elapsed().as_millis() / window.as_millis()) as u32;
+            if careful_this_window.0 != window_number {
+                careful_this_window = (window_number, 0);
+            }
+            if careful_this_window.1 < 2 {
+                if guesses.refused(careful).is_some() {
+                    careful_refused += 1;
+                }
+                guesses.record(careful);
+                careful_this_window.1 += 1;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Windows start at an address's first wrong key, so the run spans at most WINDOWS + 1
+        // of the guesser's windows.
+        assert!(
+            (4 * WINDOWS..=4 * (WINDOWS + 1)).contains(&checked),
+            "{checked} wrong keys checked over {WINDOWS} windows of a limit of 4"
+        );
+        assert!(longest_wait <= window, "refused for {longest_wait:?}");
+        assert_eq!(careful_refused, 0, "an address under the limit was refused");
+    }
+
     #[test]
     fn the_map_never_holds_more_than_its_capacity() {
         let guesses = WrongKeys::new(1, Duration::from_millis(50), 4);
