@@ -345,6 +345,42 @@ async fn send_floor_measures_both_thread_counts_and_every_byte_arrives() -> Resu
     Ok(())
 }
 
+/// `--floor-groups 8` is a gateway's pattern over 8 regions: each round writes to one group
+/// of the sockets in turn (an eighth of them), and every byte still arrives.
+#[tokio::test]
+async fn send_floor_in_groups_writes_one_group_per_round() -> Result<()> {
+    let args = [
+        "send-floor",
+        "--clients",
+        "64",
+        "--floor-groups",
+        "8",
+        "--rate",
+        "20",
+        "--duration",
+        "1s",
+    ]
+    .map(String::from);
+    let output = run_bench(&args).await?;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = report(&output);
+    assert_eq!(report["groups"], 8, "{report}");
+    for run in report["runs"].as_array().expect("runs") {
+        // 20 rounds of 8 sockets each (64 / 8), from either thread count.
+        assert_eq!(run["sends"], 20 * 8, "{report}");
+    }
+    assert_eq!(report["sent_bytes"], 20 * 8 * 300 * 2, "{report}");
+    assert_eq!(report["received_bytes"], report["sent_bytes"], "{report}");
+    // The groups take turns: every socket got its frames.
+    assert_eq!(report["silent_sockets"], 0, "{report}");
+    Ok(())
+}
+
 /// `chaos` starts two gateways of its own and, while messages flow, drops clients, cuts the
 /// gateways' Redis subscriptions and restarts gateways; every client resumes with `?since=`
 /// and must still get every message of its region exactly once, in order.

@@ -319,6 +319,13 @@ pub struct Args {
     #[arg(long, env = "NOTIFY_BENCH_FRAME_BYTES", default_value_t = 300)]
     pub frame_bytes: usize,
 
+    /// `send-floor`: groups the clients are split into, one written per round in turn, as a
+    /// gateway's clients are split over regions and each message goes to one region's: with
+    /// `--floor-groups 8`, `--rate 10` is the send pattern of `latency --rate 10` over 8
+    /// regions (1 = every round writes to every client).
+    #[arg(long, env = "NOTIFY_BENCH_FLOOR_GROUPS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub floor_groups: u32,
+
     /// `send-floor`: run as the receiving side (started by `send-floor` itself).
     #[arg(long, hide = true)]
     pub floor_sink: bool,

@@ -2,10 +2,14 @@
 //! steady-rate figures can be given as a multiple of a physical limit.
 //!
 //! One round writes one `--frame-bytes` WebSocket text frame (a 2- or 4-byte header and a
-//! JSON-like body, the size of a real notification) to each of `--clients` loopback TCP
-//! sockets, with plain blocking `write(2)` calls and nothing else: no runtime, no wake-ups, no
-//! queues. Rounds run at `--rate` per second for `--duration`, once from one thread and once
-//! from two (each owning half of the sockets). The receiving ends live in a child process (this
+//! JSON-like body, the size of a real notification) to each socket of one group of the
+//! `--clients` loopback TCP sockets (`--floor-groups`, default 1: all of them; 8 is a gateway's
+//! fan-out over 8 regions, one region per message), with plain blocking `write(2)` calls and
+//! nothing else: no runtime, no wake-ups, no queues. Rounds run at `--rate` per second for
+//! `--duration`, the groups in turn, once from one thread and once from two (each owning half
+//! of every group). CPU per send depends on the send rate (at a low rate every round starts
+//! with cold caches), so a gateway's figures are compared with the floor at its own pattern:
+//! the same clients, groups and rate. The receiving ends live in a child process (this
 //! binary again, as a sink on a runtime that reads everything and counts the bytes), as the
 //! browsers' sockets live outside the gateway.
 //!
@@ -48,17 +52,27 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     report.insert("frame_bytes".into(), json!(frame.len()));
     report.insert("rate".into(), json!(args.rate));
     report.insert("rounds".into(), json!(rounds));
+    let groups = usize::try_from(args.floor_groups).context("--floor-groups")?;
+    report.insert("groups".into(), json!(groups));
     let mut runs = Vec::new();
+    let mut sent_bytes = 0u64;
     for threads in THREAD_COUNTS {
         let sink_before = procstat::sample(&sink.pid()).ok();
-        let (measured, returned) = send_rounds(sockets, &frame, threads, rounds, args.rate)?;
+        let pattern = Pattern {
+            threads,
+            groups,
+            rounds,
+            rate: args.rate,
+        };
+        let (measured, returned) = send_rounds(sockets, &frame, pattern)?;
+        sent_bytes += frame.len() as u64 * measured.sends;
         sockets = returned;
         let sink_after = procstat::sample(&sink.pid()).ok();
         let sink_cpu = sink_before
             .zip(sink_after)
             .map(|(before, after)| after.cpu_secs - before.cpu_secs);
         eprintln!(
-            "send-floor: {} sockets x {rounds} rounds of {} B from {threads} thread(s): {:.3} us CPU/send; round p50 {:.3} ms, p99 {:.3} ms; sink CPU {}",
+            "send-floor: {} sockets in {groups} group(s) x {rounds} rounds of {} B from {threads} thread(s): {:.3} us CPU/send; round p50 {:.3} ms, p99 {:.3} ms; sink CPU {}",
             args.clients,
             frame.len(),
             measured.cpu_per_send_us,
@@ -71,17 +85,23 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         entry.insert("sink_cpu_secs".into(), json!(sink_cpu.map(round3)));
         runs.push(Value::Object(entry));
     }
-    let sent_bytes =
-        (frame.len() as u64) * (args.clients as u64) * rounds * THREAD_COUNTS.len() as u64;
     drop(sockets);
-    let received_bytes = sink.finish()?;
+    let (received_bytes, silent_sockets) = sink.finish()?;
     report.insert("runs".into(), Value::Array(runs));
     report.insert("sent_bytes".into(), json!(sent_bytes));
     report.insert("received_bytes".into(), json!(received_bytes));
+    report.insert("silent_sockets".into(), json!(silent_sockets));
     let mut failures = Vec::new();
     if received_bytes != sent_bytes {
         failures.push(format!(
             "the sink received {received_bytes} bytes of {sent_bytes} sent"
+        ));
+    }
+    // Every group is written at least once when there are as many rounds as groups.
+    if rounds >= groups as u64 && silent_sockets > 0 {
+        failures.push(format!(
+            "{silent_sockets} of {} sockets were never written to",
+            args.clients
         ));
     }
     Ok(Outcome::new(report, failures).finish(false))
@@ -136,6 +156,7 @@ struct Measured {
     round_p99_ms: f64,
     round_max_ms: f64,
     cpu_secs: f64,
+    sends: u64,
 }
 
 impl Measured {
@@ -146,6 +167,7 @@ impl Measured {
             "round_p99_ms": round3(self.round_p99_ms),
             "round_max_ms": round3(self.round_max_ms),
             "cpu_secs": round3(self.cpu_secs),
+            "sends": self.sends,
         }) else {
             unreachable!("json! of an object literal is an object")
         };
@@ -153,20 +175,38 @@ impl Measured {
     }
 }
 
+/// How one measurement sends: from how many threads, over how many groups, how many rounds
+/// at what rate.
+#[derive(Debug, Clone, Copy)]
+struct Pattern {
+    threads: usize,
+    groups: usize,
+    rounds: u64,
+    rate: f64,
+}
+
 /// Sends `rounds` rounds at `rate` per second from `threads` threads, each owning an equal
-/// share of `sockets`; returns the measurement and the sockets.
+/// share of every group of `sockets`, round n writing to group n mod `groups`; returns the
+/// measurement and the sockets.
 fn send_rounds(
     sockets: Vec<TcpStream>,
     frame: &[u8],
-    threads: usize,
-    rounds: u64,
-    rate: f64,
+    pattern: Pattern,
 ) -> Result<(Measured, Vec<TcpStream>)> {
+    let Pattern {
+        threads,
+        groups,
+        rounds,
+        rate,
+    } = pattern;
     let total = sockets.len();
-    let mut shares: Vec<Vec<TcpStream>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut shares: Vec<Vec<Vec<TcpStream>>> = (0..threads)
+        .map(|_| (0..groups).map(|_| Vec::new()).collect())
+        .collect();
     for (n, socket) in sockets.into_iter().enumerate() {
-        shares[n % threads].push(socket);
+        shares[n % threads][(n / threads) % groups].push(socket);
     }
+    let sends = Arc::new(AtomicU64::new(0));
     let start = Arc::new(Barrier::new(threads + 1));
     let done = Arc::new(Barrier::new(threads + 1));
     let stop = Arc::new(AtomicBool::new(false));
@@ -177,17 +217,25 @@ fn send_rounds(
         .map(|mut share| {
             let (start, done, stop) = (Arc::clone(&start), Arc::clone(&done), Arc::clone(&stop));
             let (frame, failed_writes) = (Arc::clone(&frame), Arc::clone(&failed_writes));
-            std::thread::spawn(move || loop {
-                start.wait();
-                if stop.load(Ordering::Acquire) {
-                    return share;
-                }
-                for socket in &mut share {
-                    if socket.write_all(&frame).is_err() {
-                        failed_writes.fetch_add(1, Ordering::Relaxed);
+            let sends = Arc::clone(&sends);
+            std::thread::spawn(move || {
+                let mut round = 0;
+                loop {
+                    start.wait();
+                    if stop.load(Ordering::Acquire) {
+                        return share;
                     }
+                    let groups = share.len();
+                    let group = &mut share[round % groups];
+                    for socket in group.iter_mut() {
+                        if socket.write_all(&frame).is_err() {
+                            failed_writes.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    sends.fetch_add(group.len() as u64, Ordering::Relaxed);
+                    round += 1;
+                    done.wait();
                 }
-                done.wait();
             })
         })
         .collect();
@@ -213,7 +261,9 @@ fn send_rounds(
         sockets.extend(
             worker
                 .join()
-                .map_err(|_| anyhow::anyhow!("a sending thread panicked"))?,
+                .map_err(|_| anyhow::anyhow!("a sending thread panicked"))?
+                .into_iter()
+                .flatten(),
         );
     }
     let failed = failed_writes.load(Ordering::Relaxed);
@@ -221,9 +271,10 @@ fn send_rounds(
         bail!("{failed} writes failed or blocked for {WRITE_TIMEOUT:?} (the sink stopped reading)");
     }
     round_times.sort_by(f64::total_cmp);
-    let sends = total as f64 * rounds as f64;
+    let sends = sends.load(Ordering::Relaxed);
     let measured = Measured {
-        cpu_per_send_us: cpu_secs * 1e6 / sends.max(1.0),
+        cpu_per_send_us: cpu_secs * 1e6 / (sends as f64).max(1.0),
+        sends,
         round_p50_ms: quantile(&round_times, 0.50).unwrap_or(0.0),
         round_p99_ms: quantile(&round_times, 0.99).unwrap_or(0.0),
         round_max_ms: round_times.last().copied().unwrap_or(0.0),
@@ -272,8 +323,8 @@ impl Sink {
     }
 
     /// Closes the sink's stdin (it finishes once every connection has ended) and returns the
-    /// bytes it received.
-    fn finish(mut self) -> Result<u64> {
+    /// bytes it received and how many of its connections received nothing.
+    fn finish(mut self) -> Result<(u64, u64)> {
         drop(self.child.stdin.take());
         let mut line = String::new();
         self.stdout
@@ -281,14 +332,21 @@ impl Sink {
             .context("reading the sink's byte count")?;
         let status = self.child.wait().context("waiting for the sink")?;
         ensure!(status.success(), "the sink exited with {status}");
-        line.trim()
-            .parse()
-            .with_context(|| format!("the sink printed {line:?}, not a byte count"))
+        let counts: Vec<u64> = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("the sink printed {line:?}, not two counts"))?;
+        match counts[..] {
+            [received, silent] => Ok((received, silent)),
+            _ => bail!("the sink printed {line:?}, not two counts"),
+        }
     }
 }
 
 /// The sink's side: accepts `clients` connections, reads each to its end, then prints the
-/// total byte count. Prints its listening address first.
+/// total byte count and the number of connections that received nothing. Prints its
+/// listening address first.
 pub fn run_sink(clients: usize) -> Result<ExitCode> {
     rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
     let listener = TcpListener::bind("127.0.0.1:0").context("binding the sink")?;
@@ -320,18 +378,21 @@ pub fn run_sink(clients: usize) -> Result<ExitCode> {
                 }
             });
         }
-        let mut received = 0u64;
+        let (mut received, mut silent) = (0u64, 0u64);
         while let Some(total) = readers.join_next().await {
-            received += total.unwrap_or(0);
+            let total = total.unwrap_or(0);
+            received += total;
+            silent += u64::from(total == 0);
         }
-        Ok::<u64, std::io::Error>(received)
+        Ok::<(u64, u64), std::io::Error>((received, silent))
     })?;
     // Wait for the sender to say it is done (stdin closed) before answering.
     let mut rest = Vec::new();
     std::io::stdin()
         .read_to_end(&mut rest)
         .context("waiting for stdin to close")?;
-    println!("{received}");
+    let (received, silent) = received;
+    println!("{received} {silent}");
     Ok(ExitCode::SUCCESS)
 }
 
