@@ -33,6 +33,9 @@
 #   BENCH_GATEWAY_ARGS="…"  extra notify-gateway flags for every run
 #   BENCH_GATEWAY_BIN=path  use this notify-gateway binary instead of building one
 #   BENCH_BENCH_BIN=path    use this notify-bench binary instead of building one
+#   BENCH_PEER=node-ws      run against the single-threaded Node `ws` + ioredis peer
+#                           (bench/peers/node-ws, npm-installed on first use) instead of a
+#                           gateway: same clients, same Redis publishes, same measurements
 #   BENCH_PERF=file         record a CPU profile of the gateway (perf record -F 2000 -g) into
 #                           file during each run, for BENCH_PERF_SECS (default 5) starting
 #                           BENCH_PERF_DELAY seconds (default 4) after the run starts
@@ -79,6 +82,18 @@ else
   BENCH_BIN="${BENCH_BENCH_BIN:-target/release/notify-bench}"
 fi
 [ -x "$GATEWAY_BIN" ] || { echo "bench.sh: $GATEWAY_BIN is not executable" >&2; exit 1; }
+case "${BENCH_PEER:-}" in
+  "") ;;
+  node-ws)
+    command -v node >/dev/null || { echo "bench.sh: BENCH_PEER=node-ws needs node" >&2; exit 1; }
+    [ -d bench/peers/node-ws/node_modules ] ||
+      npm install --prefix bench/peers/node-ws --no-audit --no-fund >&2
+    ;;
+  *)
+    echo "bench.sh: unknown BENCH_PEER '$BENCH_PEER' (node-ws)" >&2
+    exit 2
+    ;;
+esac
 [ -x "$BENCH_BIN" ] || { echo "bench.sh: $BENCH_BIN is not executable" >&2; exit 1; }
 
 mkdir -p "$(dirname "$OUT")"
@@ -144,13 +159,19 @@ start_redis() {
   exit 1
 }
 
-# Starts a fresh gateway with the given extra flags and waits (at most 10 s) for /readyz.
+# Starts a fresh gateway (or the $BENCH_PEER server) with the given extra flags and waits (at
+# most 10 s) for /readyz.
 start_gateway() {
   GATEWAY_PORT="$(free_port)"
-  # shellcheck disable=SC2086 # EXTRA_GATEWAY_ARGS is a flag list, split on purpose
-  RUST_LOG=warn "$GATEWAY_BIN" --listen "127.0.0.1:$GATEWAY_PORT" \
-    --redis-url "redis://127.0.0.1:$REDIS_PORT" $EXTRA_GATEWAY_ARGS "$@" \
-    >"$WORK/gateway.log" 2>&1 &
+  if [ "${BENCH_PEER:-}" = node-ws ]; then
+    PORT="$GATEWAY_PORT" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+      node bench/peers/node-ws/server.js >"$WORK/gateway.log" 2>&1 &
+  else
+    # shellcheck disable=SC2086 # EXTRA_GATEWAY_ARGS is a flag list, split on purpose
+    RUST_LOG=warn "$GATEWAY_BIN" --listen "127.0.0.1:$GATEWAY_PORT" \
+      --redis-url "redis://127.0.0.1:$REDIS_PORT" $EXTRA_GATEWAY_ARGS "$@" \
+      >"$WORK/gateway.log" 2>&1 &
+  fi
   GATEWAY_PID=$!
   for _ in $(seq 1 200); do
     if curl -sf -o /dev/null "http://127.0.0.1:$GATEWAY_PORT/readyz"; then
