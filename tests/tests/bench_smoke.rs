@@ -169,6 +169,20 @@ async fn idle_reports_memory_and_refuses_non_loopback_targets() -> Result<()> {
     Ok(())
 }
 
+/// A client of three regions is one connection to the gateway, and counted once.
+#[tokio::test]
+async fn idle_clients_of_several_regions_are_counted_once() -> Result<()> {
+    let (redis, gateway) = redis_and_ready_gateway().await?;
+    let mut args = base_args("idle", &gateway, &redis);
+    args.extend(["--clients", "10", "--regions-per-client", "3"].map(String::from));
+    let output = run_bench(&args).await?;
+    assert_clean(&output, 0);
+    let idle = report(&output);
+    assert_eq!(idle["connected"], 10, "{idle}");
+    assert_eq!(idle["gateway_counted"], 10.0, "{idle}");
+    Ok(())
+}
+
 /// SSE clients (`--transport sse`) are held and counted as WebSockets are, and get every
 /// message of their region once, in order: published through the gateway's API, so each event
 /// carries an `id:` line the client checks against its data.

@@ -224,7 +224,10 @@ impl Bench {
         connected
     }
 
-    /// Sum of the gateway's `notify_connections` gauges, when it exports them.
+    /// Connections the gateway counts, when it exports them: the sum of
+    /// `notify_connections_by_transport` (each connection once), or of the per-region
+    /// `notify_connections` from a gateway without it (a connection to several regions is in
+    /// each of their gauges).
     async fn gateway_connections(&self) -> Option<f64> {
         let body = self
             .http
@@ -235,16 +238,8 @@ impl Bench {
             .text()
             .await
             .ok()?;
-        let mut seen = false;
-        let total = body
-            .lines()
-            .filter(|line| {
-                line.starts_with("notify_connections{") || line.starts_with("notify_connections ")
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .inspect(|_| seen = true)
-            .sum();
-        seen.then_some(total)
+        gauge_sum(&body, "notify_connections_by_transport")
+            .or_else(|| gauge_sum(&body, "notify_connections"))
     }
 
     /// Waits (up to 10 s) until the gateway counts at least `count` connections, then settles.
@@ -745,4 +740,41 @@ fn failures_of(totals: &Totals, outcome: &PublishOutcome, handshake_failures: u6
         failures.push(format!("handshakes failed: {handshake_failures}"));
     }
     failures
+}
+
+/// The sum of every sample of the gauge `name` in a Prometheus text `body` (with or without
+/// labels), or `None` when it has none.
+fn gauge_sum(body: &str, name: &str) -> Option<f64> {
+    let mut seen = false;
+    let total = body
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .inspect(|_| seen = true)
+        .sum();
+    seen.then_some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gauge_sum;
+
+    #[test]
+    fn connections_are_counted_once_when_the_gateway_says_by_transport() {
+        let body = "# TYPE notify_connections gauge\n\
+                    notify_connections{region=\"AE\"} 3\n\
+                    notify_connections{region=\"FI\"} 3\n\
+                    notify_connections_by_transport{transport=\"websocket\"} 2\n\
+                    notify_connections_by_transport{transport=\"sse\"} 1\n\
+                    notify_connections_max 100\n";
+        assert_eq!(
+            gauge_sum(body, "notify_connections_by_transport"),
+            Some(3.0)
+        );
+        assert_eq!(gauge_sum(body, "notify_connections"), Some(6.0));
+        assert_eq!(gauge_sum(body, "notify_sockets_open"), None);
+    }
 }
