@@ -315,12 +315,14 @@ async fn sse_refusals_are_reported_with_the_gateways_reason() -> Result<()> {
 /// one thread and from two, and fails unless the sink received every byte.
 #[tokio::test]
 async fn send_floor_measures_both_thread_counts_and_every_byte_arrives() -> Result<()> {
+    // 12,800 sends per thread count: tens of milliseconds of CPU, well above the 10 ms tick
+    // the CPU time is read in (1,280 sends could read as 0).
     let args = [
         "send-floor",
         "--clients",
-        "64",
+        "256",
         "--rate",
-        "20",
+        "50",
         "--duration",
         "1s",
         "--frame-bytes",
@@ -353,8 +355,8 @@ async fn send_floor_measures_both_thread_counts_and_every_byte_arrives() -> Resu
             "{report}"
         );
     }
-    // 64 sockets x 20 rounds x 300 bytes, once per thread count.
-    assert_eq!(report["sent_bytes"], 64 * 20 * 300 * 2, "{report}");
+    // 256 sockets x 50 rounds x 300 bytes, once per thread count.
+    assert_eq!(report["sent_bytes"], 256 * 50 * 300 * 2, "{report}");
     assert_eq!(report["received_bytes"], report["sent_bytes"], "{report}");
     Ok(())
 }
