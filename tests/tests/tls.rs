@@ -697,3 +697,66 @@ async fn a_proxy_header_comes_before_the_tls_handshake() {
         1.0
     );
 }
+
+/// A TLS client that sends pings as fast as it can and never reads the pongs is cut within the
+/// write timeout, as on plain TCP: the pongs back up, the flush stays pending, and reads that
+/// are always ready must not keep the write deadline from firing.
+#[tokio::test]
+async fn a_tls_ping_flood_that_never_reads_is_cut() {
+    let certs = gateway_certs();
+    let gateway = tls_gateway(&certs, &["--write-timeout", "1s"]).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(gateway.addr()).await.unwrap();
+    let server_name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut flooder = tokio_rustls::TlsConnector::from(certs.ca.client_config())
+        .connect(server_name, tcp)
+        .await
+        .expect("TLS handshake");
+    flooder
+        .write_all(
+            b"GET /?region=AE HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(flooder.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // Masked pings (mask key 0) with the largest control payload, 125 bytes.
+    let mut pings = Vec::new();
+    for _ in 0..512 {
+        pings.extend_from_slice(&[0x89, 0x80 | 125, 0, 0, 0, 0]);
+        pings.extend_from_slice(&[b'p'; 125]);
+    }
+    let started = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut sent = 0usize;
+    let cut = loop {
+        match tokio::time::timeout_at(deadline, flooder.write_all(&pings)).await {
+            Ok(Ok(())) => sent += pings.len(),
+            Ok(Err(_)) => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        cut,
+        "the flooding TLS client was not cut within 10 s ({} MB of pings sent)",
+        sent / 1_000_000
+    );
+    assert!(
+        gateway
+            .metric("notify_slow_client_disconnects_total")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0,
+        "cut after {:?}, not counted as a slow consumer",
+        started.elapsed()
+    );
+}
