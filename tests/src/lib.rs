@@ -815,6 +815,32 @@ pub fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
+/// A WebSocket upgrade request for region AE, written by hand for clients that misbehave at
+/// the byte level (over plain TCP or inside TLS).
+pub const RAW_UPGRADE: &[u8] = b"GET /?region=AE HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// 512 masked client pings (mask key 0) with the largest control payload, 125 bytes: one
+/// write of a client that floods pings.
+pub fn ping_flood_chunk() -> Vec<u8> {
+    let mut pings = Vec::new();
+    for _ in 0..512 {
+        pings.extend_from_slice(&[0x89, 0x80 | 125, 0, 0, 0, 0]);
+        pings.extend_from_slice(&[b'p'; 125]);
+    }
+    pings
+}
+
+/// Reads an HTTP response head (through the blank line) from `stream`.
+pub async fn read_response_head(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.expect("response head"));
+    }
+    head
+}
+
 /// A seed-shaped `new_trending` payload, as the PHP publisher would produce it.
 pub fn seed_payload(region: &str, video_id: &str, title: &str) -> String {
     let rtl = matches!(region, "AE" | "IL");

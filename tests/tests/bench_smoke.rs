@@ -311,14 +311,29 @@ async fn sse_refusals_are_reported_with_the_gateways_reason() -> Result<()> {
     Ok(())
 }
 
+/// Runs `notify-bench send-floor` with `args`, expects success, and returns its JSON report.
+async fn send_floor_report(args: &[&str]) -> Result<Value> {
+    let args: Vec<String> = std::iter::once("send-floor")
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect();
+    let output = run_bench(&args).await?;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(report(&output))
+}
+
 /// `send-floor` needs no gateway: it writes frames to sockets of its own sink process, from
 /// one thread and from two, and fails unless the sink received every byte.
 #[tokio::test]
 async fn send_floor_measures_both_thread_counts_and_every_byte_arrives() -> Result<()> {
     // 12,800 sends per thread count: tens of milliseconds of CPU, well above the 10 ms tick
     // the CPU time is read in (1,280 sends could read as 0).
-    let args = [
-        "send-floor",
+    let report = send_floor_report(&[
         "--clients",
         "256",
         "--rate",
@@ -327,16 +342,8 @@ async fn send_floor_measures_both_thread_counts_and_every_byte_arrives() -> Resu
         "1s",
         "--frame-bytes",
         "300",
-    ]
-    .map(String::from);
-    let output = run_bench(&args).await?;
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = report(&output);
+    ])
+    .await?;
     let runs = report["runs"].as_array().expect("runs");
     assert_eq!(
         runs.iter()
@@ -365,8 +372,7 @@ async fn send_floor_measures_both_thread_counts_and_every_byte_arrives() -> Resu
 /// of the sockets in turn (an eighth of them), and every byte still arrives.
 #[tokio::test]
 async fn send_floor_in_groups_writes_one_group_per_round() -> Result<()> {
-    let args = [
-        "send-floor",
+    let report = send_floor_report(&[
         "--clients",
         "64",
         "--floor-groups",
@@ -375,16 +381,8 @@ async fn send_floor_in_groups_writes_one_group_per_round() -> Result<()> {
         "20",
         "--duration",
         "1s",
-    ]
-    .map(String::from);
-    let output = run_bench(&args).await?;
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = report(&output);
+    ])
+    .await?;
     assert_eq!(report["groups"], 8, "{report}");
     for run in report["runs"].as_array().expect("runs") {
         // 20 rounds of 8 sockets each (64 / 8), from either thread count.

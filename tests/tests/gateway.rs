@@ -856,10 +856,6 @@ async fn peak_rss_kib_until(pid: u32, done: impl std::future::Future<Output = ()
     }
 }
 
-/// A WebSocket upgrade request, written by hand for clients that misbehave at the byte level.
-const RAW_UPGRADE: &[u8] = b"GET /?region=AE HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\n\
-Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
 /// Bound on the gateway's RSS growth while one client floods pings (stated in the README).
 const PING_FLOOD_RSS_BOUND_KIB: u64 = 32 * 1024;
 
@@ -868,18 +864,15 @@ const PING_FLOOD_RSS_BOUND_KIB: u64 = 32 * 1024;
 /// write timeout, and the others keep receiving.
 #[tokio::test]
 async fn a_ping_flood_that_never_reads_is_cut_with_bounded_memory() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let gateway = Gateway::start(&["--write-timeout", "1s"]).await.unwrap();
     let pid = gateway.pid().unwrap();
     let mut live = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut flooder = socket.connect(gateway.addr()).await.unwrap();
-    flooder.write_all(RAW_UPGRADE).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(flooder.read_u8().await.unwrap());
-    }
+    flooder.write_all(notify_tests::RAW_UPGRADE).await.unwrap();
+    let head = notify_tests::read_response_head(&mut flooder).await;
     assert!(
         head.starts_with(b"HTTP/1.1 101"),
         "{}",
@@ -892,12 +885,7 @@ async fn a_ping_flood_that_never_reads_is_cut_with_bounded_memory() {
         .await
     );
     let baseline = rss_kib(pid);
-    // Masked pings (mask key 0) with the largest control payload, 125 bytes.
-    let mut pings = Vec::new();
-    for _ in 0..512 {
-        pings.extend_from_slice(&[0x89, 0x80 | 125, 0, 0, 0, 0]);
-        pings.extend_from_slice(&[b'p'; 125]);
-    }
+    let pings = notify_tests::ping_flood_chunk();
     let flood = async {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

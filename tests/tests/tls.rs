@@ -713,28 +713,14 @@ async fn a_tls_ping_flood_that_never_reads_is_cut() {
         .connect(server_name, tcp)
         .await
         .expect("TLS handshake");
-    flooder
-        .write_all(
-            b"GET /?region=AE HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\n\
-Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(flooder.read_u8().await.unwrap());
-    }
+    flooder.write_all(notify_tests::RAW_UPGRADE).await.unwrap();
+    let head = notify_tests::read_response_head(&mut flooder).await;
     assert!(
         head.starts_with(b"HTTP/1.1 101"),
         "{}",
         String::from_utf8_lossy(&head)
     );
-    // Masked pings (mask key 0) with the largest control payload, 125 bytes.
-    let mut pings = Vec::new();
-    for _ in 0..512 {
-        pings.extend_from_slice(&[0x89, 0x80 | 125, 0, 0, 0, 0]);
-        pings.extend_from_slice(&[b'p'; 125]);
-    }
+    let pings = notify_tests::ping_flood_chunk();
     let started = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut sent = 0usize;
