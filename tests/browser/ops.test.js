@@ -87,21 +87,23 @@ test('light and dark renderings, saved as the docs screenshots', async (t) => {
   const ae = await openSockets('AE', 3);
   const fi = await openSockets('FI', 1);
   const gb = await openSockets('GB', 2);
-  t.after(() => Promise.all([ae, fi, gb].map((page) => page.context().close())));
+  // Publishes flowing while the screenshots are taken, so the rates show; stopped before the
+  // sockets close (a publish after that would reach nobody and fail the test).
+  let publishing = true;
+  let publisher = Promise.resolve();
+  t.after(async () => {
+    publishing = false;
+    await publisher;
+    await Promise.all([ae, fi, gb].map((page) => page.context().close()));
+  });
   for (let n = 0; n < 3; n += 1) await gateway.publishOk(notification('AE', `Screenshot ${n}`));
   await gateway.publishOk(notification('GB', 'Screenshot GB'));
-  // Publishes flowing while the screenshots are taken, so the rates show.
-  let publishing = true;
-  const publisher = (async () => {
+  publisher = (async () => {
     for (let n = 0; publishing; n += 1) {
       await gateway.publishOk(notification(n % 4 ? 'AE' : 'GB', `Flowing ${n}`));
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
   })();
-  t.after(async () => {
-    publishing = false;
-    await publisher;
-  });
   const backgrounds = {};
   for (const colorScheme of ['light', 'dark']) {
     const page = await newPage(browser, { colorScheme, viewport: { width: 1100, height: 700 } });
