@@ -711,6 +711,75 @@ async fn silent_clients_are_dropped_after_the_idle_timeout() {
     assert_eq!(gateway.connections("AE").await.unwrap(), 1.0);
 }
 
+/// Pings come from one clock shared by every connection: each connection still gets one every
+/// `--ping-interval`, the first about an interval after it connected, across many intervals
+/// (positive control), while a client that never answers is dropped no sooner than
+/// `--idle-timeout` and no later than two intervals after it (negative control).
+#[tokio::test]
+async fn each_connection_is_pinged_once_an_interval_across_many_intervals() {
+    let gateway = Gateway::start(&["--ping-interval", "100ms", "--idle-timeout", "450ms"])
+        .await
+        .unwrap();
+    let mut listeners = Vec::new();
+    for stagger in 0..3u64 {
+        tokio::time::sleep(Duration::from_millis(33 * stagger)).await;
+        let mut client = gateway.connect_counted("/?region=AE", "AE").await.unwrap();
+        listeners.push(tokio::spawn(async move {
+            let connected = Instant::now();
+            let mut pings = Vec::new();
+            let read = tokio::time::timeout(Duration::from_millis(1_550), async {
+                while let Some(message) = client.next().await {
+                    match message {
+                        Ok(Message::Ping(_)) => pings.push(connected.elapsed()),
+                        Ok(_) => {}
+                        Err(error) => return Err(error.to_string()),
+                    }
+                }
+                Err::<(), String>("the gateway closed the connection".to_string())
+            })
+            .await;
+            (read, pings)
+        }));
+    }
+    let silent_since = Instant::now();
+    let _silent = gateway.connect_counted("/?region=FI", "FI").await.unwrap();
+    let silent_dropped = wait_until(Duration::from_secs(5), || async {
+        gateway.connections("FI").await.unwrap_or(1.0) == 0.0
+    })
+    .await;
+    let dropped_after = silent_since.elapsed();
+    assert!(silent_dropped, "the silent client is dropped");
+    for listener in listeners {
+        let (read, pings) = listener.await.unwrap();
+        assert!(read.is_err(), "the socket ended early: {read:?}");
+        assert!(
+            (13..=16).contains(&pings.len()),
+            "{} pings in 1.55 s at a 100 ms interval: {pings:?}",
+            pings.len()
+        );
+        let first = pings[0];
+        assert!(
+            first >= Duration::from_millis(85) && first <= Duration::from_millis(200),
+            "first ping {first:?} after connecting"
+        );
+        for pair in pings.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= Duration::from_millis(70) && gap <= Duration::from_millis(200),
+                "pings {gap:?} apart: {pings:?}"
+            );
+        }
+    }
+    assert!(
+        dropped_after >= Duration::from_millis(450),
+        "dropped after {dropped_after:?}, before the idle timeout"
+    );
+    assert!(
+        dropped_after <= Duration::from_millis(450 + 200 + 300),
+        "dropped after {dropped_after:?}, long past the idle timeout"
+    );
+}
+
 #[tokio::test]
 async fn health_and_metrics_endpoints() {
     let gateway = Gateway::start(&[]).await.unwrap();

@@ -5,20 +5,38 @@
 //! the envelope out of the ring — a reference-count increment, since the frame type is a shared
 //! byte buffer. Nothing is encoded or copied per client.
 //!
+//! # Outlets: delivery on the publisher's thread
+//! A client can also be an [`Outlet`] of a region ([`Hub::attach`]): each message of the
+//! region is handed to it as it is published, under the region's lock, so in the region's
+//! order, before the message enters the ring. An outlet must not wait — a WebSocket writes
+//! the frame into its socket when the socket's buffer takes it at once, which saves a task
+//! wake-up per delivery at steady rates. The frame's wire form is built once per message for
+//! all of the region's outlets ([`Published::wire`]). An outlet that cannot take a message
+//! itself (its socket is full, its client is behind, a burst is better batched) takes a ring
+//! subscription that starts with that very message ([`Published::subscribe`]) and catches up
+//! from the ring like any subscriber, under the same exact limit; once it has drained the
+//! ring it gives the subscription back ([`Hub::release`], under the region's lock, so no
+//! message falls between the two). The same outlet may be attached to several regions; each
+//! region hands it its messages in that region's order.
+//!
 //! # Slow-consumer policy
 //! A subscriber that falls more than the queue limit behind gets [`SubscriptionError::Lagged`]
 //! on its next receive and is expected to be disconnected. The limit is exact: the ring rounds
 //! its length up to a power of two, so each envelope carries its region's sequence number and
 //! the subscriber compares it with the region's count of published messages itself; the publisher never waits for anyone, so one stalled socket cannot delay
 //! delivery to any other client, in its region or elsewhere. Regions have separate rings and
-//! separate locks: no contention across regions.
+//! separate locks: no contention across regions. An outlet that falls behind does so in the
+//! ring, under the same limit.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use bytes::Bytes;
 use notify_proto::{Region, StreamId};
+use slab::Slab;
 use tokio::sync::broadcast;
 
 /// One message as queued for clients: the encoded frame plus when the gateway received it
@@ -39,6 +57,79 @@ pub struct Envelope<T> {
     pub starts_epoch: Option<u64>,
     /// Its position in the region's sequence of published messages (1, 2, …).
     sequence: u64,
+}
+
+impl<T> Envelope<T> {
+    /// Its position in the region's sequence of published messages (1, 2, …).
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+}
+
+/// A client served on the publisher's thread (see the module docs).
+pub trait Outlet<T>: Send + Sync {
+    /// Takes one message of a region it is attached to, in that region's order, or leaves it
+    /// to a ring subscription ([`Published::subscribe`], or one it already holds). Called
+    /// under the region's lock: must not wait.
+    fn deliver(&self, published: &Published<'_, T>) -> Handled;
+}
+
+/// What an [`Outlet`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// It took the message itself and takes the next one too.
+    Took,
+    /// It took the message (or began it), and leaves the next ones to its ring subscription
+    /// until it is released ([`Attachment::release`]).
+    TookThenRing,
+    /// It left this message and the next ones to its ring subscription until it is released.
+    Ring,
+}
+
+impl Handled {
+    fn took(self) -> bool {
+        matches!(self, Handled::Took | Handled::TookThenRing)
+    }
+}
+
+/// One published message as an [`Outlet`] receives it.
+#[derive(Debug)]
+pub struct Published<'a, T> {
+    envelope: &'a Envelope<T>,
+    wire: &'a OnceCell<Bytes>,
+    ring: &'a broadcast::Sender<Envelope<T>>,
+    progress: &'a Arc<Progress>,
+    since_previous: Option<std::time::Duration>,
+}
+
+impl<'a, T> Published<'a, T> {
+    /// The message.
+    pub fn envelope(&self) -> &'a Envelope<T> {
+        self.envelope
+    }
+
+    /// The message's wire form: `encode` runs for the first outlet that asks, every other
+    /// outlet of this publish shares the result.
+    pub fn wire(&self, encode: impl FnOnce(&T) -> Bytes) -> &'a Bytes {
+        self.wire.get_or_init(|| encode(&self.envelope.frame))
+    }
+
+    /// A ring subscription whose first message is this one, for an outlet that stops taking
+    /// messages itself.
+    pub fn subscribe(&self) -> Subscription<T> {
+        Subscription {
+            receiver: self.ring.subscribe(),
+            progress: Arc::clone(self.progress),
+        }
+    }
+
+    /// How long the hub had been idle when this message came: since its previous publish, in
+    /// any region, finished (`None` for the first). A short gap means messages are waiting —
+    /// a burst, or a publisher kept busy by its own fan-out — which connections' tasks batch
+    /// better than one write per message.
+    pub fn since_previous(&self) -> Option<std::time::Duration> {
+        self.since_previous
+    }
 }
 
 /// The hub was asked about a region it does not serve.
@@ -67,15 +158,54 @@ pub enum SubscriptionError {
 #[derive(Debug)]
 pub struct Hub<T> {
     regions: HashMap<Region, RegionRing<T>>,
+    queue_limit: usize,
+    /// When the hub was made: the origin of `idle_since`.
+    epoch: Instant,
+    /// When the last publish (any region's) finished, in nanoseconds after `epoch`; 0 before
+    /// the first.
+    idle_since: AtomicU64,
 }
 
-/// One region's ring and the count that makes the queue limit exact.
+/// One region's ring and outlets, and the count that makes the queue limit exact.
 #[derive(Debug)]
 struct RegionRing<T> {
-    /// Taken around each send, so sequence numbers follow the ring's order.
-    sender: Mutex<broadcast::Sender<Envelope<T>>>,
+    /// Taken around each send, so sequence numbers follow the ring's order and every outlet
+    /// sees the region's messages in that order.
+    sender: Mutex<RegionSender<T>>,
     /// Shared with every subscription of the region.
     progress: Arc<Progress>,
+}
+
+/// What a publish reaches: the ring's receivers and the attached outlets.
+struct RegionSender<T> {
+    ring: broadcast::Sender<Envelope<T>>,
+    outlets: Slab<OutletSlot<T>>,
+    /// Outlets taking messages themselves (not parked): when none, a publish does not visit
+    /// the outlets at all — in a burst every outlet reads the ring, and a message costs the
+    /// ring's send alone, as without outlets.
+    active: usize,
+}
+
+/// One attached outlet and whether it is parked: reading its ring subscription, so a
+/// publish skips it without touching it, until it is released.
+struct OutletSlot<T> {
+    outlet: Arc<dyn Outlet<T>>,
+    parked: bool,
+}
+
+impl<T> std::fmt::Debug for RegionSender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegionSender")
+            .field("receivers", &self.ring.receiver_count())
+            .field("outlets", &self.outlets.len())
+            .finish()
+    }
+}
+
+impl<T> RegionSender<T> {
+    fn subscribers(&self) -> usize {
+        self.ring.receiver_count() + self.outlets.len()
+    }
 }
 
 /// How far a region's publishing has gone, for subscribers to measure their lag against.
@@ -96,7 +226,11 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
             .into_iter()
             .map(|region| {
                 let ring = RegionRing {
-                    sender: Mutex::new(broadcast::channel(queue_limit).0),
+                    sender: Mutex::new(RegionSender {
+                        ring: broadcast::channel(queue_limit).0,
+                        outlets: Slab::new(),
+                        active: 0,
+                    }),
                     progress: Arc::new(Progress {
                         published: AtomicU64::new(0),
                         queue_limit: u64::try_from(queue_limit).unwrap_or(u64::MAX),
@@ -105,7 +239,17 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
                 (region, ring)
             })
             .collect();
-        Hub { regions }
+        Hub {
+            regions,
+            queue_limit,
+            epoch: Instant::now(),
+            idle_since: AtomicU64::new(0),
+        }
+    }
+
+    /// Most messages a subscriber may have outstanding.
+    pub fn queue_limit(&self) -> usize {
+        self.queue_limit
     }
 
     /// Whether this hub serves `region`.
@@ -128,9 +272,71 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
             .ok_or(HubError::NotServed(region))?;
         let sender = ring.sender.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(Subscription {
-            receiver: sender.subscribe(),
+            receiver: sender.ring.subscribe(),
             progress: Arc::clone(&ring.progress),
         })
+    }
+
+    /// Attaches `outlet` to `region`: every message published there from now on is handed to
+    /// it ([`Outlet::deliver`]) until the returned [`Attachment`] is dropped. One outlet may be
+    /// attached to several regions.
+    pub fn attach(
+        self: &Arc<Self>,
+        region: Region,
+        outlet: Arc<dyn Outlet<T>>,
+    ) -> Result<Attachment<T>, HubError> {
+        let ring = self
+            .regions
+            .get(&region)
+            .ok_or(HubError::NotServed(region))?;
+        let mut sender = ring.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = sender.outlets.vacant_entry();
+        let key = u32::try_from(entry.key()).expect("fewer than 2^32 outlets in one region");
+        entry.insert(OutletSlot {
+            outlet,
+            parked: false,
+        });
+        sender.active += 1;
+        Ok(Attachment {
+            hub: Arc::clone(self),
+            region,
+            key,
+        })
+    }
+
+    /// Gives `subscription` (to `region`) back if it has nothing left to receive, the region
+    /// has published nothing for `quiet` (a burst is better read from the ring, in batches),
+    /// and `released`, run under the region's lock, agrees — an outlet that caught up through
+    /// the ring takes messages itself again from the next publish on, with none falling in
+    /// between. Never waits: while a publish holds the region's lock the subscription is kept.
+    /// Returns the subscription when it is kept.
+    fn release(
+        &self,
+        region: Region,
+        key: u32,
+        subscription: Subscription<T>,
+        quiet: std::time::Duration,
+        released: impl FnOnce() -> bool,
+    ) -> Result<(), Subscription<T>> {
+        let Some(ring) = self.regions.get(&region) else {
+            return Err(subscription);
+        };
+        let Ok(mut sender) = ring.sender.try_lock() else {
+            return Err(subscription);
+        };
+        let in_burst = self.idle_for().is_some_and(|idle| idle < quiet);
+        if in_burst || !subscription.receiver.is_empty() || !released() {
+            return Err(subscription);
+        }
+        let sender = &mut *sender;
+        if let Some(slot) = sender.outlets.get_mut(key as usize) {
+            if slot.parked {
+                slot.parked = false;
+                sender.active += 1;
+            }
+        }
+        drop(subscription);
+        Ok(())
     }
 
     /// Queues `frame` for every current subscriber of `region`; returns how many that is.
@@ -157,26 +363,113 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
         };
         let sender = ring.sender.lock().unwrap_or_else(PoisonError::into_inner);
         let sequence = ring.progress.published.load(Ordering::Relaxed) + 1;
+        let now = Instant::now();
+        let since_previous = self.idle_for();
         let envelope = Envelope {
             id,
             frame,
-            received_at: Instant::now(),
+            received_at: now,
             starts_epoch,
             sequence,
         };
-        let receivers = sender.send(envelope).unwrap_or(0);
+        // Outlets first: one that stops taking messages itself subscribes to the ring before
+        // this message enters it.
+        let mut taken = 0;
+        let mut sender = sender;
+        if sender.active > 0 {
+            let wire = OnceCell::new();
+            let RegionSender {
+                ring: ring_sender,
+                outlets,
+                active,
+            } = &mut *sender;
+            let published = Published {
+                envelope: &envelope,
+                wire: &wire,
+                ring: ring_sender,
+                progress: &ring.progress,
+                since_previous,
+            };
+            for (_, slot) in outlets.iter_mut().filter(|(_, slot)| !slot.parked) {
+                let handled = slot.outlet.deliver(&published);
+                taken += usize::from(handled.took());
+                if handled != Handled::Took {
+                    slot.parked = true;
+                    *active -= 1;
+                }
+            }
+        }
+        let receivers = if sender.ring.receiver_count() > 0 {
+            sender.ring.send(envelope).unwrap_or(0)
+        } else {
+            0
+        };
         ring.progress.published.store(sequence, Ordering::Release);
-        receivers
+        let finished = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.idle_since.store(finished.max(1), Ordering::Relaxed);
+        receivers + taken
     }
 
-    /// Current subscribers of `region`.
+    /// How long since the last publish finished (`None` before the first).
+    fn idle_for(&self) -> Option<std::time::Duration> {
+        let idle_since = self.idle_since.load(Ordering::Relaxed);
+        (idle_since > 0).then(|| {
+            let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            std::time::Duration::from_nanos(now.saturating_sub(idle_since))
+        })
+    }
+
+    /// Current subscribers of `region` (an outlet catching up through the ring counts twice).
     pub fn subscribers(&self, region: Region) -> usize {
         self.regions.get(&region).map_or(0, |ring| {
             ring.sender
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .receiver_count()
+                .subscribers()
         })
+    }
+}
+
+/// An outlet's place in one region ([`Hub::attach`]); dropping it detaches the outlet.
+pub struct Attachment<T> {
+    hub: Arc<Hub<T>>,
+    region: Region,
+    /// Its slot among the region's outlets (32 bits: it is held by every connection).
+    key: u32,
+}
+
+impl<T> std::fmt::Debug for Attachment<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment")
+            .field("region", &self.region)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Attachment<T> {
+    /// [`Hub::release`] for the region it is attached to.
+    pub fn release(
+        &self,
+        subscription: Subscription<T>,
+        quiet: std::time::Duration,
+        released: impl FnOnce() -> bool,
+    ) -> Result<(), Subscription<T>> {
+        self.hub
+            .release(self.region, self.key, subscription, quiet, released)
+    }
+}
+
+impl<T> Drop for Attachment<T> {
+    fn drop(&mut self) {
+        if let Some(ring) = self.hub.regions.get(&self.region) {
+            let mut sender = ring.sender.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(slot) = sender.outlets.try_remove(self.key as usize) {
+                if !slot.parked {
+                    sender.active -= 1;
+                }
+            }
+        }
     }
 }
 
@@ -228,6 +521,7 @@ impl<T: Clone> Subscription<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn region(code: &str) -> Region {
         Region::parse(code).unwrap()
@@ -305,5 +599,164 @@ mod tests {
         let first = a.recv().await.unwrap().frame;
         let second = b.recv().await.unwrap().frame;
         assert_eq!(first.as_ptr(), second.as_ptr());
+    }
+
+    /// Records what it takes itself and how often the wire form was built; while `behind` it
+    /// leaves messages to a ring subscription it takes at the first one.
+    #[derive(Default)]
+    struct Recorder {
+        taken: Mutex<Vec<(u64, u8)>>,
+        behind: std::sync::atomic::AtomicBool,
+        ring: Mutex<Option<Subscription<bytes::Bytes>>>,
+        encodings: AtomicU64,
+        calls: AtomicU64,
+    }
+
+    impl Outlet<bytes::Bytes> for Recorder {
+        fn deliver(&self, published: &Published<'_, bytes::Bytes>) -> Handled {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            if self.behind.load(Ordering::Relaxed) {
+                let mut ring = self.ring.lock().unwrap();
+                if ring.is_none() {
+                    *ring = Some(published.subscribe());
+                }
+                return Handled::Ring;
+            }
+            let wire = published.wire(|frame| {
+                self.encodings.fetch_add(1, Ordering::Relaxed);
+                frame.clone()
+            });
+            let envelope = published.envelope();
+            self.taken
+                .lock()
+                .unwrap()
+                .push((envelope.sequence(), wire[0]));
+            Handled::Took
+        }
+    }
+
+    fn bytes(n: u8) -> bytes::Bytes {
+        bytes::Bytes::from(vec![n])
+    }
+
+    #[tokio::test]
+    async fn an_outlet_takes_every_publish_of_its_regions_in_order_until_detached() {
+        let hub = Arc::new(Hub::<bytes::Bytes>::new([region("AE"), region("FI")], 8));
+        let mut ring_reader = hub.subscribe(region("AE")).unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let ae = hub.attach(region("AE"), recorder.clone()).unwrap();
+        let fi = hub.attach(region("FI"), recorder.clone()).unwrap();
+        assert_eq!(
+            hub.attach(region("US"), recorder.clone()).unwrap_err(),
+            HubError::NotServed(region("US"))
+        );
+        for n in 0..3u8 {
+            assert_eq!(hub.publish(region("AE"), None, bytes(n)), 2);
+        }
+        assert_eq!(hub.publish(region("FI"), None, bytes(9)), 1);
+        assert_eq!(
+            *recorder.taken.lock().unwrap(),
+            vec![(1, 0), (2, 1), (3, 2), (1, 9)]
+        );
+        // Ring subscribers still get everything.
+        assert_eq!(ring_reader.recv().await.unwrap().frame[0], 0);
+        drop(ae);
+        drop(fi);
+        assert_eq!(hub.publish(region("AE"), None, bytes(7)), 1);
+        assert_eq!(hub.publish(region("FI"), None, bytes(7)), 0);
+        assert_eq!(recorder.taken.lock().unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn the_wire_form_is_built_once_per_publish_for_all_outlets() {
+        let hub = Arc::new(Hub::<bytes::Bytes>::new([region("AE")], 4));
+        let recorders: Vec<Arc<Recorder>> = (0..3).map(|_| Arc::default()).collect();
+        let _attachments: Vec<_> = recorders
+            .iter()
+            .map(|recorder| hub.attach(region("AE"), recorder.clone()).unwrap())
+            .collect();
+        hub.publish(region("AE"), None, bytes(1));
+        let encodings: u64 = recorders
+            .iter()
+            .map(|recorder| recorder.encodings.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(encodings, 1);
+    }
+
+    #[tokio::test]
+    async fn an_outlet_behind_catches_up_from_the_ring_then_takes_messages_again() {
+        let hub = Arc::new(Hub::<bytes::Bytes>::new([region("AE")], 8));
+        let recorder = Arc::new(Recorder::default());
+        let attachment = hub.attach(region("AE"), recorder.clone()).unwrap();
+        hub.publish(region("AE"), None, bytes(1));
+        recorder.behind.store(true, Ordering::Relaxed);
+        for n in 2..5u8 {
+            // Left to the ring: the ring's new receiver counts it once.
+            assert_eq!(hub.publish(region("AE"), None, bytes(n)), 1);
+        }
+        let mut ring = recorder
+            .ring
+            .lock()
+            .unwrap()
+            .take()
+            .expect("a subscription");
+        // The subscription starts with the first message the outlet did not take.
+        assert_eq!(ring.recv().await.unwrap().frame[0], 2);
+        // Parked on the ring: the publishes after the first it left did not visit it.
+        assert_eq!(recorder.calls.load(Ordering::Relaxed), 2);
+        // Not drained yet: it is handed back.
+        let released = std::sync::atomic::AtomicBool::new(false);
+        let mut ring = attachment
+            .release(ring, Duration::ZERO, || {
+                released.store(true, Ordering::Relaxed);
+                true
+            })
+            .unwrap_err();
+        assert!(!released.load(Ordering::Relaxed));
+        assert_eq!(ring.recv().await.unwrap().frame[0], 3);
+        assert_eq!(ring.recv().await.unwrap().frame[0], 4);
+        let ring = attachment
+            .release(ring, Duration::ZERO, || false)
+            .unwrap_err();
+        // In a burst (published within `quiet`) it keeps reading the ring.
+        let ring = attachment
+            .release(ring, Duration::from_secs(60), || true)
+            .unwrap_err();
+        hub.publish(region("AE"), None, bytes(6));
+        assert_eq!(recorder.calls.load(Ordering::Relaxed), 2, "still parked");
+        let mut ring = ring;
+        assert_eq!(ring.recv().await.unwrap().frame[0], 6);
+        attachment
+            .release(ring, Duration::ZERO, || {
+                recorder.behind.store(false, Ordering::Relaxed);
+                true
+            })
+            .unwrap();
+        hub.publish(region("AE"), None, bytes(5));
+        assert_eq!(recorder.calls.load(Ordering::Relaxed), 3, "visited again");
+        assert_eq!(*recorder.taken.lock().unwrap(), vec![(1, 1), (6, 5)]);
+        assert_eq!(hub.subscribers(region("AE")), 1);
+    }
+
+    #[tokio::test]
+    async fn an_outlet_behind_is_held_to_the_exact_queue_limit() {
+        // The ring behind a limit of 5 holds 8.
+        let hub = Arc::new(Hub::<bytes::Bytes>::new([region("AE")], 5));
+        let recorder = Arc::new(Recorder::default());
+        recorder.behind.store(true, Ordering::Relaxed);
+        let _attachment = hub.attach(region("AE"), recorder.clone()).unwrap();
+        for n in 0..7u8 {
+            hub.publish(region("AE"), None, bytes(n));
+        }
+        let mut ring = recorder
+            .ring
+            .lock()
+            .unwrap()
+            .take()
+            .expect("a subscription");
+        assert_eq!(
+            ring.recv().await.unwrap_err(),
+            SubscriptionError::Lagged { skipped: 2 }
+        );
     }
 }

@@ -32,5 +32,8 @@ pub mod log_limit;
 pub mod pending;
 
 pub use broker::{Broker, BrokerError, BrokerState, PublishReceipt};
-pub use hub::{Envelope, Hub, HubError, Subscription, SubscriptionError};
+pub use hub::{
+    Attachment, Envelope, Handled, Hub, HubError, Outlet, Published, Subscription,
+    SubscriptionError,
+};
 pub use ingest::{Ingest, IngestError};

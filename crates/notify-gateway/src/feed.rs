@@ -9,16 +9,24 @@
 //! own replay seam (nothing twice, nothing skipped, or that region's `resync`) and the hub's
 //! slow-consumer policy: falling more than `--queue-limit` behind on any region ends the
 //! connection, as on one.
+//!
+//! A plain-TCP WebSocket to one region is a [`Feed::Direct`]: its socket's outlet is attached
+//! to the region's fan-out, which writes messages into the socket itself while the client is
+//! caught up ([`crate::direct`]). Its task reads the ring only while it writes (at the start,
+//! through a resume's seam, and whenever the fan-out hands back), and skips what the fan-out
+//! already wrote.
 
 use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{ready, Poll};
 
 use axum::extract::ws::Utf8Bytes;
-use std::future::Future;
-
 use futures_util::future::{select_all, Either, FutureExt};
-use notify_core::{Envelope, Subscription, SubscriptionError};
+use notify_core::{Attachment, Envelope, Hub, Subscription, SubscriptionError};
 use notify_proto::{Region, StreamId};
 
+use crate::direct::SocketOutlet;
 use crate::positions::Positions;
 use crate::resume::{self, already_sent, ReplayFailure, ReplaySink, Seam};
 use crate::server::App;
@@ -29,7 +37,8 @@ pub struct RegionFeed {
     /// The region.
     region: Region,
     /// Its window into the region's ring, taken before any replay so nothing is missed.
-    subscription: Subscription<Utf8Bytes>,
+    /// Always there, except on a [`Feed::Direct`] while the fan-out writes for it.
+    subscription: Option<Subscription<Utf8Bytes>>,
     /// Where the region is in its resume.
     resume: Resume,
 }
@@ -55,8 +64,24 @@ impl RegionFeed {
     ) -> Self {
         RegionFeed {
             region,
-            subscription,
+            subscription: Some(subscription),
             resume: since.map_or(Resume::Live, Resume::After),
+        }
+    }
+
+    /// Its next message, waiting for one (never, without a subscription).
+    async fn recv(&mut self) -> Result<Envelope<Utf8Bytes>, SubscriptionError> {
+        match &mut self.subscription {
+            Some(subscription) => subscription.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Its next message if one is already queued.
+    fn try_recv(&mut self) -> Result<Option<Envelope<Utf8Bytes>>, SubscriptionError> {
+        match &mut self.subscription {
+            Some(subscription) => subscription.try_recv(),
+            None => Ok(None),
         }
     }
 
@@ -82,7 +107,7 @@ impl RegionFeed {
         Delivery {
             region: self.region,
             envelope,
-            replayed,
+            already_sent: replayed,
         }
     }
 }
@@ -94,6 +119,18 @@ pub enum Feed {
     One(RegionFeed),
     /// Several regions.
     Many(Box<ManyRegions>),
+    /// One region of a plain-TCP WebSocket, written by the region's fan-out while caught up.
+    Direct(DirectRegion),
+}
+
+/// A [`Feed::Direct`]: the region's feed, whose subscription the task holds only while it
+/// writes, and the socket's place in the region's fan-out.
+#[derive(Debug)]
+pub struct DirectRegion {
+    feed: RegionFeed,
+    outlet: Arc<SocketOutlet>,
+    /// Detaches the outlet from the region when dropped.
+    attachment: Attachment<Utf8Bytes>,
 }
 
 /// Several regions and where the next round-robin take starts.
@@ -119,8 +156,8 @@ pub struct Delivery {
     pub region: Region,
     /// The message.
     pub envelope: Envelope<Utf8Bytes>,
-    /// The replay already sent it: skip it.
-    pub replayed: bool,
+    /// The replay, or the fan-out ([`Feed::Direct`]), already sent it: skip it.
+    pub already_sent: bool,
 }
 
 impl Feed {
@@ -132,6 +169,64 @@ impl Feed {
             }
         }
         Feed::Many(Box::new(ManyRegions { regions, next: 0 }))
+    }
+
+    /// This feed written directly through `outlet` (a plain-TCP WebSocket's) when it is of one
+    /// region: the outlet is attached to the region's fan-out now, and the task writes what
+    /// the ring holds until [`Feed::caught_up`] hands over. Several regions, or a region the
+    /// hub cannot attach to, stay as they are.
+    pub fn direct(self, hub: &Arc<Hub<Utf8Bytes>>, outlet: Arc<SocketOutlet>) -> Self {
+        let Feed::One(feed) = self else {
+            return self;
+        };
+        match hub.attach(feed.region, Arc::clone(&outlet) as _) {
+            Ok(attachment) => Feed::Direct(DirectRegion {
+                feed,
+                outlet,
+                attachment,
+            }),
+            Err(error) => {
+                tracing::warn!(region = %feed.region, %error, "no direct writes for this connection");
+                Feed::One(feed)
+            }
+        }
+    }
+
+    /// Hands writing to the fan-out when nothing waits: called by the task once its own write
+    /// buffer is flushed. A [`Feed::Direct`] with its ring drained, and past its resume's
+    /// seam (live messages are compared with it one by one), gives its subscription back and
+    /// the fan-out writes from the next message on; otherwise it keeps reading the ring.
+    pub fn caught_up(&mut self) {
+        let Feed::Direct(direct) = self else {
+            return;
+        };
+        let feed = &mut direct.feed;
+        if !matches!(feed.resume, Resume::Live) {
+            return;
+        }
+        let ring = feed
+            .subscription
+            .take()
+            .or_else(|| direct.outlet.take_handover());
+        feed.subscription = direct.outlet.release(ring, &direct.attachment);
+    }
+
+    /// Stops the fan-out's writes for good: after this only the task writes (its close
+    /// frame), and the outlet is detached from its region.
+    pub fn stop_direct_writes(&mut self) {
+        if let Feed::Direct(direct) = self {
+            direct.outlet.close();
+            let region = direct.feed.region;
+            let feed = std::mem::replace(
+                &mut direct.feed,
+                RegionFeed {
+                    region,
+                    subscription: None,
+                    resume: Resume::Live,
+                },
+            );
+            *self = Feed::One(feed);
+        }
     }
 
     /// The regions, in the order asked.
@@ -163,6 +258,7 @@ impl Feed {
         match self {
             Feed::One(one) => std::slice::from_ref(one),
             Feed::Many(many) => &many.regions,
+            Feed::Direct(direct) => std::slice::from_ref(&direct.feed),
         }
     }
 
@@ -170,6 +266,7 @@ impl Feed {
         match self {
             Feed::One(one) => std::slice::from_mut(one),
             Feed::Many(many) => &mut many.regions,
+            Feed::Direct(direct) => std::slice::from_mut(&mut direct.feed),
         }
     }
 
@@ -192,42 +289,76 @@ impl Feed {
         Ok(())
     }
 
-    /// The next message, waiting for one; hand it to [`Feed::accept`].
+    /// The next message, waiting for one; hand it to [`Feed::accept`]. `None` from a
+    /// [`Feed::Direct`] whose fan-out handed writing back: nothing new to write yet, but the
+    /// tail of a direct write may be left to flush, and the ring to read from now on.
     ///
     /// Not an `async fn`: for one region this is the subscription's own wait, so an idle
     /// connection's future is no larger than before several regions existed; the wait on
     /// several is boxed.
     pub fn recv(
         &mut self,
-    ) -> impl Future<Output = Result<Received, SubscriptionError>> + Send + '_ {
-        match self {
-            Feed::One(one) => Either::Left(
-                one.subscription
-                    .recv()
-                    .map(|received| received.map(|envelope| Received { index: 0, envelope })),
-            ),
-            Feed::Many(many) => Either::Right(Box::pin(many.recv())),
+    ) -> impl Future<Output = Result<Option<Received>, SubscriptionError>> + Send + '_ {
+        let received = |received: Result<Envelope<Utf8Bytes>, SubscriptionError>| {
+            received.map(|envelope| Some(Received { index: 0, envelope }))
+        };
+        // One region reading its ring, directly written or not, is one variant: the same
+        // future as the subscription's own receive.
+        let (subscription, outlet) = match self {
+            Feed::Many(many) => {
+                let many = many.recv().map(|received| received.map(Some));
+                return Either::Right(Either::Left(Box::pin(many)));
+            }
+            Feed::One(one) => (&mut one.subscription, None),
+            Feed::Direct(DirectRegion { feed, outlet, .. }) => {
+                (&mut feed.subscription, Some(&**outlet))
+            }
+        };
+        match subscription {
+            Some(ring) => Either::Left(ring.recv().map(received)),
+            // The fan-out writes; wait for it to hand back.
+            None => Either::Right(Either::Right(std::future::poll_fn(move |cx| {
+                let Some(outlet) = outlet else {
+                    return Poll::Pending;
+                };
+                *subscription = ready!(outlet.poll_handover(cx));
+                Poll::Ready(Ok(None))
+            }))),
         }
     }
 
-    /// What [`Feed::recv`] received, checked against its region's seam.
+    /// What [`Feed::recv`] received, checked against its region's seam, and on a
+    /// [`Feed::Direct`] against what the fan-out wrote.
     pub fn accept(&mut self, received: Received) -> Delivery {
         let Received { index, envelope } = received;
         match self {
             Feed::One(one) => one.delivery(envelope),
             Feed::Many(many) => many.regions[index].delivery(envelope),
+            Feed::Direct(direct) => direct.delivery(envelope),
         }
     }
 
     /// The next message if one is already queued, for batching several into one write.
     pub fn try_recv(&mut self) -> Result<Option<Delivery>, SubscriptionError> {
         match self {
-            Feed::One(one) => Ok(one
-                .subscription
-                .try_recv()?
-                .map(|envelope| one.delivery(envelope))),
+            Feed::One(one) => Ok(one.try_recv()?.map(|envelope| one.delivery(envelope))),
             Feed::Many(many) => many.try_recv(),
+            Feed::Direct(direct) => Ok(direct
+                .feed
+                .try_recv()?
+                .map(|envelope| direct.delivery(envelope))),
         }
+    }
+}
+
+impl DirectRegion {
+    /// A message from the ring, marked as sent when the fan-out already wrote it (in part:
+    /// the rest is the socket's unsent tail, written before anything else).
+    fn delivery(&mut self, envelope: Envelope<Utf8Bytes>) -> Delivery {
+        let written = self.outlet.wrote(envelope.sequence());
+        let mut delivery = self.feed.delivery(envelope);
+        delivery.already_sent |= written;
+        delivery
     }
 }
 
@@ -245,7 +376,7 @@ impl ManyRegions {
         let count = self.regions.len();
         for step in 0..count {
             let index = (self.next + step) % count;
-            if let Some(envelope) = self.regions[index].subscription.try_recv()? {
+            if let Some(envelope) = self.regions[index].try_recv()? {
                 self.next = (index + 1) % count;
                 return Ok(Some(Received { index, envelope }));
             }
@@ -259,10 +390,11 @@ impl ManyRegions {
             return Ok(received);
         }
         let count = self.regions.len();
-        let waits =
-            self.regions.iter_mut().enumerate().map(|(index, feed)| {
-                async move { (index, feed.subscription.recv().await) }.boxed()
-            });
+        let waits = self
+            .regions
+            .iter_mut()
+            .enumerate()
+            .map(|(index, feed)| async move { (index, feed.recv().await) }.boxed());
         let ((index, received), _, _) = select_all(waits).await;
         let envelope = received?;
         self.next = (index + 1) % count;
@@ -325,7 +457,10 @@ mod tests {
         // Round-robin between the regions, each in its own order, nothing of CZ.
         assert_eq!(got, ["AE0", "FI0", "AE1", "FI1", "AE2", "FI2"]);
         let waiting = tokio::spawn(async move {
-            let received = both.recv().await?;
+            let received = both
+                .recv()
+                .await?
+                .expect("a ring feed always receives a message");
             Ok::<_, SubscriptionError>(both.accept(received).region)
         });
         tokio::task::yield_now().await;
@@ -345,7 +480,7 @@ mod tests {
         let mut ended = None;
         for _ in 0..4 {
             match both.recv().await {
-                Ok(received) => drop(both.accept(received)),
+                Ok(received) => drop(both.accept(received.expect("a message"))),
                 Err(error) => {
                     ended = Some(error);
                     break;
@@ -360,8 +495,26 @@ mod tests {
         let hub = Hub::new([region("AE")], 4);
         assert!(matches!(feed(&hub, &["AE"]), Feed::One(_)));
         assert!(
-            std::mem::size_of::<Feed>() <= std::mem::size_of::<RegionFeed>() + 8,
-            "a feed of one region is its region's feed"
+            std::mem::size_of::<Feed>() <= std::mem::size_of::<DirectRegion>(),
+            "a feed of one region is its region's feed, and its outlet when written directly"
+        );
+        assert!(std::mem::size_of::<DirectRegion>() <= std::mem::size_of::<RegionFeed>() + 24);
+    }
+}
+#[cfg(test)]
+mod sizes_tmp {
+    #[test]
+    fn print_sizes() {
+        use super::*;
+        eprintln!(
+            "RegionFeed {} DirectRegion {} Feed {} Resume {} Sub {} Attach {} Delivery {}",
+            std::mem::size_of::<RegionFeed>(),
+            std::mem::size_of::<DirectRegion>(),
+            std::mem::size_of::<Feed>(),
+            std::mem::size_of::<Resume>(),
+            std::mem::size_of::<Subscription<Utf8Bytes>>(),
+            std::mem::size_of::<Attachment<Utf8Bytes>>(),
+            std::mem::size_of::<Delivery>()
         );
     }
 }

@@ -49,10 +49,12 @@ use crate::assets;
 use crate::capacity::{self, ConnectionSlot, ConnectionSlots, CountedStream};
 use crate::client_addr::TrustedProxies;
 use crate::config::GatewayConfig;
+use crate::direct::{self, SharedStream, SocketOutlet};
 use crate::handshake::ResumeQuery;
 use crate::hangup::Hangup;
 use crate::headers;
 use crate::ops::{self, OpsPage};
+use crate::ping_clock::PingClock;
 use crate::proxy_protocol::ProxyProtocol;
 use crate::publish_access::{ApiKeys, PublishAccess, Rejection};
 use crate::replay_budget::ReplayBudget;
@@ -88,6 +90,18 @@ pub struct Settings {
     pub replay_wait: Duration,
     /// Most regions one connection may ask for (`--max-regions-per-connection`).
     pub max_regions_per_connection: usize,
+}
+
+impl Settings {
+    /// Ping ticks a connection may stay silent: a client not heard from for more ticks than
+    /// this has been silent longer than `idle_timeout` (the ticks are `ping_interval` apart,
+    /// and the first silent tick can come right after it was last heard).
+    pub fn idle_ticks(&self) -> u16 {
+        let period = self.ping_interval.as_secs_f64().max(1e-3);
+        let ticks = (self.idle_timeout.as_secs_f64() / period).ceil();
+        // Saturating float-to-int cast: any timeout this long is "never".
+        ticks as u16
+    }
 }
 
 /// State shared by every route and connection.
@@ -127,6 +141,8 @@ pub struct App {
     pub closing: CancellationToken,
     /// True once shutdown began; `/readyz` answers 503.
     pub draining: AtomicBool,
+    /// Every connection's pings and idle checks (`--ping-interval`).
+    pub ping_clock: Arc<PingClock>,
 }
 
 /// Runs the gateway on `listener` until `shutdown` completes, then drains: fails /readyz
@@ -258,7 +274,10 @@ pub async fn run_on(
         trusted_proxies,
         closing: CancellationToken::new(),
         draining: AtomicBool::new(false),
+        ping_clock: PingClock::new(config.ping_interval),
     });
+    tokio::spawn(PingClock::run(Arc::downgrade(&app.ping_clock)));
+    direct::register_metrics();
     let region_list: Vec<&str> = regions.iter().map(Region::as_str).collect();
     let (http, ws) = if tls.is_some() {
         ("https", "wss")
@@ -530,16 +549,22 @@ async fn serve_connection(
     } else {
         peer
     };
-    let stream = CountedStream::new(stream, slot, address_slot);
     let Some(acceptor) = &serving.tls else {
-        return serve_http(stream, peer, router, handshake_timeout, closing).await;
+        // Plain TCP: a WebSocket on it may be written by its region's fan-out directly.
+        let (stream, outlet) = SharedStream::new(stream);
+        let stream = CountedStream::new(stream, slot, address_slot);
+        let outlet = Some(outlet);
+        return serve_http(stream, peer, router, handshake_timeout, closing, outlet).await;
     };
+    let stream = CountedStream::new(stream, slot, address_slot);
     let handshake = tokio::select! {
         handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => handshake,
         () = closing.cancelled() => return,
     };
     match handshake {
-        Ok(Ok(stream)) => serve_http(stream, peer, router, handshake_timeout, closing).await,
+        Ok(Ok(stream)) => {
+            serve_http(stream, peer, router, handshake_timeout, closing, None).await;
+        }
         Ok(Err(error)) => {
             metrics::counter!("notify_tls_handshake_failures_total", "reason" => "error")
                 .increment(1);
@@ -554,12 +579,14 @@ async fn serve_connection(
 }
 
 /// HTTP/1.1 with upgrades on a plain or TLS stream, until it ends or shutdown asks it to.
+/// A plain stream's `outlet` goes with each request, for a WebSocket to be written directly.
 async fn serve_http<S>(
     stream: S,
     peer: SocketAddr,
     router: Router,
     handshake_timeout: Duration,
     closing: CancellationToken,
+    outlet: Option<Arc<SocketOutlet>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -568,6 +595,9 @@ async fn serve_http<S>(
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         request.extensions_mut().insert(hangup.clone());
+        if let Some(outlet) = &outlet {
+            request.extensions_mut().insert(Arc::clone(outlet));
+        }
         router.clone().call(request)
     });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -678,6 +708,7 @@ fn json_error(status: StatusCode, error: impl std::fmt::Display) -> Response {
 async fn root(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    outlet: Option<Extension<Arc<SocketOutlet>>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -693,10 +724,13 @@ async fn root(
     };
     let app = &state.app;
     let query = ResumeQuery::parse(query.as_deref(), app.settings.max_regions_per_connection);
-    let subscriber = match admit_subscriber(app, Transport::WebSocket, peer, &headers, query) {
+    let mut subscriber = match admit_subscriber(app, Transport::WebSocket, peer, &headers, query) {
         Ok(subscriber) => subscriber,
         Err(refusal) => return refusal.into_response(),
     };
+    if let Some(Extension(outlet)) = outlet {
+        subscriber.feed = subscriber.feed.direct(&app.hub, outlet);
+    }
     let connection = Connection {
         subscriber,
         app: Arc::clone(app),

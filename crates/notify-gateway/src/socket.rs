@@ -114,6 +114,8 @@ pub async fn serve(mut socket: WebSocket, connection: Connection) {
         }
         pump(&mut socket, &mut feed, &app).await
     };
+    // From here only the task writes: the close frame must not meet a fan-out write.
+    feed.stop_direct_writes();
     drop(open);
     match ending {
         Ending::ClientGone => tracing::debug!(region = %feed, "connection ended by the client"),
@@ -252,7 +254,9 @@ fn poll_socket(socket: &mut WebSocket, flushing: bool, cx: &mut Context<'_>) -> 
 /// not take a batch at once.
 #[derive(Default)]
 struct Outbox {
-    frames: u64,
+    /// Frames queued since the last flush (at most a batch and a few control frames; 32 bits
+    /// keep every idle connection's task smaller).
+    frames: u32,
     oldest: Option<Instant>,
     flushing: bool,
     write_timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -289,7 +293,10 @@ impl Outbox {
     fn flushed(&mut self, app: &App) {
         self.flushing = false;
         if self.frames > 0 {
-            app.metrics.websocket.delivered.increment(self.frames);
+            app.metrics
+                .websocket
+                .delivered
+                .increment(u64::from(self.frames));
             self.frames = 0;
         }
         if let Some(oldest) = self.oldest.take() {
@@ -347,23 +354,27 @@ fn write_error_ending(error: axum::Error, app: &App) -> Ending {
 /// dropped.
 async fn pump(socket: &mut WebSocket, feed: &mut Feed, app: &App) -> Ending {
     let settings = &app.settings;
-    let start = tokio::time::Instant::now() + settings.ping_interval;
-    let mut ping = tokio::time::interval_at(start, settings.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
+    let mut ping = app.ping_clock.timer();
+    // Ping ticks since the client was last heard from; past `idle_ticks` it has been silent
+    // longer than the idle timeout (a count, not an `Instant`: every idle task holds it).
+    let mut silent_ticks: u16 = 0;
     let mut outbox = Outbox::default();
+    feed.caught_up();
     loop {
         let flushing = outbox.flushing;
         tokio::select! {
             biased;
             () = app.closing.cancelled() => return going_away(),
             event = std::future::poll_fn(|cx| poll_socket(socket, flushing, cx)) => match event {
-                SocketEvent::Flushed(Ok(())) => outbox.flushed(app),
+                SocketEvent::Flushed(Ok(())) => {
+                    outbox.flushed(app);
+                    feed.caught_up();
+                }
                 SocketEvent::Flushed(Err(error)) => return Ending::Failed(error),
                 SocketEvent::Inbound(None) => return Ending::ClientGone,
                 SocketEvent::Inbound(Some(Ok(Message::Close(_)))) => return Ending::ClientClosed,
                 SocketEvent::Inbound(Some(Ok(Message::Ping(_)))) => {
-                    last_heard = Instant::now();
+                    silent_ticks = 0;
                     // tungstenite queued a pong; if the socket does not take it, the write
                     // timer runs, so a client that pings without reading is cut.
                     if !flushing {
@@ -372,7 +383,7 @@ async fn pump(socket: &mut WebSocket, feed: &mut Feed, app: &App) -> Ending {
                         }
                     }
                 }
-                SocketEvent::Inbound(Some(Ok(_))) => last_heard = Instant::now(),
+                SocketEvent::Inbound(Some(Ok(_))) => silent_ticks = 0,
                 SocketEvent::Inbound(Some(Err(error))) => return read_error_ending(error),
             },
             () = outbox.write_deadline(), if flushing => {
@@ -381,20 +392,31 @@ async fn pump(socket: &mut WebSocket, feed: &mut Feed, app: &App) -> Ending {
             }
             delivery = feed.recv(), if !flushing => match delivery {
                 Ok(received) => {
-                    let first = feed.accept(received);
-                    let queued = queue_batch(socket, feed, first, &mut outbox, app)
-                        .and_then(|lagged| {
-                            outbox.flush_now(socket, app)?;
-                            lagged.map_or(Ok(()), |error| Err(subscription_ending(error, app)))
-                        });
+                    // `None`: the fan-out handed writing back; the tail of its last write,
+                    // if any, goes out with this flush.
+                    let queued = match received {
+                        Some(received) => {
+                            let first = feed.accept(received);
+                            queue_batch(socket, feed, first, &mut outbox, app)
+                        }
+                        None => Ok(None),
+                    }
+                    .and_then(|lagged| {
+                        outbox.flush_now(socket, app)?;
+                        lagged.map_or(Ok(()), |error| Err(subscription_ending(error, app)))
+                    });
                     if let Err(ending) = queued {
                         return ending;
+                    }
+                    if !outbox.flushing {
+                        feed.caught_up();
                     }
                 }
                 Err(error) => return subscription_ending(error, app),
             },
-            _ = ping.tick() => {
-                if last_heard.elapsed() > settings.idle_timeout {
+            () = ping.tick() => {
+                silent_ticks = silent_ticks.saturating_add(1);
+                if silent_ticks > settings.idle_ticks() {
                     return Ending::Drop("idle timeout");
                 }
                 if !flushing {
@@ -422,11 +444,13 @@ fn queue_batch(
     let mut next = Some(first);
     let mut taken = 0;
     while let Some(Delivery {
-        envelope, replayed, ..
+        envelope,
+        already_sent,
+        ..
     }) = next.take()
     {
         taken += 1;
-        if !replayed {
+        if !already_sent {
             queue(socket, Message::Text(envelope.frame), app)?;
             outbox.queued(envelope.received_at);
         }
@@ -477,6 +501,7 @@ pub(crate) mod tests {
     #[test]
     fn the_connection_future_stays_small() {
         let size = future_size(serve);
+        eprintln!("serve future {size}");
         assert!(
             size <= 1_408,
             "socket::serve's future is {size} B: something large is held across an await"

@@ -278,16 +278,16 @@ async fn replay(writer: &mut ChunkWriter<'_>, feed: &mut Feed, app: &App) -> Res
 /// Moves messages from the subscription into the body until the stream ends, with a
 /// heartbeat every `--ping-interval`.
 async fn pump(writer: &mut ChunkWriter<'_>, feed: &mut Feed, app: &App) -> Ending {
-    let interval = app.settings.ping_interval;
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = app.ping_clock.timer();
     loop {
         let chunk = tokio::select! {
             biased;
             () = app.closing.cancelled() => return going_away(),
             () = writer.body_dropped() => return Ending::ClientGone,
             delivery = feed.recv() => match delivery {
-                Ok(received) => {
+                // Only a directly written WebSocket's feed hands over without a message.
+                Ok(None) => continue,
+                Ok(Some(received)) => {
                     let first = feed.accept(received);
                     let (chunk, lagged) = batch(writer, feed, first, app);
                     if let Some(error) = lagged {
@@ -302,7 +302,7 @@ async fn pump(writer: &mut ChunkWriter<'_>, feed: &mut Feed, app: &App) -> Endin
                 }
                 Err(error) => return subscription_ending(error, app),
             },
-            _ = heartbeat.tick() => BytesMut::from(event::HEARTBEAT),
+            () = heartbeat.tick() => BytesMut::from(event::HEARTBEAT),
         };
         if chunk.is_empty() {
             continue;
@@ -329,11 +329,11 @@ fn batch(
     while let Some(Delivery {
         region,
         envelope,
-        replayed,
+        already_sent,
     }) = next.take()
     {
         taken += 1;
-        if !replayed {
+        if !already_sent {
             writer.push(&mut chunk, region, envelope.id, envelope.frame.as_str());
             oldest.get_or_insert(envelope.received_at);
         }
