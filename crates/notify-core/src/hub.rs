@@ -179,18 +179,54 @@ struct RegionRing<T> {
 /// What a publish reaches: the ring's receivers and the attached outlets.
 struct RegionSender<T> {
     ring: broadcast::Sender<Envelope<T>>,
-    outlets: Slab<OutletSlot<T>>,
+    /// Attached outlets by key (a slot is a pointer pair: 16 bytes per connection).
+    outlets: Slab<Arc<dyn Outlet<T>>>,
+    /// Which outlets are parked: reading their ring subscription, so a publish skips them
+    /// without touching them, until they are released.
+    parked: KeySet,
     /// Outlets taking messages themselves (not parked): when none, a publish does not visit
     /// the outlets at all — in a burst every outlet reads the ring, and a message costs the
     /// ring's send alone, as without outlets.
     active: usize,
 }
 
-/// One attached outlet and whether it is parked: reading its ring subscription, so a
-/// publish skips it without touching it, until it is released.
-struct OutletSlot<T> {
-    outlet: Arc<dyn Outlet<T>>,
-    parked: bool,
+/// A set of outlet keys: one bit each.
+#[derive(Debug, Default)]
+struct KeySet {
+    words: Vec<u64>,
+}
+
+impl KeySet {
+    fn contains(&self, key: usize) -> bool {
+        self.words
+            .get(key / 64)
+            .is_some_and(|word| word & (1 << (key % 64)) != 0)
+    }
+
+    /// Adds `key`; false if it was there.
+    fn insert(&mut self, key: usize) -> bool {
+        if self.words.len() <= key / 64 {
+            self.words.resize(key / 64 + 1, 0);
+        }
+        let word = &mut self.words[key / 64];
+        let bit = 1 << (key % 64);
+        let added = *word & bit == 0;
+        *word |= bit;
+        added
+    }
+
+    /// Removes `key`; false if it was not there.
+    fn remove(&mut self, key: usize) -> bool {
+        match self.words.get_mut(key / 64) {
+            Some(word) => {
+                let bit = 1 << (key % 64);
+                let removed = *word & bit != 0;
+                *word &= !bit;
+                removed
+            }
+            None => false,
+        }
+    }
 }
 
 impl<T> std::fmt::Debug for RegionSender<T> {
@@ -229,6 +265,7 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
                     sender: Mutex::new(RegionSender {
                         ring: broadcast::channel(queue_limit).0,
                         outlets: Slab::new(),
+                        parked: KeySet::default(),
                         active: 0,
                     }),
                     progress: Arc::new(Progress {
@@ -292,10 +329,7 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
         let mut sender = ring.sender.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = sender.outlets.vacant_entry();
         let key = u32::try_from(entry.key()).expect("fewer than 2^32 outlets in one region");
-        entry.insert(OutletSlot {
-            outlet,
-            parked: false,
-        });
+        entry.insert(outlet);
         sender.active += 1;
         Ok(Attachment {
             hub: Arc::clone(self),
@@ -329,11 +363,8 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
             return Err(subscription);
         }
         let sender = &mut *sender;
-        if let Some(slot) = sender.outlets.get_mut(key as usize) {
-            if slot.parked {
-                slot.parked = false;
-                sender.active += 1;
-            }
+        if sender.outlets.contains(key as usize) && sender.parked.remove(key as usize) {
+            sender.active += 1;
         }
         drop(subscription);
         Ok(())
@@ -381,6 +412,7 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
             let RegionSender {
                 ring: ring_sender,
                 outlets,
+                parked,
                 active,
             } = &mut *sender;
             let published = Published {
@@ -390,11 +422,14 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
                 progress: &ring.progress,
                 since_previous,
             };
-            for (_, slot) in outlets.iter_mut().filter(|(_, slot)| !slot.parked) {
-                let handled = slot.outlet.deliver(&published);
+            for (key, outlet) in outlets.iter() {
+                if parked.contains(key) {
+                    continue;
+                }
+                let handled = outlet.deliver(&published);
                 taken += usize::from(handled.took());
                 if handled != Handled::Took {
-                    slot.parked = true;
+                    parked.insert(key);
                     *active -= 1;
                 }
             }
@@ -464,10 +499,9 @@ impl<T> Drop for Attachment<T> {
     fn drop(&mut self) {
         if let Some(ring) = self.hub.regions.get(&self.region) {
             let mut sender = ring.sender.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(slot) = sender.outlets.try_remove(self.key as usize) {
-                if !slot.parked {
-                    sender.active -= 1;
-                }
+            let key = self.key as usize;
+            if sender.outlets.try_remove(key).is_some() && !sender.parked.remove(key) {
+                sender.active -= 1;
             }
         }
     }

@@ -218,7 +218,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "NOTIFY_PING_INTERVAL", default_value = "20s", value_parser = parse_period)]
     pub ping_interval: Duration,
 
-    /// A client that sends nothing (not even a pong) for this long is dropped.
+    /// A client that sends nothing (not even a pong) for this long is dropped (checked at each
+    /// ping tick: within two ping intervals after).
     #[arg(long, env = "NOTIFY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_period)]
     pub idle_timeout: Duration,
 

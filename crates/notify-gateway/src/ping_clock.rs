@@ -33,8 +33,9 @@ pub struct PingClock {
 struct Bucket {
     /// Ticks so far (wrapping).
     ticks: u32,
-    /// The waiting connections' wakers; a timer keeps its slot for its life.
-    wakers: Slab<Option<Waker>>,
+    /// The timers' wakers, registered at their first wait; a timer keeps its slot for its
+    /// life (16 bytes).
+    wakers: Slab<Waker>,
 }
 
 impl PingClock {
@@ -80,10 +81,8 @@ impl PingClock {
     fn tick(&self, index: usize) {
         let mut bucket = self.bucket(index);
         bucket.ticks = bucket.ticks.wrapping_add(1);
-        for (_, waker) in &mut bucket.wakers {
-            if let Some(waker) = waker.take() {
-                waker.wake();
-            }
+        for (_, waker) in &bucket.wakers {
+            waker.wake_by_ref();
         }
         drop(bucket);
         self.last_ticked.store(index, Ordering::Relaxed);
@@ -98,13 +97,12 @@ impl PingClock {
     /// A timer whose first tick comes about one period from now.
     pub fn timer(&self) -> PingTimer<'_> {
         let index = self.last_ticked.load(Ordering::Relaxed);
-        let mut bucket = self.bucket(index);
-        let key = bucket.wakers.insert(None);
+        let seen = self.bucket(index).ticks;
         PingTimer {
             clock: self,
             bucket: u32::try_from(index).unwrap_or(0),
-            key: u32::try_from(key).expect("fewer than 2^32 timers per bucket"),
-            seen: bucket.ticks,
+            key: UNREGISTERED,
+            seen,
         }
     }
 
@@ -115,6 +113,9 @@ impl PingClock {
             .sum()
     }
 }
+
+/// A timer's key before its first wait.
+const UNREGISTERED: u32 = u32::MAX;
 
 /// One connection's ticks ([`PingClock::timer`]); gives its slot back when dropped.
 #[derive(Debug)]
@@ -135,10 +136,15 @@ impl PingTimer<'_> {
             self.seen = bucket.ticks;
             return Poll::Ready(());
         }
-        if let Some(slot) = bucket.wakers.get_mut(self.key as usize) {
-            match slot {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                _ => *slot = Some(cx.waker().clone()),
+        match bucket.wakers.get_mut(self.key as usize) {
+            Some(waker) => {
+                if !waker.will_wake(cx.waker()) {
+                    waker.clone_from(cx.waker());
+                }
+            }
+            None => {
+                let key = bucket.wakers.insert(cx.waker().clone());
+                self.key = u32::try_from(key).expect("fewer than 2^32 timers per bucket");
             }
         }
         Poll::Pending
@@ -152,10 +158,12 @@ impl PingTimer<'_> {
 
 impl Drop for PingTimer<'_> {
     fn drop(&mut self) {
-        self.clock
-            .bucket(self.bucket as usize)
-            .wakers
-            .try_remove(self.key as usize);
+        if self.key != UNREGISTERED {
+            self.clock
+                .bucket(self.bucket as usize)
+                .wakers
+                .try_remove(self.key as usize);
+        }
     }
 }
 
@@ -212,6 +220,7 @@ mod tests {
     async fn nothing_ticks_without_the_clock_task() {
         let clock = PingClock::new(Duration::from_millis(20));
         let mut timer = clock.timer();
+        assert_eq!(clock.timers(), 0, "a timer takes a slot at its first wait");
         let ticked = tokio::time::timeout(Duration::from_millis(150), timer.tick()).await;
         assert!(ticked.is_err(), "a timer ticked with no clock running");
         assert_eq!(clock.timers(), 1);

@@ -2,9 +2,12 @@
 //! subscription, or several regions') to its socket, pings it, and ends it with a close frame
 //! that says why.
 //!
-//! The task owns the socket alone (no split, no second task, no per-client channel): it waits
-//! for whichever comes first — a queued message, a client frame, the end of a slow flush, the
-//! ping tick, or shutdown. Queued messages are written in batches: everything already queued
+//! The task owns the socket's reading, pings and endings (no second task, no per-client
+//! channel): it waits for whichever comes first — a queued message, a client frame, the end of
+//! a slow flush, the ping tick ([`crate::ping_clock`]), or shutdown. On a plain-TCP connection
+//! to one region the region's fan-out writes messages itself while the client is caught up
+//! ([`crate::direct`]); the task then writes only what the socket did not take at once, a
+//! burst, or what a resume replays. Queued messages are written in batches: everything already queued
 //! (up to [`MAX_BATCH`]) is encoded into the socket's write buffer and flushed with one write.
 //! The loop never awaits a write, so the task's future stays small (about 1 KiB; it is most of
 //! an idle connection's memory) and the common path sets no timer.
