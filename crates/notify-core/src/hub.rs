@@ -561,6 +561,22 @@ mod tests {
         Region::parse(code).unwrap()
     }
 
+    #[test]
+    fn a_key_set_holds_keys_past_one_word() {
+        let mut set = KeySet::default();
+        for key in [0, 63, 64, 200] {
+            assert!(!set.contains(key));
+            assert!(set.insert(key));
+            assert!(!set.insert(key), "already there");
+            assert!(set.contains(key));
+        }
+        assert!(!set.contains(1) && !set.contains(65) && !set.contains(10_000));
+        assert!(set.remove(64));
+        assert!(!set.remove(64), "already gone");
+        assert!(!set.remove(10_000), "never there");
+        assert!(set.contains(63) && set.contains(200) && !set.contains(64));
+    }
+
     #[tokio::test]
     async fn delivers_only_to_the_region() {
         let hub: Hub<String> = Hub::new([region("AE"), region("FI")], 8);

@@ -731,10 +731,12 @@ async fn root(
     if let Some(Extension(outlet)) = outlet {
         subscriber.feed = subscriber.feed.direct(&app.hub, outlet);
     }
-    let connection = Connection {
+    // Boxed until the task starts: the upgrade's task keeps what its callback captured for its
+    // whole life, so a connection captured inline would be held twice by every idle task.
+    let connection = Box::new(Connection {
         subscriber,
         app: Arc::clone(app),
-    };
+    });
     let frame_limit = app.settings.max_client_frame_bytes;
     let tracker = state.tracker.clone();
     upgrade
@@ -773,7 +775,7 @@ async fn events(
 fn connection_task(
     tracker: &TaskTracker,
     socket: WebSocket,
-    connection: Connection,
+    connection: Box<Connection>,
 ) -> impl Future<Output = ()> + Send + 'static {
     tracker.track_future(socket::serve(socket, connection))
 }

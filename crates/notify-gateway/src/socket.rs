@@ -88,7 +88,11 @@ enum Ending {
 }
 
 /// Serves one upgraded connection until it ends.
-pub async fn serve(mut socket: WebSocket, connection: Connection) {
+///
+/// `connection` comes boxed: the upgrade's task holds its callback's captures for its whole
+/// life, and a box there is 8 bytes instead of the connection (the box is freed as soon as
+/// the task starts).
+pub async fn serve(mut socket: WebSocket, connection: Box<Connection>) {
     let Connection {
         subscriber:
             Subscriber {
@@ -97,7 +101,7 @@ pub async fn serve(mut socket: WebSocket, connection: Connection) {
                 admitted,
             },
         app,
-    } = connection;
+    } = *connection;
     let open = app.metrics.open(feed.regions(), Transport::WebSocket);
     // One `pump` call site: the task's future holds one pump state, not one per branch.
     let ending = 'connection: {
