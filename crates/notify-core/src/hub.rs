@@ -15,9 +15,15 @@
 //! itself (its socket is full, its client is behind, a burst is better batched) takes a ring
 //! subscription that starts with that very message ([`Published::subscribe`]) and catches up
 //! from the ring like any subscriber, under the same exact limit; once it has drained the
-//! ring it gives the subscription back ([`Hub::release`], under the region's lock, so no
+//! ring it gives the subscription back ([`Attachment::release`], under the region's lock, so no
 //! message falls between the two). The same outlet may be attached to several regions; each
 //! region hands it its messages in that region's order.
+//!
+//! A publish to many active outlets (at least [`MIN_OUTLETS_PER_THREAD`] per thread) splits
+//! them between the publishing thread and scoped helper threads, one per core by default
+//! ([`Hub::with_fanout_threads`]), and waits for all of them under the region's lock: the
+//! writes to one region's sockets use every core, and each outlet still sees the region's
+//! messages in order, each before it enters the ring.
 //!
 //! # Slow-consumer policy
 //! A subscriber that falls more than the queue limit behind gets [`SubscriptionError::Lagged`]
@@ -28,10 +34,9 @@
 //! separate locks: no contention across regions. An outlet that falls behind does so in the
 //! ring, under the same limit.
 
-use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -96,7 +101,7 @@ impl Handled {
 #[derive(Debug)]
 pub struct Published<'a, T> {
     envelope: &'a Envelope<T>,
-    wire: &'a OnceCell<Bytes>,
+    wire: &'a OnceLock<Bytes>,
     ring: &'a broadcast::Sender<Envelope<T>>,
     progress: &'a Arc<Progress>,
     since_previous: Option<std::time::Duration>,
@@ -164,6 +169,8 @@ pub struct Hub<T> {
     /// When the last publish (any region's) finished, in nanoseconds after `epoch`; 0 before
     /// the first.
     idle_since: AtomicU64,
+    /// Most threads one publish writes its outlets from ([`Hub::with_fanout_threads`]).
+    fanout_threads: usize,
 }
 
 /// One region's ring and outlets, and the count that makes the queue limit exact.
@@ -281,7 +288,18 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
             queue_limit,
             epoch: Instant::now(),
             idle_since: AtomicU64::new(0),
+            fanout_threads: std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(MAX_FANOUT_THREADS),
         }
+    }
+
+    /// Writes a publish's outlets from at most `threads` threads (at least 1): one per core
+    /// by default (at most [`MAX_FANOUT_THREADS`]), each given at least
+    /// [`MIN_OUTLETS_PER_THREAD`] outlets.
+    pub fn with_fanout_threads(mut self, threads: usize) -> Self {
+        self.fanout_threads = threads.max(1);
+        self
     }
 
     /// Most messages a subscriber may have outstanding.
@@ -408,7 +426,7 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
         let mut taken = 0;
         let mut sender = sender;
         if sender.active > 0 {
-            let wire = OnceCell::new();
+            let wire = OnceLock::new();
             let RegionSender {
                 ring: ring_sender,
                 outlets,
@@ -422,16 +440,22 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
                 progress: &ring.progress,
                 since_previous,
             };
-            for (key, outlet) in outlets.iter() {
-                if parked.contains(key) {
-                    continue;
-                }
-                let handled = outlet.deliver(&published);
-                taken += usize::from(handled.took());
-                if handled != Handled::Took {
-                    parked.insert(key);
-                    *active -= 1;
-                }
+            let threads = self
+                .fanout_threads
+                .min(*active / MIN_OUTLETS_PER_THREAD)
+                .max(1);
+            let (took, to_park) = if threads > 1 {
+                deliver_in_parallel(outlets, parked, &published, threads)
+            } else {
+                deliver_to(
+                    outlets.iter().filter(|(key, _)| !parked.contains(*key)),
+                    &published,
+                )
+            };
+            taken = took;
+            for key in to_park {
+                parked.insert(key);
+                *active -= 1;
             }
         }
         let receivers = if sender.ring.receiver_count() > 0 {
@@ -463,6 +487,79 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
                 .subscribers()
         })
     }
+}
+
+/// Most threads one publish's outlets are written from by default.
+pub const MAX_FANOUT_THREADS: usize = 8;
+
+/// Fewest active outlets a fan-out thread is given: below this a second thread costs more
+/// (its start, a few tens of microseconds) than its share of the writes saves.
+pub const MIN_OUTLETS_PER_THREAD: usize = 256;
+
+/// Hands `published` to each of `outlets`; returns how many took it and the keys of those that
+/// left it to the ring (to be parked).
+fn deliver_to<'o, T: 'o>(
+    outlets: impl Iterator<Item = (usize, &'o Arc<dyn Outlet<T>>)>,
+    published: &Published<'_, T>,
+) -> (usize, Vec<usize>) {
+    let mut taken = 0;
+    let mut to_park = Vec::new();
+    for (key, outlet) in outlets {
+        let handled = outlet.deliver(published);
+        taken += usize::from(handled.took());
+        if handled != Handled::Took {
+            to_park.push(key);
+        }
+    }
+    (taken, to_park)
+}
+
+/// [`deliver_to`] for the active outlets split into `threads` parts, each written by its own
+/// thread (this one and `threads - 1` scoped ones) and all finished before it returns — still
+/// under the region's lock, so each outlet gets the region's messages in order and before they
+/// enter the ring. The writes to one region's sockets go on as many cores as there are parts
+/// (a loopback or NIC `send` costs microseconds each: a message to thousands of sockets takes
+/// milliseconds from one thread). A part whose thread cannot be started is written here.
+fn deliver_in_parallel<T: Send + Sync>(
+    outlets: &Slab<Arc<dyn Outlet<T>>>,
+    parked: &KeySet,
+    published: &Published<'_, T>,
+    threads: usize,
+) -> (usize, Vec<usize>) {
+    let active: Vec<(usize, &Arc<dyn Outlet<T>>)> = outlets
+        .iter()
+        .filter(|(key, _)| !parked.contains(*key))
+        .collect();
+    let part = active.len().div_ceil(threads.max(1)).max(1);
+    let mut parts = active.chunks(part);
+    let Some(first) = parts.next() else {
+        return (0, Vec::new());
+    };
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = parts
+            .map(|part| {
+                let started = std::thread::Builder::new()
+                    .name("notify-fanout".into())
+                    .spawn_scoped(scope, move || {
+                        deliver_to(part.iter().map(|(key, outlet)| (*key, *outlet)), published)
+                    });
+                (part, started)
+            })
+            .collect();
+        let (mut taken, mut to_park) =
+            deliver_to(first.iter().map(|(key, outlet)| (*key, *outlet)), published);
+        for (part, started) in helpers {
+            let (took, park) = match started {
+                Ok(helper) => helper
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(_) => deliver_to(part.iter().map(|(key, outlet)| (*key, *outlet)), published),
+            };
+            taken += took;
+            to_park.extend(park);
+        }
+        (taken, to_park)
+    })
 }
 
 /// An outlet's place in one region ([`Hub::attach`]); dropping it detaches the outlet.
@@ -687,6 +784,96 @@ mod tests {
 
     fn bytes(n: u8) -> bytes::Bytes {
         bytes::Bytes::from(vec![n])
+    }
+
+    /// Records what it takes and on which thread; `behind` ones leave everything to a ring
+    /// subscription opened at the first message.
+    #[derive(Default)]
+    struct ThreadRecorder {
+        behind: bool,
+        taken: Mutex<Vec<u8>>,
+        threads: Mutex<Vec<std::thread::ThreadId>>,
+        ring: Mutex<Option<Subscription<bytes::Bytes>>>,
+        calls: AtomicU64,
+    }
+
+    impl Outlet<bytes::Bytes> for ThreadRecorder {
+        fn deliver(&self, published: &Published<'_, bytes::Bytes>) -> Handled {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            self.threads
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+            if self.behind {
+                self.ring
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(|| published.subscribe());
+                return Handled::Ring;
+            }
+            let wire = published.wire(Clone::clone);
+            self.taken.lock().unwrap().push(wire[0]);
+            Handled::Took
+        }
+    }
+
+    /// Publishes five messages to `outlets` outlets (every tenth behind) of a hub writing from
+    /// at most `threads` threads; checks every outlet got every message in order, exactly
+    /// once, and returns how many threads wrote.
+    fn fan_out_to_many(outlets: usize, threads: usize) -> usize {
+        let hub =
+            Arc::new(Hub::<bytes::Bytes>::new([region("AE")], 64).with_fanout_threads(threads));
+        let recorders: Vec<Arc<ThreadRecorder>> = (0..outlets)
+            .map(|n| {
+                Arc::new(ThreadRecorder {
+                    behind: n % 10 == 0,
+                    ..ThreadRecorder::default()
+                })
+            })
+            .collect();
+        let _attachments: Vec<_> = recorders
+            .iter()
+            .map(|recorder| hub.attach(region("AE"), recorder.clone()).unwrap())
+            .collect();
+        let behind = recorders.iter().filter(|recorder| recorder.behind).count();
+        for n in 0..5u8 {
+            // Took it, or (behind) got it from the ring subscription opened at the first.
+            assert_eq!(hub.publish(region("AE"), None, bytes(n)), outlets);
+        }
+        let mut threads_seen = std::collections::HashSet::new();
+        for recorder in &recorders {
+            threads_seen.extend(recorder.threads.lock().unwrap().iter().copied());
+            if recorder.behind {
+                assert_eq!(
+                    recorder.calls.load(Ordering::Relaxed),
+                    1,
+                    "parked after the first"
+                );
+                let mut ring = recorder.ring.lock().unwrap().take().unwrap();
+                let got: Vec<u8> = std::iter::from_fn(|| ring.try_recv().unwrap())
+                    .map(|envelope| envelope.frame[0])
+                    .collect();
+                assert_eq!(
+                    got,
+                    [0, 1, 2, 3, 4],
+                    "the ring has every message from the first"
+                );
+            } else {
+                assert_eq!(*recorder.taken.lock().unwrap(), [0, 1, 2, 3, 4]);
+            }
+        }
+        assert!(behind > 0);
+        threads_seen.len()
+    }
+
+    #[test]
+    fn a_publish_to_many_outlets_is_written_from_several_threads_in_order() {
+        let outlets = 4 * MIN_OUTLETS_PER_THREAD + 10;
+        let threads = fan_out_to_many(outlets, 4);
+        assert!(threads >= 2, "written from {threads} thread(s)");
+        // Controls: one thread when told so, and when there are too few outlets to share.
+        assert_eq!(fan_out_to_many(outlets, 1), 1);
+        assert_eq!(fan_out_to_many(MIN_OUTLETS_PER_THREAD + 10, 4), 1);
     }
 
     #[tokio::test]
