@@ -501,20 +501,3 @@ mod tests {
         assert!(std::mem::size_of::<DirectRegion>() <= std::mem::size_of::<RegionFeed>() + 24);
     }
 }
-#[cfg(test)]
-mod sizes_tmp {
-    #[test]
-    fn print_sizes() {
-        use super::*;
-        eprintln!(
-            "RegionFeed {} DirectRegion {} Feed {} Resume {} Sub {} Attach {} Delivery {}",
-            std::mem::size_of::<RegionFeed>(),
-            std::mem::size_of::<DirectRegion>(),
-            std::mem::size_of::<Feed>(),
-            std::mem::size_of::<Resume>(),
-            std::mem::size_of::<Subscription<Utf8Bytes>>(),
-            std::mem::size_of::<Attachment<Utf8Bytes>>(),
-            std::mem::size_of::<Delivery>()
-        );
-    }
-}

@@ -364,6 +364,8 @@ pub async fn run_on(
     accept_stop.cancel();
     accept.await;
     app.closing.cancel();
+    // Wakes every connection's task, which then finds `closing` cancelled.
+    app.ping_clock.close();
     tracker.close();
     if tokio::time::timeout(config.drain_timeout, tracker.wait())
         .await
