@@ -347,6 +347,20 @@ const KEPT_LOG_LINES: usize = 2000;
 /// The gateway's stderr, collected by a reader thread.
 type LogLines = Arc<Mutex<VecDeque<String>>>;
 
+/// A fresh `redis-server` and a gateway on it (with `extra` flags), ready (`/readyz` 200).
+pub async fn redis_and_gateway(extra: &[&str]) -> (RedisServer, Gateway) {
+    let redis = RedisServer::start().await.expect("redis-server");
+    let url = redis.url();
+    let mut args = vec!["--redis-url", url.as_str()];
+    args.extend_from_slice(extra);
+    let gateway = Gateway::start(&args).await.expect("gateway");
+    assert!(
+        gateway.wait_ready_status(200, Duration::from_secs(5)).await,
+        "gateway never ready"
+    );
+    (redis, gateway)
+}
+
 /// A `notify-gateway` child process. Killed on drop.
 ///
 /// It is started with `--listen 127.0.0.1:0` and JSON logs; the harness reads the bound

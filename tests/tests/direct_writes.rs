@@ -6,24 +6,13 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use notify_tests::{next_text, seed_payload, wait_until, Gateway, RedisServer, WsClient};
+use notify_tests::{
+    next_text, redis_and_gateway, seed_payload, wait_until, Gateway, RedisServer, WsClient,
+};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(5);
-
-async fn redis_and_gateway(extra: &[&str]) -> (RedisServer, Gateway) {
-    let redis = RedisServer::start().await.expect("redis-server");
-    let url = redis.url();
-    let mut args = vec!["--redis-url", url.as_str()];
-    args.extend_from_slice(extra);
-    let gateway = Gateway::start(&args).await.expect("gateway");
-    assert!(
-        gateway.wait_ready_status(200, WAIT).await,
-        "gateway never ready"
-    );
-    (redis, gateway)
-}
 
 /// A client whose socket holds little (4 KiB receive buffer), so a client that pauses fills
 /// it quickly and the gateway's writes stop being taken at once.

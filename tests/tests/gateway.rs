@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use notify_tests::{
-    expect_silence, http_client, next_json, next_text, rss_kib, seed_payload, wait_until, Gateway,
-    RedisServer,
+    expect_silence, http_client, next_json, next_text, redis_and_gateway, rss_kib, seed_payload,
+    wait_until, Gateway, RedisServer,
 };
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -14,19 +14,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(300);
-
-async fn redis_and_gateway(extra: &[&str]) -> (RedisServer, Gateway) {
-    let redis = RedisServer::start().await.expect("redis-server");
-    let url = redis.url();
-    let mut args = vec!["--redis-url", url.as_str()];
-    args.extend_from_slice(extra);
-    let gateway = Gateway::start(&args).await.expect("gateway");
-    assert!(
-        gateway.wait_ready_status(200, WAIT).await,
-        "gateway never ready"
-    );
-    (redis, gateway)
-}
 
 #[tokio::test]
 async fn seed_php_payload_reaches_only_its_region() {

@@ -759,6 +759,13 @@ mod tests {
         calls: AtomicU64,
     }
 
+    impl Recorder {
+        /// The ring subscription it opened when it fell behind.
+        fn take_ring(&self) -> Subscription<bytes::Bytes> {
+            self.ring.lock().unwrap().take().expect("a subscription")
+        }
+    }
+
     impl Outlet<bytes::Bytes> for Recorder {
         fn deliver(&self, published: &Published<'_, bytes::Bytes>) -> Handled {
             self.calls.fetch_add(1, Ordering::Relaxed);
@@ -931,12 +938,7 @@ mod tests {
             // Left to the ring: the ring's new receiver counts it once.
             assert_eq!(hub.publish(region("AE"), None, bytes(n)), 1);
         }
-        let mut ring = recorder
-            .ring
-            .lock()
-            .unwrap()
-            .take()
-            .expect("a subscription");
+        let mut ring = recorder.take_ring();
         // The subscription starts with the first message the outlet did not take.
         assert_eq!(ring.recv().await.unwrap().frame[0], 2);
         // Parked on the ring: the publishes after the first it left did not visit it.
@@ -985,12 +987,7 @@ mod tests {
         for n in 0..7u8 {
             hub.publish(region("AE"), None, bytes(n));
         }
-        let mut ring = recorder
-            .ring
-            .lock()
-            .unwrap()
-            .take()
-            .expect("a subscription");
+        let mut ring = recorder.take_ring();
         assert_eq!(
             ring.recv().await.unwrap_err(),
             SubscriptionError::Lagged { skipped: 2 }
