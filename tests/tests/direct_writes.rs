@@ -14,6 +14,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// The tests here push megabytes through loopback sockets that a client does not read, and one
+/// of them times its readers: run one at a time, so another's traffic (CPU, and the kernel's
+/// TCP memory for unread data) does not stall the one being timed.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A client whose socket holds little (4 KiB receive buffer), so a client that pauses fills
 /// it quickly and the gateway's writes stop being taken at once.
 async fn small_buffer_client(gateway: &Gateway, region: &str) -> WsClient {
@@ -104,6 +109,7 @@ async fn delivered(gateway: &Gateway) -> f64 {
 /// message arrives once, in order, across both.
 #[tokio::test]
 async fn order_is_kept_while_a_client_alternates_between_direct_writes_and_its_queue() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (redis, gateway) =
         redis_and_gateway(&["--queue-limit", "4096", "--write-timeout", "10s"]).await;
     let mut client = small_buffer_client(&gateway, "AE").await;
@@ -145,6 +151,7 @@ async fn order_is_kept_while_a_client_alternates_between_direct_writes_and_its_q
 /// it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_while_the_readers_stay_direct_and_on_time() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (redis, gateway) =
         redis_and_gateway(&["--queue-limit", "128", "--write-timeout", "2s"]).await;
     let mut stalled = small_buffer_client(&gateway, "AE").await;
@@ -240,6 +247,7 @@ async fn a_client_that_stops_reading_is_cut_while_the_readers_stay_direct_and_on
 /// answers pings across many ping periods.
 #[tokio::test]
 async fn pings_and_pongs_between_direct_writes_never_break_a_frame() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (redis, gateway) = redis_and_gateway(&[
         "--queue-limit",
         "4096",
