@@ -657,8 +657,10 @@ fn assert_scale_clean(output: &Output, report: &Value) -> Value {
         assert_eq!(deliveries["arrived_after_reported_lost"], 0, "{report}");
         assert_eq!(phase["reconnects"], 0, "{report}");
         assert_eq!(phase["slow_consumer_disconnects"], 0.0, "{report}");
-        // The last message of the phase took some time to arrive, less than the wait.
-        assert!(deliveries["drain_secs"].as_f64() > Some(0.0), "{report}");
+        // The last message of the phase arrived within the wait: 0 when it reached every
+        // client before the publisher had Redis's reply (the gateway writes caught-up sockets
+        // from the fan-out itself).
+        assert!(deliveries["drain_secs"].as_f64() >= Some(0.0), "{report}");
         assert!(deliveries["drain_secs"].as_f64() < Some(10.0), "{report}");
         // Each client gets its region's messages: an eighth of them.
         assert_eq!(

@@ -42,7 +42,8 @@ pub enum DrainEnd {
 pub struct Drained {
     /// Summed over every client process; `lost` is what was still missing.
     pub deliveries: Deliveries,
-    /// From the phase's last publish to the last delivery seen, seconds.
+    /// From the phase's last publish (when Redis answered it) to the last delivery seen,
+    /// seconds; 0 when every delivery came before that answer.
     pub drain_secs: f64,
     /// How long the wait lasted, seconds.
     pub waited_secs: f64,
