@@ -163,7 +163,6 @@ pub enum SubscriptionError {
 #[derive(Debug)]
 pub struct Hub<T> {
     regions: HashMap<Region, RegionRing<T>>,
-    queue_limit: usize,
     /// When the hub was made: the origin of `idle_since`.
     epoch: Instant,
     /// When the last publish (any region's) finished, in nanoseconds after `epoch`; 0 before
@@ -285,7 +284,6 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
             .collect();
         Hub {
             regions,
-            queue_limit,
             epoch: Instant::now(),
             idle_since: AtomicU64::new(0),
             fanout_threads: std::thread::available_parallelism()
@@ -300,11 +298,6 @@ impl<T: Clone + Send + Sync + 'static> Hub<T> {
     pub fn with_fanout_threads(mut self, threads: usize) -> Self {
         self.fanout_threads = threads.max(1);
         self
-    }
-
-    /// Most messages a subscriber may have outstanding.
-    pub fn queue_limit(&self) -> usize {
-        self.queue_limit
     }
 
     /// Whether this hub serves `region`.

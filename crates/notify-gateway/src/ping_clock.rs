@@ -70,11 +70,6 @@ impl PingClock {
         }
     }
 
-    /// The period every timer ticks at.
-    pub fn period(&self) -> Duration {
-        self.period
-    }
-
     /// Ticks the buckets in turn until the clock is dropped.
     pub async fn run(clock: Weak<Self>) {
         let Some(step) = clock.upgrade().map(|clock| clock.step()) else {
